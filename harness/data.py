@@ -1,0 +1,339 @@
+"""Datasets (images with labels and stable ids) and the model-specific preprocessing.
+
+Registered datasets (``load_dataset(name, **options)``):
+- ``samples``: real photos that ship offline with scikit-image and matplotlib;
+- ``cs231n_npz``: the cs231n ``imagenet_val_25.npz`` file the seed notebook used;
+- ``imagefolder``: an ImageNet-val-style folder (class subfolders, or a flat folder + labels file).
+
+Every dataset is a sorted, deterministic sequence of ``Sample``s; ``limit`` and ``seed`` pick a
+subset (the first ``limit``, or a seeded random choice kept in sorted order). Images load lazily.
+A sample's ``label`` is ``None`` where the dataset has none: the harness then explains the model's
+top-1 prediction (``resolve_targets``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from harness.models import ModelInfo
+from harness.registry import lookup, names, register
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: a stable ``id``, its ``label`` (class index or None) and a lazy loader."""
+
+    id: str
+    label: int | None
+    loader: Callable[[], np.ndarray]
+
+    def load(self) -> np.ndarray:
+        """The image as uint8 ``[H, W, 3]`` RGB."""
+        return self.loader()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    samples: tuple[Sample, ...]
+    class_names: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+    @property
+    def ids(self) -> list[str]:
+        return [sample.id for sample in self.samples]
+
+    def fingerprint(self) -> str:
+        """SHA-256 over ids, labels and pixel bytes: two runs on equal data share it."""
+        digest = hashlib.sha256(self.name.encode())
+        for sample in self.samples:
+            digest.update(f"{sample.id}:{sample.label}".encode())
+            digest.update(sample.load().tobytes())
+        return digest.hexdigest()
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {}
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return names(DATASETS, pattern)
+
+
+def load_dataset(name: str, *, limit: int | None = None, seed: int | None = None,
+                 **options) -> Dataset:
+    """Dataset ``name`` (see ``list_datasets()``), optionally reduced to ``limit`` images."""
+    dataset = lookup(DATASETS, "dataset", name)(**options)
+    return subset(dataset, limit=limit, seed=seed)
+
+
+def subset(dataset: Dataset, *, limit: int | None, seed: int | None) -> Dataset:
+    """The first ``limit`` samples, or (with ``seed``) a seeded random choice in sorted order."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if seed is None:
+        chosen = range(limit)
+    else:
+        chosen = sorted(np.random.default_rng(seed).choice(len(dataset), limit, replace=False))
+    samples = tuple(dataset.samples[i] for i in chosen)
+    return Dataset(dataset.name, samples, dataset.class_names)
+
+
+# ----------------------------------------------------------------------------- image I/O
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` from grayscale ``[H, W]``, RGBA/LA ``[H, W, 4|2]`` (alpha dropped),
+    bool, or float in [0, 1]."""
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        image = np.clip(np.round(image * 255 if image.max() <= 1.0 else image), 0, 255)
+        image = image.astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3:
+        raise ValueError(f"image must be [H, W] or [H, W, C], got shape {image.shape}")
+    if image.shape[2] == 4:  # RGBA: drop alpha, as PIL's convert("RGB") does
+        return np.asarray(Image.fromarray(image, "RGBA").convert("RGB"))
+    if image.shape[2] == 2:
+        image = np.repeat(image[:, :, :1], 3, axis=2)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB ``[H, W, 3]``; grayscale/RGBA/palette are converted.
+    A file that is not a readable image raises ``ValueError`` naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read image file {str(path)!r}: {error}") from None
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def resize_and_crop(image: np.ndarray, resize_size: int, crop_size: int) -> np.ndarray:
+    """Resize the shorter side to ``resize_size`` (PIL bilinear, as torchvision's ``Resize`` on PIL
+    images) and centre-crop to ``crop_size`` x ``crop_size``. uint8 ``[H, W, 3]`` in and out."""
+    pil = Image.fromarray(to_rgb(image))
+    width, height = pil.size
+    if min(width, height) != resize_size:
+        if width <= height:
+            new = (resize_size, int(resize_size * height / width))
+        else:
+            new = (int(resize_size * width / height), resize_size)
+        pil = pil.resize(new, Image.BILINEAR)
+    width, height = pil.size
+    if width < crop_size or height < crop_size:
+        raise ValueError(f"image of {width}x{height} is smaller than the crop {crop_size}")
+    left = int(round((width - crop_size) / 2.0))
+    top = int(round((height - crop_size) / 2.0))
+    return np.asarray(pil.crop((left, top, left + crop_size, top + crop_size)))
+
+
+def normalize(pixels: torch.Tensor, info: ModelInfo) -> torch.Tensor:
+    """``[N, 3, H, W]`` in [0, 1] -> the model's input space ``(x - mean) / std``."""
+    mean = torch.tensor(info.mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def deprocess(x: torch.Tensor, info: ModelInfo, *, rescale: bool = False) -> torch.Tensor:
+    """Exact inverse of the normalisation: ``[N, 3, H, W]`` model input -> pixels ``x * std + mean``
+    (in [0, 1] for images that came from ``preprocess``). ``rescale`` maps each image's range to
+    [0, 1] as the seed's ``deprocess`` does."""
+    mean = torch.tensor(info.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    pixels = x * std + mean
+    if rescale:
+        low = pixels.amin(dim=(1, 2, 3), keepdim=True)
+        high = pixels.amax(dim=(1, 2, 3), keepdim=True)
+        pixels = (pixels - low) / (high - low).clamp_min(1e-12)
+    return pixels
+
+
+def preprocess(images: Sequence[np.ndarray], info: ModelInfo, *,
+               device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 images ``[H, W, 3]`` -> model input ``[N, 3, S, S]`` (float32, contiguous NCHW):
+    resize the shorter side to ``info.resize_size``, centre-crop ``info.input_size``, scale to
+    [0, 1], normalise with the model's mean and std."""
+    crops = [resize_and_crop(image, info.resize_size, info.input_size) for image in images]
+    pixels = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    return normalize(pixels.contiguous(), info).to(device).contiguous()
+
+
+def crop_pixels(images: Sequence[np.ndarray], info: ModelInfo) -> np.ndarray:
+    """The resized, centre-cropped uint8 images ``[N, S, S, 3]`` the model sees (for figures)."""
+    return np.stack([resize_and_crop(image, info.resize_size, info.input_size) for image in images])
+
+
+def resolve_targets(model: torch.nn.Module, x: torch.Tensor, labels: Sequence[int | None],
+                    ids: Sequence[str], *, mode: str = "label") -> torch.Tensor:
+    """Class index to explain per image, ``[N]`` long.
+
+    ``mode="label"``: the dataset label, or the model's top-1 prediction where there is none;
+    ``mode="predicted"``: always the top-1 prediction on the clean image (RISE's convention).
+    A label outside ``[0, num_classes)`` raises ``ValueError`` naming the image and the value.
+    """
+    if mode not in ("label", "predicted"):
+        raise ValueError(f"target mode {mode!r} is not one of: label, predicted")
+    with torch.inference_mode():
+        logits = model(x)
+    num_classes = logits.shape[1]
+    predicted = logits.argmax(dim=1).cpu()
+    targets = []
+    for index, (label, image_id) in enumerate(zip(labels, ids, strict=True)):
+        if mode == "predicted" or label is None:
+            targets.append(int(predicted[index]))
+            continue
+        if not 0 <= int(label) < num_classes:
+            raise ValueError(
+                f"label {label} of image {image_id!r} is out of range: the model has "
+                f"{num_classes} classes (0..{num_classes - 1})"
+            )
+        targets.append(int(label))
+    return torch.tensor(targets, dtype=torch.long, device=x.device)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def _skimage(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name == "motorcycle_left":
+        return to_rgb(skimage.data.stereo_motorcycle()[0])
+    return to_rgb(getattr(skimage.data, name)())
+
+
+def _grace_hopper() -> np.ndarray:
+    import matplotlib
+
+    return read_image(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+
+
+SAMPLE_IMAGES: dict[str, Callable[[], np.ndarray]] = {
+    **{name: partial(_skimage, name) for name in
+       ("chelsea", "coffee", "rocket", "astronaut", "motorcycle_left", "camera", "clock",
+        "immunohistochemistry", "hubble_deep_field", "colorwheel", "logo")},
+    "grace_hopper": _grace_hopper,
+}
+DEFAULT_SAMPLES = ("chelsea", "coffee", "rocket", "astronaut", "motorcycle_left", "grace_hopper")
+
+
+@register(DATASETS, "dataset", "samples")
+def samples(*, names: Sequence[str] = DEFAULT_SAMPLES,
+            labels: dict[str, int] | None = None) -> Dataset:
+    """Real photos shipped offline by scikit-image (chelsea, coffee, rocket, astronaut,
+    motorcycle_left, camera, clock, ...) and matplotlib (grace_hopper). Unlabelled unless
+    ``labels`` maps a name to a class index: the model's top-1 prediction is explained."""
+    labels = dict(labels or {})
+    for name in list(names) + list(labels):
+        lookup(SAMPLE_IMAGES, "sample image", name)
+    chosen = tuple(Sample(name, labels.get(name), SAMPLE_IMAGES[name]) for name in names)
+    return Dataset("samples", chosen)
+
+
+@register(DATASETS, "dataset", "cs231n_npz")
+def cs231n_npz(*, path: str | os.PathLike) -> Dataset:
+    """The cs231n ``imagenet_val_25.npz`` format: ``X`` uint8 ``[N, 224, 224, 3]``, ``y`` ``[N]``,
+    ``label_map`` (a pickled dict index -> class name; only open files you trust)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"cs231n_npz: file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=True) as archive:
+            images, labels = archive["X"], archive["y"]
+            label_map = archive["label_map"].item() if "label_map" in archive else None
+    except (KeyError, ValueError, OSError) as error:
+        raise ValueError(f"cs231n_npz: cannot read {str(path)!r} (needs X, y): {error}") from None
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
+        raise ValueError(f"cs231n_npz: {str(path)!r} has X {images.shape} and y {labels.shape}; "
+                         "expected X [N, H, W, 3] and y [N]")
+    class_names = None
+    if label_map:
+        class_names = tuple(str(label_map.get(i, f"class {i}")) for i in range(max(label_map) + 1))
+    width = len(str(len(images) - 1))
+    chosen = tuple(
+        Sample(f"{path.stem}/{i:0{width}d}", int(labels[i]), partial(to_rgb, images[i]))
+        for i in range(len(images))
+    )
+    return Dataset("cs231n_npz", chosen, class_names)
+
+
+def _read_labels_file(path: Path) -> dict[str, int]:
+    """Lines ``filename label`` (comma, tab or space separated); ``#`` comments, header skipped."""
+    table: dict[str, int] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.replace(",", " ").split()
+        if len(fields) != 2:
+            raise ValueError(f"labels file {str(path)!r} line {number}: expected 'filename label'")
+        try:
+            table[fields[0]] = int(fields[1])
+        except ValueError:
+            if number == 1:  # a header line
+                continue
+            raise ValueError(f"labels file {str(path)!r} line {number}: label {fields[1]!r} "
+                             "is not an integer") from None
+    return table
+
+
+@register(DATASETS, "dataset", "imagefolder")
+def imagefolder(*, root: str | os.PathLike,
+                labels_file: str | os.PathLike | None = None) -> Dataset:
+    """An image folder. With class subfolders (ImageNet's ``val/n01440764/*.JPEG`` layout) the
+    label is the subfolder's index in sorted order (the standard ImageNet index for WordNet ids).
+    A flat folder takes labels from ``labels_file`` (``filename label`` lines) or has none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"imagefolder: root {str(root)!r} is not a folder")
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir())
+    items: list[tuple[str, Path, int | None]] = []
+    class_names = None
+    if subfolders and labels_file is None:
+        class_names = tuple(p.name for p in subfolders)
+        for index, folder in enumerate(subfolders):
+            items += [(f"{folder.name}/{f.name}", f, index) for f in sorted(folder.iterdir())
+                      if f.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        table = _read_labels_file(Path(labels_file)) if labels_file is not None else {}
+        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        missing = sorted(set(table) - {f.name for f in files})
+        if missing:
+            raise ValueError(f"labels file names images not in {str(root)!r}: {missing[:5]}")
+        items = [(f.name, f, table.get(f.name)) for f in files]
+    if not items:
+        raise ValueError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                         f"under {str(root)!r}")
+    chosen = tuple(Sample(image_id, label, partial(read_image, path))
+                   for image_id, path, label in items)
+    return Dataset("imagefolder", chosen, class_names)

@@ -1,0 +1,218 @@
+"""The saliency-method registry, the call guard and channel reductions.
+
+A method is a function ``(model, x, target, **params) -> Tensor[N, H, W]``; ``x`` is the model input
+``[N, C, H, W]``, ``target`` the class to explain per image ``[N]``. Methods built on a per-pixel,
+per-channel attribution (gradient, gradient x input, integrated gradients, guided backprop) also
+expose that raw signed attribution ``[N, C, H, W]`` so wrappers such as SmoothGrad can average it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from harness.registry import lookup, names
+
+
+class MapFn(Protocol):
+    def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                 **params) -> torch.Tensor: ...
+
+
+REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # the seed notebook's reduction: max over channels of |attribution|
+    "abs_max": lambda attribution: attribution.abs().amax(dim=1),
+    # sum over channels of |attribution| (PAIR saliency's VisualizeImageGrayscale)
+    "abs_sum": lambda attribution: attribution.abs().sum(dim=1),
+}
+
+
+def reduce_channels(attribution: torch.Tensor, reduce: str = "abs_max") -> torch.Tensor:
+    """``[N, C, H, W]`` -> non-negative ``[N, H, W]`` with the named reduction."""
+    return lookup(REDUCTIONS, "reduction", reduce)(attribution)
+
+
+def signed_channels(attribution: torch.Tensor) -> torch.Tensor:
+    """Signed map ``[N, H, W]``: the sum over channels (PAIR's diverging visualisation)."""
+    return attribution.sum(dim=1)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered saliency method.
+
+    ``fn`` gives the (non-negative unless stated) map; ``signed`` the signed variant where one
+    exists; ``attribution`` the raw ``[N, C, H, W]`` attribution for pixel-space methods.
+    """
+
+    name: str
+    fn: MapFn
+    kind: str
+    citation: str
+    summary: str
+    signed: MapFn | None = None
+    attribution: MapFn | None = None
+    defaults: dict = field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, kind: str, citation: str, signed: MapFn | None = None,
+                    defaults: dict | None = None) -> Callable[[MapFn], MapFn]:
+    """Decorator registering a map function as method ``name``."""
+
+    def add(fn: MapFn) -> MapFn:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        summary = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        METHODS[name] = Method(name, fn, kind, citation, summary, signed=signed,
+                               defaults=dict(defaults or {}))
+        return fn
+
+    return add
+
+
+def register_attribution(name: str, *, citation: str,
+                         defaults: dict | None = None) -> Callable[[MapFn], MapFn]:
+    """Decorator registering a raw attribution ``[N, C, H, W]`` as method ``name``: its map is
+    ``reduce_channels(attribution, reduce)`` (default ``abs_max``), its signed map the channel
+    sum."""
+
+    def add(attribution: MapFn) -> MapFn:
+        def as_map(model, x, target, *, reduce: str = "abs_max", **params):
+            return reduce_channels(attribution(model, x, target, **params), reduce)
+
+        def as_signed(model, x, target, *, reduce: str = "abs_max", **params):
+            return signed_channels(attribution(model, x, target, **params))
+
+        summary = (attribution.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        METHODS[name] = Method(name, as_map, "attribution", citation, summary, signed=as_signed,
+                               attribution=attribution, defaults=dict(defaults or {}))
+        return attribution
+
+    return add
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Names of the registered saliency methods (fnmatch ``pattern``)."""
+    return names(METHODS, pattern)
+
+
+def get_method(name: str) -> Method:
+    return lookup(METHODS, "method", name)
+
+
+# ----------------------------------------------------------------------------- guard
+
+
+def _hook_counts(model: nn.Module) -> tuple[int, ...]:
+    counts = []
+    for module in model.modules():
+        counts += [len(module._forward_hooks), len(module._forward_pre_hooks),
+                   len(module._backward_hooks), len(getattr(module, "_backward_pre_hooks", {}))]
+    return tuple(counts)
+
+
+@contextlib.contextmanager
+def guarded(model: nn.Module) -> Iterator[None]:
+    """Run a method with ``model`` in eval mode and its parameters frozen, then restore every
+    module's training flag and every parameter's ``requires_grad`` and ``.grad``; fail if the
+    method left a hook behind."""
+    training = [module.training for module in model.modules()]
+    params = list(model.parameters())
+    flags = [param.requires_grad for param in params]
+    grads = [param.grad for param in params]
+    hooks = _hook_counts(model)
+    model.eval()
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for module, was_training in zip(model.modules(), training, strict=True):
+            module.training = was_training
+        for param, flag, grad in zip(params, flags, grads, strict=True):
+            param.requires_grad_(flag)
+            param.grad = grad
+    if _hook_counts(model) != hooks:
+        raise RuntimeError("a saliency method left a hook on the model")
+
+
+def check_inputs(x: torch.Tensor, target: torch.Tensor | int | list) -> torch.Tensor:
+    """Validate ``x`` ``[N, C, H, W]``; return ``target`` as a long tensor ``[N]`` on x's device."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor [N, C, H, W], got {shape}")
+    target = torch.as_tensor(target, device=x.device).long().reshape(-1)
+    if target.numel() == 1 and x.shape[0] > 1:
+        target = target.expand(x.shape[0])
+    if target.shape[0] != x.shape[0]:
+        raise ValueError(f"target has {target.shape[0]} entries for {x.shape[0]} images")
+    return target
+
+
+def check_target_range(logits: torch.Tensor, target: torch.Tensor) -> None:
+    bad = (target < 0) | (target >= logits.shape[1])
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(f"target {int(target[index])} of image {index} is out of range: the model "
+                         f"has {logits.shape[1]} classes")
+
+
+def class_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Unnormalised scores ``model(x)[i, target_i]`` ``[N]`` (no softmax, as in Simonyan et al.)."""
+    logits = model(x)
+    check_target_range(logits, target)
+    return logits.gather(1, target.view(-1, 1)).squeeze(1)
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """d score_target / d x ``[N, C, H, W]`` from one backward of the summed scores (any N >= 1)."""
+    x = x.detach().clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(class_scores(model, x, target).sum(), x)
+    return gradient
+
+
+def saliency(name: str, model: nn.Module, x: torch.Tensor, target, *, signed: bool = False,
+             **params) -> torch.Tensor:
+    """Saliency maps ``[N, H, W]`` of method ``name`` for inputs ``x`` ``[N, C, H, W]``.
+
+    ``signed=True`` returns the method's signed variant (an error if it has none). The model is
+    used in eval mode with frozen parameters and left exactly as it was; ``x`` is not modified.
+    """
+    method = get_method(name)
+    target = check_inputs(x, target)
+    fn = method.fn
+    if signed:
+        if method.signed is None:
+            raise ValueError(f"method {name!r} has no signed variant; methods with one: "
+                             f"{', '.join(n for n, m in METHODS.items() if m.signed)}")
+        fn = method.signed
+    with guarded(model):
+        maps = fn(model, x.detach(), target, **params)
+    maps = maps.detach()
+    expected = (x.shape[0], x.shape[2], x.shape[3])
+    if tuple(maps.shape) != expected:
+        raise RuntimeError(f"method {name!r} returned {tuple(maps.shape)}, expected {expected}")
+    return maps
+
+
+def saliency_batched(name: str, model: nn.Module, x: torch.Tensor, target, *,
+                     batch_size: int = 32, signed: bool = False, **params) -> torch.Tensor:
+    """``saliency`` over ``x`` in chunks of ``batch_size`` images (bounded memory): ``[N, H, W]``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    target = check_inputs(x, target)
+    chunks = [saliency(name, model, x[start:start + batch_size], target[start:start + batch_size],
+                       signed=signed, **params) for start in range(0, x.shape[0], batch_size)]
+    return torch.cat(chunks)

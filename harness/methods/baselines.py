@@ -1,0 +1,63 @@
+"""Control baselines: maps that ignore the model (Adebayo et al. 2018 use an edge detector to show
+that a method passing a visual check need not depend on the model).
+
+- ``random``: i.i.d. uniform [0, 1) per pixel from a seeded generator;
+- ``sobel``: Sobel edge magnitude of the input image (``skimage.filters.sobel`` on the channel
+  mean);
+- ``center``: an isotropic Gaussian centred on the image (the centre-bias prior).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.methods._core import register_method
+
+_CONTROL = "Adebayo et al. 2018 (arXiv:1810.03292), input-only controls"
+
+
+@register_method("random", kind="control", citation=_CONTROL, defaults={"seed": 0})
+def random_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
+               seed: int = 0) -> torch.Tensor:
+    """Random control: uniform [0, 1) per pixel; image ``i`` of the batch draws from a generator
+    seeded with ``(seed, i)``, so equal seeds give equal maps on any device."""
+    n_images, _, height, width = x.shape
+    maps = []
+    for index in range(n_images):
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
+        maps.append(torch.rand((height, width), generator=generator))
+    return torch.stack(maps).to(device=x.device, dtype=x.dtype)
+
+
+def _sobel(x: torch.Tensor) -> torch.Tensor:
+    from skimage.filters import sobel
+
+    gray = x.detach().double().mean(dim=1).cpu().numpy()
+    edges = np.stack([sobel(image) for image in gray])
+    return torch.from_numpy(edges).to(device=x.device, dtype=x.dtype)
+
+
+@register_method("sobel", kind="control", citation=_CONTROL)
+def sobel_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Edge-detector control: Sobel gradient magnitude of the channel mean of the input (no model,
+    no target)."""
+    return _sobel(x)
+
+
+@register_method("center", kind="control", citation="Centre-bias prior (Judd et al. 2009)",
+                 defaults={"sigma": 0.25})
+def center_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
+               sigma: float = 0.25) -> torch.Tensor:
+    """Centre-prior control: exp(-d^2 / (2 s^2)) with d the distance to the image centre and
+    s = ``sigma`` * min(H, W); the same map for every image."""
+    if sigma <= 0:
+        raise ValueError(f"center: sigma must be > 0, got {sigma}")
+    n_images, _, height, width = x.shape
+    rows = torch.arange(height, dtype=torch.float64) - (height - 1) / 2
+    cols = torch.arange(width, dtype=torch.float64) - (width - 1) / 2
+    distance2 = rows.view(-1, 1) ** 2 + cols.view(1, -1) ** 2
+    spread = sigma * min(height, width)
+    prior = torch.exp(-distance2 / (2 * spread**2))
+    return prior.expand(n_images, height, width).to(device=x.device, dtype=x.dtype).clone()

@@ -1,0 +1,167 @@
+"""Wrappers that compose with any base method (so "smoothgrad of integrated gradients" exists).
+
+- ``blurred``: the base map convolved with a Gaussian of standard deviation ``sigma`` pixels
+  (``scipy.ndimage.gaussian_filter``, reflect boundary, truncate 4 sigma).
+- ``smoothgrad``: Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise": the mean over
+  ``n`` noisy copies x + N(0, s^2), with s = ``noise`` * (max(x) - min(x)) per image, computed in
+  the model's input space. Defaults n = 50, noise = 0.15 (the sanity-check paper's setting).
+- ``smoothgrad_sq``: SmoothGrad-Squared (Hooker et al. 2019, "A Benchmark for Interpretability
+  Methods in Deep Neural Networks"): the mean of the squared estimates.
+- ``vargrad``: VarGrad (Adebayo et al. 2018, "Local Explanation Methods for Deep Neural Networks
+  Lack Sensitivity to Parameter Values"): their (population) variance.
+
+What is averaged (``average``): ``"attribution"`` (default where the base has one) averages the raw
+signed per-channel attributions, as Smilkov et al. average gradients and as PAIR saliency and
+Captum's NoiseTunnel do, then applies the base's channel reduction (``reduce``, default abs-max);
+``"map"`` averages the base's final maps (the only choice for map-only bases such as Grad-CAM).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from harness.methods._core import get_method, reduce_channels, register_method, signed_channels
+
+
+def _base_map(base: str, base_params: dict | None, signed: bool):
+    method = get_method(base)
+    fn = method.signed if signed else method.fn
+    if fn is None:
+        raise ValueError(f"base method {base!r} has no signed variant")
+    return lambda model, x, target: fn(model, x, target, **dict(base_params or {}))
+
+
+def _blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma < 0:
+        raise ValueError(f"blurred: sigma must be >= 0, got {sigma}")
+    array = maps.detach().double().cpu().numpy()
+    blurred = gaussian_filter(array, sigma=(0, sigma, sigma), mode="reflect", truncate=4.0)
+    return torch.from_numpy(np.ascontiguousarray(blurred)).to(maps.device, maps.dtype)
+
+
+def _blurred(model, x, target, *, base="vanilla", base_params=None, sigma=2.0, signed=False):
+    return _blur(_base_map(base, base_params, signed)(model, x, target), sigma)
+
+
+def blurred_signed(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
+                   base: str = "vanilla", base_params: dict | None = None,
+                   sigma: float = 2.0) -> torch.Tensor:
+    """Gaussian blur of the base method's signed map."""
+    return _blurred(model, x, target, base=base, base_params=base_params, sigma=sigma, signed=True)
+
+
+@register_method("blurred", kind="wrapper", signed=blurred_signed,
+                 citation="Gaussian smoothing of a base map (cs231n notebook's blur_image)",
+                 defaults={"base": "vanilla", "sigma": 2.0})
+def blurred(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, base: str = "vanilla",
+            base_params: dict | None = None, sigma: float = 2.0) -> torch.Tensor:
+    """Blurred: the base method's map convolved with a Gaussian of ``sigma`` pixels."""
+    return _blurred(model, x, target, base=base, base_params=base_params, sigma=sigma)
+
+
+def noise_for_image(x_image: torch.Tensor, n: int, noise: float, seed: int,
+                    index: int) -> torch.Tensor:
+    """``[n, C, H, W]`` Gaussian noise for image ``index`` of the batch with standard deviation
+    ``noise * (max - min)`` of that image; drawn on the CPU from a generator seeded with
+    ``(seed, index)``, so equal seeds give equal noise on every device and any batch size."""
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
+    spread = float(x_image.max() - x_image.min()) * noise
+    draws = torch.randn((n, *x_image.shape), generator=generator, dtype=torch.float32)
+    return (draws * spread).to(device=x_image.device, dtype=x_image.dtype)
+
+
+def noisy_moments(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, base: str,
+                  base_params: dict | None, n: int, noise: float, seed: int, batch_size: int,
+                  average: str | None, signed: bool = False) -> tuple[torch.Tensor, torch.Tensor,
+                                                                       str]:
+    """First and second moments over ``n`` noisy copies per image of the base estimate.
+
+    The estimate is the base's raw attribution ``[C, H, W]`` (``average="attribution"``) or its map
+    ``[H, W]`` (``"map"``). Copies of all images are evaluated in chunks of ``batch_size`` inputs.
+    Returns (mean, mean of squares, the ``average`` used), accumulated in float64.
+    """
+    method = get_method(base)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    average = average or ("attribution" if method.attribution is not None else "map")
+    if average == "attribution":
+        if method.attribution is None:
+            raise ValueError(f"base method {base!r} has no raw attribution; use average='map'")
+        params = {k: v for k, v in dict(base_params or {}).items() if k != "reduce"}
+        estimate = lambda m, inputs, t: method.attribution(m, inputs, t, **params)  # noqa: E731
+    elif average == "map":
+        estimate = _base_map(base, base_params, signed)
+    else:
+        raise ValueError(f"average {average!r} is not one of: attribution, map")
+    total = total_sq = None
+    pairs = [(i, j) for i in range(x.shape[0]) for j in range(n)]
+    noise_cache: dict[int, torch.Tensor] = {}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        for i in {i for i, _ in chunk} - set(noise_cache):
+            noise_cache[i] = noise_for_image(x[i], n, noise, seed, i)
+        inputs = torch.stack([x[i] + noise_cache[i][j] for i, j in chunk])
+        images = torch.tensor([i for i, _ in chunk], device=x.device)
+        values = estimate(model, inputs, target[images]).detach().double()
+        if total is None:
+            shape = (x.shape[0], *values.shape[1:])
+            total = torch.zeros(shape, dtype=torch.float64, device=x.device)
+            total_sq = torch.zeros_like(total)
+        total.index_add_(0, images, values)
+        total_sq.index_add_(0, images, values * values)
+        for i in {i for i, _ in chunk}:
+            if chunk[-1][0] > i:  # all copies of image i are done
+                noise_cache.pop(i, None)
+    return total / n, total_sq / n, average
+
+
+_SMOOTH_CITES = {
+    "smoothgrad": "Smilkov et al. 2017 (arXiv:1706.03825)",
+    "smoothgrad_sq": "Hooker et al. 2019 (arXiv:1806.10758)",
+    "vargrad": "Adebayo et al. 2018 (arXiv:1810.03677)",
+}
+_SMOOTH_DEFAULTS = {"base": "vanilla", "n": 50, "noise": 0.15, "seed": 0, "batch_size": 16}
+
+
+def _smooth(statistic: str, signed: bool = False):
+    def fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, base: str = "vanilla",
+           base_params: dict | None = None, n: int = 50, noise: float = 0.15, seed: int = 0,
+           batch_size: int = 16, average: str | None = None) -> torch.Tensor:
+        mean, mean_sq, used = noisy_moments(
+            model, x, target, base=base, base_params=base_params, n=n, noise=noise, seed=seed,
+            batch_size=batch_size, average=average, signed=signed)
+        if statistic == "mean":
+            value = mean
+        elif statistic == "mean_sq":
+            value = mean_sq
+        else:
+            value = (mean_sq - mean * mean).clamp(min=0)
+        if used == "attribution":
+            reduce = dict(base_params or {}).get("reduce", "abs_max")
+            value = signed_channels(value) if signed else reduce_channels(value, reduce)
+        return value.to(x.dtype)
+
+    return fn
+
+
+def _named(fn, doc: str):
+    fn.__doc__ = doc
+    return fn
+
+
+smoothgrad_signed = _named(_smooth("mean", signed=True),
+                           "SmoothGrad of the base's signed estimate (channel sum or signed map).")
+register_method("smoothgrad", kind="wrapper", citation=_SMOOTH_CITES["smoothgrad"],
+                signed=smoothgrad_signed, defaults=_SMOOTH_DEFAULTS)(_named(
+    _smooth("mean"), "SmoothGrad: mean of the base estimate over n noisy copies of the input."))
+register_method("smoothgrad_sq", kind="wrapper", citation=_SMOOTH_CITES["smoothgrad_sq"],
+                defaults=_SMOOTH_DEFAULTS)(_named(
+    _smooth("mean_sq"), "SmoothGrad-Squared: mean of the squared base estimate over noisy copies."))
+register_method("vargrad", kind="wrapper", citation=_SMOOTH_CITES["vargrad"],
+                defaults=_SMOOTH_DEFAULTS)(_named(
+    _smooth("var"), "VarGrad: variance of the base estimate over n noisy copies of the input."))
