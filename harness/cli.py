@@ -71,6 +71,15 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     for name in methods:
         maps[name] = saliency_batched(name, model, x, target, batch_size=args.batch_size,
                                       **params[name])
+    if args.save_maps:
+        from harness.data import save_maps
+
+        for name, values in maps.items():
+            target_path = args.save_maps.replace("{method}", name)
+            if "{method}" not in args.save_maps and len(maps) > 1:
+                raise ValueError("--save-maps needs '{method}' in the path for several methods")
+            save_maps(target_path, values, dataset.ids, targets=target.cpu().numpy())
+            print(f"wrote {target_path}")
     class_names = dataset.class_names or info.categories
     titles = [class_names[int(t)] if int(t) < len(class_names) else str(int(t)) for t in target]
     from harness.figures import saliency_grid
@@ -78,6 +87,64 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     saliency_grid(crop_pixels(images, info), titles, maps, args.out)
     print(f"wrote {args.out}: {len(dataset)} images x {len(methods)} methods "
           f"({args.model}, weights {info.weights})")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from harness import metrics as causal
+    from harness.data import load_maps
+
+    chosen = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    valid = ("deletion", "insertion", "morf", "lerf", "abpc")
+    for name in chosen:
+        if name not in valid:
+            raise ValueError(f"unknown metric {name!r}; valid: {', '.join(valid)}")
+    maps, map_ids = load_maps(args.maps)
+    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint,
+                       device=args.device)
+    dataset = load_dataset(args.data, limit=args.limit, seed=args.seed,
+                           **parse_assignments(args.data_opt, "--data-opt"))
+    if map_ids is None:
+        if len(maps) != len(dataset):
+            raise ValueError(f"{args.maps} has {len(maps)} maps without ids for {len(dataset)} "
+                             "images; store ids or match the dataset")
+        samples = list(dataset)
+    else:
+        by_id = {sample.id: sample for sample in dataset}
+        missing = [i for i in map_ids if i not in by_id]
+        if missing:
+            raise ValueError(f"maps for images not in the dataset: {missing[:5]}")
+        samples = [by_id[i] for i in map_ids]
+    ids = [sample.id for sample in samples]
+    x = preprocess([sample.load() for sample in samples], model.harness_info, device=args.device)
+    target = resolve_targets(model, x, [s.label for s in samples], ids, mode=args.target_mode)
+    saliency = torch.from_numpy(maps).to(args.device)
+    common = {"step": args.step, "score": args.score, "batch_size": args.batch_size, "ids": ids}
+    rows, curves = [], {}
+    for name in chosen:
+        if name == "abpc":
+            result = causal.abpc(model, x, saliency, target, substrate=args.deletion_substrate,
+                                 **common)
+            values = result.abpc
+        else:
+            substrate = (args.insertion_substrate if name == "insertion"
+                         else args.deletion_substrate)
+            result = getattr(causal, name)(model, x, saliency, target, substrate=substrate,
+                                           **common)
+            values = result.auc
+            curves[name] = result.curves.numpy()
+        rows += [{"image_id": i, "target": int(t), "metric": name, "value": float(v)}
+                 for i, t, v in zip(ids, target.tolist(), values.tolist(), strict=True)]
+        print(f"{name:10s} mean {float(values.mean()):.4f} over {len(ids)} images")
+    table = pd.DataFrame(rows)
+    table.to_csv(args.out, index=False)
+    np.savez_compressed(str(args.out).rsplit(".", 1)[0] + "_curves.npz", ids=np.array(ids),
+                        **curves)
+    print(f"wrote {args.out} ({args.target_mode} targets, step {args.step}, score {args.score})")
     return 0
 
 
@@ -98,7 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a method parameter, e.g. smoothgrad.n=20 (repeatable)")
     figure.add_argument("--batch-size", type=int, default=16)
     figure.add_argument("--out", default="saliency.png", help="output image file")
+    figure.add_argument("--save-maps", default=None, metavar="PATH",
+                        help="also save the maps as .npz (use {method} in PATH for several)")
     figure.set_defaults(func=cmd_saliency)
+
+    score = sub.add_parser("score", help="deletion/insertion/MoRF/LeRF/ABPC of maps saved on disk")
+    _model_args(score)
+    _data_args(score)
+    score.add_argument("--maps", required=True,
+                       help=".npz (maps, ids), .npy or .pt file of [N, H, W] maps")
+    score.add_argument("--metrics", default="deletion,insertion",
+                       help="comma-separated: deletion, insertion, morf, lerf, abpc")
+    score.add_argument("--step", type=int, default=224)
+    score.add_argument("--score", choices=["prob", "logit"], default="prob")
+    score.add_argument("--deletion-substrate", default="zero")
+    score.add_argument("--insertion-substrate", default="rise_blur")
+    score.add_argument("--batch-size", type=int, default=None)
+    score.add_argument("--out", default="scores.csv", help="per-image CSV (curves beside, .npz)")
+    score.set_defaults(func=cmd_score)
     return parser
 
 

@@ -337,3 +337,62 @@ def imagefolder(*, root: str | os.PathLike,
     chosen = tuple(Sample(image_id, label, partial(read_image, path))
                    for image_id, path, label in items)
     return Dataset("imagefolder", chosen, class_names)
+
+
+# ------------------------------------------------------------------------ saliency maps on disk
+
+
+def save_maps(path: str | os.PathLike, maps: torch.Tensor | np.ndarray, ids: Sequence[str],
+              **extra: np.ndarray) -> None:
+    """Write maps ``[N, H, W]`` with their image ids to an ``.npz`` (keys ``maps``, ``ids``)."""
+    array = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, maps=array.astype(np.float32), ids=np.asarray(list(ids), dtype=str),
+                        **extra)
+
+
+def load_maps(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
+    """Read saliency maps ``[N, H, W]`` (and ids, when stored) from any tool:
+
+    - ``.npz`` with ``maps`` (or the only array) and optional ``ids``;
+    - ``.npy``: the array alone (maps in dataset order);
+    - ``.pt``/``.pth``: a tensor, or a dict with ``maps`` and optional ``ids``.
+
+    ``[N, 1, H, W]`` is squeezed; ``[N, C, H, W]`` with C > 1 is an error (reduce channels first).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"maps file {str(path)!r} does not exist")
+    ids = None
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.keys())
+            if "maps" in archive:
+                maps = archive["maps"]
+            elif len([k for k in keys if k != "ids"]) == 1:
+                maps = archive[[k for k in keys if k != "ids"][0]]
+            else:
+                raise ValueError(f"maps file {str(path)!r} has arrays {keys}; name one 'maps'")
+            ids = [str(i) for i in archive["ids"]] if "ids" in archive else None
+    elif suffix == ".npy":
+        maps = np.load(path, allow_pickle=False)
+    elif suffix in (".pt", ".pth"):
+        content = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(content, dict):
+            if "maps" not in content:
+                raise ValueError(f"maps file {str(path)!r} holds a dict without 'maps'")
+            ids = [str(i) for i in content["ids"]] if "ids" in content else None
+            content = content["maps"]
+        maps = torch.as_tensor(content).numpy()
+    else:
+        raise ValueError(f"maps file {str(path)!r}: unknown format {suffix!r} "
+                         "(valid: .npz, .npy, .pt, .pth)")
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.ndim != 3:
+        raise ValueError(f"maps in {str(path)!r} have shape {maps.shape}; expected [N, H, W]")
+    if ids is not None and len(ids) != len(maps):
+        raise ValueError(f"maps file {str(path)!r} has {len(maps)} maps but {len(ids)} ids")
+    return maps, ids

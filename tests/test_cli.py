@@ -34,3 +34,42 @@ def test_console_script_lists_methods():
     result = subprocess.run([sys.executable, "-m", "harness.cli", "list", "methods"],
                             capture_output=True, text=True, check=True)
     assert "vanilla" in result.stdout and "Simonyan" in result.stdout
+
+
+def test_score_maps_from_disk_in_any_format(tmp_path, capsys):
+    import numpy as np
+    import pandas as pd
+    import pytest
+    import torch
+
+    from harness.data import load_maps, save_maps
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((2, 224, 224)).astype(np.float32)
+    save_maps(tmp_path / "m.npz", maps, ["coffee", "chelsea"])  # order differs from the dataset
+    np.save(tmp_path / "m.npy", maps[:, None])
+    torch.save({"maps": torch.from_numpy(maps), "ids": ["coffee", "chelsea"]}, tmp_path / "m.pt")
+    for name in ("m.npz", "m.npy", "m.pt"):
+        loaded, ids = load_maps(tmp_path / name)
+        np.testing.assert_array_equal(loaded, maps)
+        assert ids == (None if name == "m.npy" else ["coffee", "chelsea"])
+    out = tmp_path / "scores.csv"
+    code = main(["score", "--maps", str(tmp_path / "m.npz"), "--data", "samples",
+                 "--data-opt", "names=[chelsea, coffee]", "--metrics", "deletion,lerf",
+                 "--step", "12544", "--out", str(out)])
+    assert code == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["image_id", "target", "metric", "value"]
+    assert table["image_id"].tolist() == ["coffee", "chelsea"] * 2
+    assert set(table["metric"]) == {"deletion", "lerf"} and table["value"].between(0, 1).all()
+    curves = np.load(tmp_path / "scores_curves.npz")
+    assert curves["deletion"].shape == (2, 5)  # 224*224 / 12544 = 4 steps + 1
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_maps(tmp_path / "nope.npz")
+    np.save(tmp_path / "rgb.npy", np.zeros((1, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"expected \[N, H, W\]"):
+        load_maps(tmp_path / "rgb.npy")
+    assert main(["score", "--maps", str(tmp_path / "m.npz"), "--metrics", "aopc",
+                 "--out", str(out)]) == 2
+    assert "unknown metric 'aopc'" in capsys.readouterr().err

@@ -257,3 +257,12 @@ def test_methods_on_real_model(lite0, sample_batch):
         maps = harness.saliency(name, lite0, x, target)
         assert maps.shape == (2, 224, 224) and torch.isfinite(maps).all()
     assert not any(p.requires_grad for p in lite0.parameters())
+
+
+def test_inputs_made_under_inference_mode_are_accepted(tiny_cnn):
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 16, 16)
+        target = tiny_cnn(x).argmax(1)
+    for name in ("vanilla", "integrated_gradients", "smoothgrad", "gradcam"):
+        maps = harness.saliency(name, tiny_cnn, x, target, **CHEAP.get(name, {}))
+        assert maps.shape == (2, 16, 16)

@@ -152,7 +152,7 @@ def check_inputs(x: torch.Tensor, target: torch.Tensor | int | list) -> torch.Te
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a tensor [N, C, H, W], got {shape}")
-    target = torch.as_tensor(target, device=x.device).long().reshape(-1)
+    target = torch.as_tensor(target, device=x.device).long().reshape(-1).clone()  # no inference
     if target.numel() == 1 and x.shape[0] > 1:
         target = target.expand(x.shape[0])
     if target.shape[0] != x.shape[0]:
@@ -197,8 +197,9 @@ def saliency(name: str, model: nn.Module, x: torch.Tensor, target, *, signed: bo
             raise ValueError(f"method {name!r} has no signed variant; methods with one: "
                              f"{', '.join(n for n, m in METHODS.items() if m.signed)}")
         fn = method.signed
+    x = x.detach().clone() if x.is_inference() else x.detach()  # usable under autograd
     with guarded(model):
-        maps = fn(model, x.detach(), target, **params)
+        maps = fn(model, x, target, **params)
     maps = maps.detach()
     expected = (x.shape[0], x.shape[2], x.shape[3])
     if tuple(maps.shape) != expected:

@@ -1,0 +1,171 @@
+"""Deletion/insertion throughput against the model's own best inference speed and Quantus 0.6.
+
+Measured side by side in ONE run on the same model (SqueezeNet 1.1, random weights: timing only)
+and the same saliency maps:
+
+  (a) the model's best pure batched inference throughput over batch sizes and memory layouts
+      (NCHW contiguous and channels_last, set explicitly), images/s;
+  (b) harness deletion + insertion at default settings, scored images/s;
+  (c) Quantus 0.6 PixelFlipping and RegionPerturbation on the same images and maps, scored
+      images/s (Quantus' own AUC helper uses np.trapz, gone in NumPy >= 2.4: AUC computed here).
+
+Prints (b)/(a), (b)/(c), peak memory, device and versions. Usage:
+
+    .venv/bin/python benchmarks/causal_metrics.py [--images 8] [--device cpu] [--step 224]
+
+Quantus is in the benchmark-only extra: ``pip install -e '.[bench]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+import warnings
+
+import numpy as np
+import torch
+
+import harness
+from harness import metrics
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def pure_throughput(model, device, batch_sizes, layouts, min_images: int) -> dict:
+    """images/s of ``model(x)`` under inference_mode for each (batch size, layout)."""
+    rates = {}
+    for layout_name, layout in layouts.items():
+        for batch_size in batch_sizes:
+            x = torch.randn(batch_size, 3, 224, 224, device=device)
+            x = x.contiguous(memory_format=layout)
+            repeats = max(2, -(-min_images // batch_size))
+            best = 0.0
+            with torch.inference_mode():
+                model(x)
+                for _ in range(3):  # best of 3 timed rounds of >= min_images images
+                    sync(device)
+                    began = time.perf_counter()
+                    for _ in range(repeats):
+                        model(x)
+                    sync(device)
+                    best = max(best, repeats * batch_size / (time.perf_counter() - began))
+            rates[(batch_size, layout_name)] = best
+    return rates
+
+
+def harness_rate(model, x, saliency, target, step: int, device,
+                 repeats: int) -> tuple[float, float, dict]:
+    """Scored images/s of deletion + insertion at default engine settings (best of ``repeats``
+    full runs, each including the sort, the substrate and all scoring)."""
+    metrics.deletion(model, x[:1], saliency[:1], target[:1], step=x.shape[-1] * x.shape[-2])
+    best = None
+    for _ in range(repeats):
+        sync(device)
+        began = time.perf_counter()
+        deletion = metrics.deletion(model, x, saliency, target, step=step)
+        insertion = metrics.insertion(model, x, saliency, target, step=step)
+        sync(device)
+        seconds = time.perf_counter() - began
+        best = seconds if best is None else min(best, seconds)
+    scored = deletion.curves.numel() + insertion.curves.numel()
+    aucs = {"deletion": float(deletion.auc.mean()), "insertion": float(insertion.auc.mean())}
+    return scored / best, best, aucs
+
+
+def quantus_rates(model, x, saliency, target, step: int, device) -> dict:
+    import quantus
+
+    x_np = x.cpu().numpy()
+    a_np = saliency.cpu().numpy()[:, None]
+    y_np = target.cpu().numpy()
+    n_images = len(x_np)
+    results = {}
+    pixel_flipping = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black",
+                                           normalise=False, abs=False, disable_warnings=True,
+                                           display_progressbar=False)
+    began = time.perf_counter()
+    curves = pixel_flipping(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np,
+                            device=str(device), batch_size=n_images, softmax=True)
+    seconds = time.perf_counter() - began
+    curves = np.asarray(curves)
+    results["PixelFlipping"] = {
+        "seconds": seconds, "scored": curves.size, "rate": curves.size / seconds,
+        "auc": float(metrics.auc(torch.as_tensor(curves)).mean()),
+    }
+    region = quantus.RegionPerturbation(patch_size=8, regions_evaluation=100, order="morf",
+                                        perturb_baseline="black", normalise=False, abs=False,
+                                        disable_warnings=True, display_progressbar=False)
+    began = time.perf_counter()
+    region_curves = region(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np,
+                           device=str(device), batch_size=n_images, softmax=True)
+    seconds = time.perf_counter() - began
+    scored = sum(len(c) + 1 for c in region_curves)  # + the unperturbed score per image
+    results["RegionPerturbation"] = {"seconds": seconds, "scored": scored,
+                                     "rate": scored / seconds}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--step", type=int, default=224)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of (b); best is kept")
+    parser.add_argument("--skip-quantus", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    warnings.filterwarnings("ignore")
+
+    model = harness.load_model("squeezenet1_1", weights="random", device=device)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(args.images, 3, 224, 224, generator=generator).to(device).contiguous()
+    target = torch.randint(0, 1000, (args.images,), generator=generator).to(device)
+    saliency = harness.saliency("vanilla", model, x, target)
+
+    rate_b, seconds_b, aucs = harness_rate(model, x, saliency, target, args.step, device,
+                                           repeats=args.repeats)
+    rss_b = peak_rss_gb()
+    gpu_peak = torch.cuda.max_memory_allocated() / 1024**3 if device.type == "cuda" else None
+
+    batch_sizes = [1, 2, 4, 8, 16, 32, 64] if device.type == "cpu" else [64, 128, 256, 512]
+    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    rates_a = pure_throughput(model, device, batch_sizes, layouts,
+                              min_images=128 if device.type == "cpu" else 4096)
+    (best_bs, best_layout), rate_a = max(rates_a.items(), key=lambda item: item[1])
+
+    print(f"device: {device} ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads)" if device.type == "cpu" else
+          f"device: {torch.cuda.get_device_name(device)}")
+    print(f"torch {torch.__version__}, numpy {np.__version__}, harness {harness.__version__}")
+    print(f"work: {args.images} images 224x224, step {args.step} "
+          f"({metrics.causal.n_steps_for(224, 224, args.step) + 1} points per curve)")
+    print("\n(a) pure inference, images/s:")
+    for (batch_size, layout), rate in sorted(rates_a.items()):
+        print(f"    batch {batch_size:4d} {layout:14s} {rate:9.1f}")
+    print(f"    best: {rate_a:.1f} (batch {best_bs}, {best_layout})")
+    print(f"(b) harness deletion+insertion: {rate_b:.1f} scored images/s "
+          f"({seconds_b:.1f} s; mean AUC del {aucs['deletion']:.4f} ins {aucs['insertion']:.4f})")
+    print(f"    peak RSS after (b): {rss_b:.2f} GB" +
+          (f"; peak GPU memory {gpu_peak:.2f} GB" if gpu_peak is not None else ""))
+    print(f"(b)/(a) = {rate_b / rate_a:.3f}")
+    if not args.skip_quantus:
+        for name, result in quantus_rates(model, x, saliency, target, args.step, device).items():
+            print(f"(c) Quantus 0.6 {name}: {result['rate']:.1f} scored images/s "
+                  f"({result['seconds']:.1f} s)" +
+                  (f", AUC {result['auc']:.4f} (normalised trapezoid, computed here)"
+                   if "auc" in result else ""))
+            print(f"    (b)/(c) = {rate_b / result['rate']:.2f}")
+    print(f"peak RSS of the whole run: {peak_rss_gb():.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Sanity checks for saliency maps (Adebayo et al. 2018): model-parameter and data
+randomization, with the paper's similarity measures."""
+
+from harness.sanity.data_randomization import (
+    DataRandomizationResult,
+    data_randomization,
+    render_digits,
+    train_pair,
+)
+from harness.sanity.randomization import (
+    RandomizationResult,
+    model_randomization,
+    randomize,
+    resolve_blocks,
+)
+from harness.sanity.similarity import MEASURES, UndefinedSimilarity
+
+__all__ = [
+    "MEASURES", "DataRandomizationResult", "RandomizationResult", "UndefinedSimilarity",
+    "data_randomization", "model_randomization", "randomize", "render_digits", "resolve_blocks",
+    "train_pair",
+]
