@@ -12,8 +12,9 @@ import yaml
 import harness
 from harness.data import crop_pixels, load_dataset, preprocess, resolve_targets
 from harness.methods import list_methods, saliency_batched
-from harness.models import load_model
+from harness.models import WeightsUnavailableError, load_model
 from harness.registry import UnknownNameError
+from harness.tracking import TrackingUnavailableError
 
 
 def parse_assignments(items: Sequence[str], what: str) -> dict[str, object]:
@@ -148,6 +149,42 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.config import load_config
+    from harness.pipeline import run_experiment
+    from harness.report import render_tables
+
+    config = load_config(args.config, args.set)
+    result = run_experiment(config, resume=args.resume, progress=not args.no_progress)
+    summary = result["summary"]
+    print()
+    print(render_tables(summary, {"run": result["run_id"] or str(result["output_dir"]),
+                                  "reference": config.reference, "model": config.model.name,
+                                  "weights": result["weights"], "data": config.data.name,
+                                  "target": config.target})["md"])
+    output = result["output_dir"]
+    print(f"results: {output}/results.csv, tables: {output}/tables/, figures: {output}/figures/")
+    if result["run_id"]:
+        uri = config.tracking.uri
+        print(f"MLflow: parent run {result['run_id']} in experiment "
+              f"'{config.tracking.experiment}' ({uri}).")
+        if uri.startswith("sqlite:"):
+            print(f"  open the UI:  mlflow ui --backend-store-uri {uri}   "
+                  "(then http://127.0.0.1:5000, select the method runs, Compare)")
+        print(f"  paper table:  harness table {result['run_id']} --tracking-uri {uri}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from harness.pipeline import table_for
+
+    summary, paths = table_for(args.run, tracking_uri=args.tracking_uri,
+                               reference=args.reference, out=args.out)
+    print(paths[1].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     parser.add_argument("--version", action="version", version=harness.__version__)
@@ -183,6 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=None)
     score.add_argument("--out", default="scores.csv", help="per-image CSV (curves beside, .npz)")
     score.set_defaults(func=cmd_score)
+
+    runner = sub.add_parser("run", help="run an experiment config (records, tables, MLflow)")
+    runner.add_argument("config", help="experiments/*.yaml")
+    runner.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a config key, e.g. data.limit=2 or methods.1.params.n=10")
+    runner.add_argument("--resume", action="store_true",
+                        help="continue the run in the config's output_dir without recomputing")
+    runner.add_argument("--no-progress", action="store_true")
+    runner.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="LaTeX/Markdown/CSV table of a run")
+    table.add_argument("run", help="an output folder of `harness run` or an MLflow run id")
+    table.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    table.add_argument("--reference", default=None, help="method for the paired tests")
+    table.add_argument("--out", default=None, help="folder for table.tex/.md/.csv")
+    table.set_defaults(func=cmd_table)
     return parser
 
 
@@ -207,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UnknownNameError, ValueError, harness.models.WeightsUnavailableError) as error:
+    except (UnknownNameError, ValueError, WeightsUnavailableError,
+            TrackingUnavailableError) as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,348 @@
+"""Experiment configs: YAML -> typed, validated, frozen dataclasses, before any compute.
+
+An unknown key, an unknown registry name or a wrong type is an error naming the key path (for
+example ``methods[1].params.n``) and the valid choices. ``--set path.to.key=value`` overrides are
+applied to the raw YAML before validation (list items by index: ``methods.1.params.n=10``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.registry import UnknownNameError
+
+CURVE_METRICS = ("deletion", "insertion", "morf", "lerf", "abpc")
+METRIC_NAMES = (*CURVE_METRICS, "model_randomization")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key path."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "efficientnet_lite0"
+    weights: str = "default"
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "samples"
+    limit: int | None = None
+    seed: int | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str
+    method: str | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def registry_name(self) -> str:
+        return self.method or self.name
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    step: int = 224
+    substrate: str | dict | None = None  # None: zero for deletion/MoRF/LeRF, rise_blur insertion
+    score: str = "prob"
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RandomizationConfig:
+    mode: str = "cascading"
+    target_mode: str = "own_top1"
+    blocks: list | None = None
+    measures: list = field(default_factory=lambda: ["spearman_abs", "spearman_signed", "ssim",
+                                                    "hog"])
+    seed: int = 0
+    methods: list | None = None  # display names to check (default: every method)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "harness"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    methods: tuple[MethodConfig, ...]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    metrics: dict = field(default_factory=dict)  # metric name -> CurveConfig | Randomization...
+    target: str = "predicted"
+    reference: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 8
+    figure_images: int = 6
+    output_dir: str = "outputs/experiment"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def hash(self) -> str:
+        """SHA-256 of the canonical JSON of everything that affects the numbers (not tracking or
+        the output folder)."""
+        content = self.to_dict()
+        for key in ("tracking", "output_dir", "figure_images"):
+            content.pop(key)
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- generic checking
+
+
+def _type_ok(value, annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _type_name(annotation) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def build(cls, raw, path: str):
+    """Instantiate dataclass ``cls`` from mapping ``raw``: unknown keys, missing required keys and
+    wrong types are ``ConfigError``s naming ``path.key``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {_join(path, unknown[0])!r}; valid keys at "
+                          f"{path or 'top level'}: {', '.join(fields)}")
+    values = {}
+    for name, spec in fields.items():
+        key = _join(path, name)
+        if name not in raw:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing required key {key!r}")
+            continue
+        value = raw[name]
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name] = build(annotation, value, key)
+            continue
+        if not _type_ok(value, annotation):
+            raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def _check_choice(value: str, choices, key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
+
+
+def _method_param_names(method_name: str) -> set[str] | None:
+    from harness.methods import get_method
+
+    method = get_method(method_name)
+    signature = inspect.signature(method.attribution or method.fn)
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    names = {p for p in list(signature.parameters)[3:]}
+    if method.attribution is not None:
+        names.add("reduce")
+    return names
+
+
+def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig, ...]:
+    from harness.methods import list_methods
+
+    if not isinstance(raw_methods, list) or not raw_methods:
+        raise ConfigError(f"{path}: expected a non-empty list of methods")
+    methods = []
+    for index, raw in enumerate(raw_methods):
+        key = f"{path}[{index}]"
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        method = build(MethodConfig, raw, key)
+        if method.registry_name not in list_methods():
+            field_name = "method" if method.method else "name"
+            raise ConfigError(f"{key}.{field_name}: unknown method {method.registry_name!r}; "
+                              f"valid: {', '.join(list_methods())}")
+        allowed = _method_param_names(method.registry_name)
+        for param in method.params:
+            if allowed is not None and param not in allowed:
+                raise ConfigError(f"{key}.params.{param}: not a parameter of "
+                                  f"{method.registry_name!r}; valid: {', '.join(sorted(allowed))}")
+        base = method.params.get("base")
+        if base is not None and base not in list_methods():
+            raise ConfigError(f"{key}.params.base: unknown method {base!r}; "
+                              f"valid: {', '.join(list_methods())}")
+        if base is not None and method.params.get("base_params"):
+            base_allowed = _method_param_names(base)
+            for param in method.params["base_params"]:
+                if base_allowed is not None and param not in base_allowed:
+                    raise ConfigError(f"{key}.params.base_params.{param}: not a parameter of "
+                                      f"{base!r}; valid: {', '.join(sorted(base_allowed))}")
+        methods.append(method)
+    names = [m.name for m in methods]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: display name {duplicates[0]!r} is used twice; give each "
+                          "entry its own name (and the registry name under 'method')")
+    return tuple(methods)
+
+
+def _validate_metrics(raw_metrics) -> dict:
+    from harness.metrics import list_substrates
+    from harness.sanity.similarity import MEASURES
+
+    if raw_metrics is None:
+        return {}
+    if not isinstance(raw_metrics, dict):
+        raise ConfigError("metrics: expected a mapping of metric name -> settings")
+    metrics = {}
+    for name, raw in raw_metrics.items():
+        key = f"metrics.{name}"
+        _check_choice(name, METRIC_NAMES, "metrics")
+        if name == "model_randomization":
+            settings = build(RandomizationConfig, raw, key)
+            _check_choice(settings.mode, ("cascading", "independent"), f"{key}.mode")
+            _check_choice(settings.target_mode, ("own_top1", "fixed"), f"{key}.target_mode")
+            for measure in settings.measures:
+                _check_choice(measure, tuple(MEASURES), f"{key}.measures")
+        else:
+            settings = build(CurveConfig, raw, key)
+            _check_choice(settings.score, ("prob", "logit"), f"{key}.score")
+            if settings.step < 1:
+                raise ConfigError(f"{key}.step: must be >= 1, got {settings.step}")
+            substrate = settings.substrate
+            substrate_name = substrate.get("name") if isinstance(substrate, dict) else substrate
+            if substrate_name is not None:
+                _check_choice(substrate_name, tuple(list_substrates()), f"{key}.substrate")
+        metrics[name] = settings
+    return metrics
+
+
+def from_dict(raw: dict) -> ExperimentConfig:
+    """Validate a raw config mapping (see ``load_config``)."""
+    from harness.data import list_datasets
+    from harness.models import list_models
+
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    raw = dict(raw)
+    methods = _validate_methods(raw.pop("methods", None))
+    metrics = _validate_metrics(raw.pop("metrics", None))
+    raw.setdefault("name", "experiment")
+    config = build(ExperimentConfig, {**raw, "methods": [], "metrics": {}}, "")
+    config = dataclasses.replace(config, methods=methods, metrics=metrics)
+    if config.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {config.model.name!r}; see "
+                          "`harness list models` (e.g. efficientnet_lite0, squeezenet1_1)")
+    _check_choice(config.data.name, tuple(list_datasets()), "data.name")
+    _check_choice(config.target, ("label", "predicted"), "target")
+    names = [m.name for m in methods]
+    randomization = metrics.get("model_randomization")
+    for name in (randomization.methods or []) if randomization else []:
+        _check_choice(name, tuple(names), "metrics.model_randomization.methods")
+    if config.reference is not None and config.reference not in names:
+        raise ConfigError(f"reference: {config.reference!r} is not one of the methods: "
+                          f"{', '.join(names)}")
+    if config.batch_size < 1:
+        raise ConfigError(f"batch_size: must be >= 1, got {config.batch_size}")
+    return config
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``path.to.key=value`` overrides (YAML-parsed values) to a raw config mapping."""
+    raw = json.loads(json.dumps(raw))  # deep copy
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--set {item!r}: expected path.to.key=value")
+        parts = path.split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                index = _index(part, node, parts[: depth + 1])
+                node = node[index]
+            else:
+                node = node.setdefault(part, {})
+                if node is None:
+                    node = {}
+        last = parts[-1]
+        value = yaml.safe_load(text)
+        if isinstance(node, list):
+            node[_index(last, node, parts)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _index(part: str, node: list, parts: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {'.'.join(parts)}: {part!r} is not an index of a list of "
+                          f"{len(node)}")
+    return int(part)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML file (no model or data is loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    try:
+        return from_dict(apply_overrides(raw, overrides or []))
+    except UnknownNameError as error:
+        raise ConfigError(str(error)) from None
