@@ -86,6 +86,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: 
     plot_mean_curves(records, figures / "curves.png", seed=config.seed)
     plot_randomization(records, figures / "randomization.png", seed=config.seed)
     state = json.loads((output / STATE).read_text())
+    state["weights"] = info.weights
+    (output / STATE).write_text(json.dumps(state, indent=2))
     run_id = None
     if config.tracking.enabled:
         from harness.models import weights_fingerprint
@@ -137,6 +139,7 @@ def table_for(run: str, *, tracking_uri: str = "sqlite:///mlflow.db",
         weights = tags.get("harness.weights", "?")
     else:
         state = json.loads((folder / STATE).read_text()) if (folder / STATE).exists() else {}
+        weights = state.get("weights", "?")
         if state.get("mlflow_run_id"):
             run_label = f"MLflow run {state['mlflow_run_id']}"
     config = from_dict(yaml.safe_load((folder / RESOLVED).read_text()))

@@ -114,7 +114,8 @@ def caption(meta: dict, summary: pd.DataFrame) -> str:
     if meta.get("metric_settings"):
         parts.append(f"Metrics: {meta['metric_settings']}.")
     parts.append("Mean ± half-width of the 95% percentile-bootstrap CI "
-                 f"(10,000 resamples, seed {meta.get('seed', 0)}); best per column in bold.")
+                 f"({meta.get('n_resamples', 10_000):,} resamples, seed {meta.get('seed', 0)}); "
+                 "best per column in bold.")
     if meta.get("reference"):
         parts.append(f"* / **: paired Wilcoxon signed-rank test against {meta['reference']}, "
                      "Holm-corrected across the table, p < 0.05 / p < 0.01.")

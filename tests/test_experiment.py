@@ -1,0 +1,211 @@
+"""The experiment runner end to end: records, resume after SIGKILL, MLflow (server and sqlite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import ConfigError, from_dict
+from harness.experiment import load_records, record_key, run
+from harness.pipeline import run_experiment, table_for
+from harness.tracking import TrackingUnavailableError
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["vanilla", "smoothgrad", "sobel"]
+
+
+def tiny_raw(folder: Path, **changes) -> dict:
+    raw = {
+        "name": "tiny", "seed": 0,
+        "model": {"name": "squeezenet1_1", "weights": "random"},
+        "data": {"name": "samples", "options": {"names": ["chelsea", "coffee", "rocket"]}},
+        "batch_size": 2, "reference": "vanilla",
+        "methods": ["vanilla", {"name": "smoothgrad", "params": {"n": 4}}, "sobel"],
+        "metrics": {"deletion": {"step": 12544}, "insertion": {"step": 12544},
+                    "model_randomization": {"blocks": ["conv10", "fire9"],
+                                            "measures": ["spearman_abs", "ssim"]}},
+        "figure_images": 2, "output_dir": str(folder / "run"),
+        "tracking": {"enabled": False},
+    }
+    raw.update(changes)
+    return raw
+
+
+def comparable(records: list[dict]) -> list[str]:
+    return sorted(json.dumps(r, sort_keys=True) for r in records)
+
+
+def test_records_are_complete_and_deterministic(tmp_path):
+    config = from_dict(tiny_raw(tmp_path))
+    fresh = list(run(config, progress=False))
+    # 3 images x 3 methods x (deletion, insertion) + 3 x 3 x 2 blocks x 2 measures
+    assert len(fresh) == 18 + 36
+    assert len({record_key(r) for r in fresh}) == len(fresh)
+    assert load_records(config.output_dir) == fresh
+    deletion = [r for r in fresh if r["metric"] == "deletion"]
+    assert all(len(r["curve"]) == 5 and r["target_source"] == "predicted" for r in deletion)
+    again = from_dict(tiny_raw(tmp_path / "again"))
+    assert comparable(list(run(again, progress=False))) == comparable(fresh)
+    assert list(run(config, resume=True, progress=False)) == [], "nothing left to compute"
+    with pytest.raises(ConfigError, match="already holds records.*--resume"):
+        list(run(config, progress=False))
+    changed = from_dict(tiny_raw(tmp_path, seed=1))
+    with pytest.raises(ConfigError, match="config differs"):
+        list(run(changed, resume=True, progress=False))
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    raw = tiny_raw(tmp_path, batch_size=1,
+                   methods=["vanilla", {"name": "smoothgrad", "params": {"n": 12}}, "sobel"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    records_file = tmp_path / "run" / "records.jsonl"
+    command = [sys.executable, "-m", "harness.cli", "run", str(path), "--no-progress"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if records_file.exists() and records_file.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = records_file.read_text().count("\n")
+    assert 3 <= partial < 54, f"the kill must land mid-run ({partial} records)"
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines = [json.loads(line) for line in records_file.read_text().splitlines()]
+    assert len(lines) == len({record_key(r) for r in lines}) == 54, "no duplicates, none lost"
+    reference = from_dict(tiny_raw(tmp_path / "reference", batch_size=1, methods=raw["methods"]))
+    assert comparable(lines) == comparable(list(run(reference, progress=False)))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as reply:
+                if reply.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
+    yield uri
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def check_logged_run(uri: str, run_id: str, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(run_id)
+    tags = parent.data.tags
+    for tag in ("harness.git_commit", "harness.config_hash", "harness.dataset_fingerprint",
+                "harness.weights_sha256", "harness.version", "torch.version", "harness.device"):
+        assert tags.get(tag), tag
+    assert tags["harness.weights"] == "random(seed=0)" and tags["harness.role"] == "experiment"
+    assert parent.data.params["model.name"] == "squeezenet1_1"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert sorted(c.data.tags["harness.method"] for c in children) == sorted(METHODS)
+    for child in children:
+        metrics = child.data.metrics
+        for key in ("deletion.mean", "deletion.ci_low", "deletion.ci_high", "insertion.mean",
+                    "rand_ssim.mean"):
+            assert key in metrics, (child.data.tags["harness.method"], key)
+        assert metrics["deletion.n"] == 3
+        assert child.data.params["method.registry_name"] == child.data.tags["harness.method"]
+        assert child.data.tags["harness.config_hash"] == tags["harness.config_hash"]
+    smooth = next(c for c in children if c.data.tags["harness.method"] == "smoothgrad")
+    assert smooth.data.params["method.n"] == "4" and "deletion.p_holm" in smooth.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"records.jsonl", "results.csv", "config.resolved.yaml", "tables",
+            "figures"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run_id, "tables")} >= {
+        "tables/table.tex", "tables/table.md", "tables/table.csv"}
+    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert {"figures/saliency_grid.png", "figures/curves.png",
+            "figures/randomization.png"} <= figures
+    # the paper table straight from the MLflow run id
+    summary, paths = table_for(run_id, tracking_uri=uri, out=tmp_path / "from-mlflow")
+    text = paths[1].read_text()
+    assert f"MLflow run {run_id}" in text and "squeezenet1_1 (random(seed=0))" in text
+    assert set(summary["method"]) == set(METHODS)
+
+
+def test_mlflow_tracking_server(tmp_path, mlflow_server, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = from_dict(tiny_raw(tmp_path, tracking={"uri": mlflow_server,
+                                                    "experiment": "server-test"}))
+    result = run_experiment(config, progress=False, log=lambda *a: None)
+    check_logged_run(mlflow_server, result["run_id"], tmp_path)
+
+
+def test_mlflow_embedded_sqlite_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = from_dict(tiny_raw(tmp_path, tracking={"experiment": "sqlite-test"}))
+    assert config.tracking.uri == "sqlite:///mlflow.db"
+    result = run_experiment(config, progress=False, log=lambda *a: None)
+    assert (tmp_path / "mlflow.db").exists()
+    check_logged_run("sqlite:///mlflow.db", result["run_id"], tmp_path)
+
+
+def test_unreachable_tracking_server_fails_fast_with_uri(tmp_path, monkeypatch):
+    import harness.experiment
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("no compute before the tracking check")
+
+    monkeypatch.setattr(harness.experiment, "load_model", forbidden)
+    uri = f"http://127.0.0.1:{free_port()}"
+    config = from_dict(tiny_raw(tmp_path, tracking={"uri": uri}))
+    began = time.time()
+    with pytest.raises(TrackingUnavailableError, match=f"cannot reach the MLflow tracking server "
+                                                       f"at {uri}"):
+        run_experiment(config, progress=False)
+    assert time.time() - began < 15
+
+
+def test_cli_run_and_table_from_output_folder(tmp_path, capsys):
+    from harness.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(tmp_path)))
+    assert main(["run", str(path), "--no-progress", "--set", "data.options.names=[coffee]"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | deletion ↓ | insertion ↑ |" in out and "results:" in out
+    assert main(["table", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "tables" / "table.tex").read_text().startswith(r"\begin{table}")
