@@ -15,8 +15,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/harness saliency --model efficientnet_lite0 --data samples \
-	  --methods vanilla,blurred,smoothgrad,gradcam,sobel --out outputs/saliency.png
+	$(BIN)/harness run $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q
