@@ -248,3 +248,10 @@ def test_bad_inputs_are_named(tiny_cnn):
         metrics.deletion(tiny_cnn, x, good, [0, 7], step=8)
     with pytest.raises(ValueError, match="score 'softmax' is not one of: prob, logit"):
         metrics.deletion(tiny_cnn, x, good, [0, 1], step=8, score="softmax")
+
+
+def test_rise_blur_equals_the_reference_dense_convolution():
+    x = torch.randn(2, 3, 20, 17)
+    dense = torch.nn.functional.conv2d(x, gkern(11, 5), padding=5)
+    ours = metrics.make_substrate("rise_blur")[0](x)
+    torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-6)

@@ -67,8 +67,11 @@ def mean(x: torch.Tensor) -> torch.Tensor:
 def rise_blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
     if x.shape[1] != 3:
         raise ValueError(f"rise_blur needs 3-channel inputs, got {x.shape[1]}")
-    kernel = gkern(klen, nsig).to(device=x.device, dtype=x.dtype)
-    return F.conv2d(x, kernel, padding=klen // 2)
+    # gkern's 3x3 channel matrix is diagonal: the same numbers as F.conv2d(x, gkern(...),
+    # padding=klen // 2), computed depthwise (3x fewer multiply-adds)
+    kernel = gkern(klen, nsig)[[0, 1, 2], [0, 1, 2]].unsqueeze(1)
+    kernel = kernel.to(device=x.device, dtype=x.dtype)
+    return F.conv2d(x, kernel, padding=klen // 2, groups=3)
 
 
 @_substrate("blur")
