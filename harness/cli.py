@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -158,7 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_experiment(config, resume=args.resume, progress=not args.no_progress)
     summary = result["summary"]
     print()
-    print(render_tables(summary, {"run": result["run_id"] or str(result["output_dir"]),
+    source = f"MLflow run {result['run_id']}" if result["run_id"] else str(result["output_dir"])
+    print(render_tables(summary, {"run": source,
                                   "reference": config.reference, "model": config.model.name,
                                   "weights": result["weights"], "data": config.data.name,
                                   "target": config.target})["md"])
@@ -168,10 +170,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         uri = config.tracking.uri
         print(f"MLflow: parent run {result['run_id']} in experiment "
               f"'{config.tracking.experiment}' ({uri}).")
+        tools = Path(sys.executable).parent
+        mlflow_cli = tools / "mlflow" if (tools / "mlflow").exists() else "mlflow"
+        harness_cli = tools / "harness" if (tools / "harness").exists() else "harness"
         if uri.startswith("sqlite:"):
-            print(f"  open the UI:  mlflow ui --backend-store-uri {uri}   "
+            print(f"  open the UI:  {mlflow_cli} ui --backend-store-uri {uri}   "
                   "(then http://127.0.0.1:5000, select the method runs, Compare)")
-        print(f"  paper table:  harness table {result['run_id']} --tracking-uri {uri}")
+        print(f"  paper table:  {harness_cli} table {result['run_id']} --tracking-uri {uri}")
     return 0
 
 

@@ -25,7 +25,7 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
 from harness.registry import lookup, names
 
@@ -67,11 +67,19 @@ def mean(x: torch.Tensor) -> torch.Tensor:
 def rise_blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
     if x.shape[1] != 3:
         raise ValueError(f"rise_blur needs 3-channel inputs, got {x.shape[1]}")
-    # gkern's 3x3 channel matrix is diagonal: the same numbers as F.conv2d(x, gkern(...),
-    # padding=klen // 2), computed depthwise (3x fewer multiply-adds)
-    kernel = gkern(klen, nsig)[[0, 1, 2], [0, 1, 2]].unsqueeze(1)
-    kernel = kernel.to(device=x.device, dtype=x.dtype)
-    return F.conv2d(x, kernel, padding=klen // 2, groups=3)
+    # The same operator as RISE's F.conv2d(x, gkern(klen, nsig), padding=klen // 2), computed
+    # cheaply: gkern's 3x3 channel matrix is diagonal (depthwise), and scipy's gaussian_filter of
+    # a delta filters one axis after the other, so the 2-D kernel is the outer product of the 1-D
+    # filtered delta (equal to 1e-18); zero padding commutes with the split. 22 instead of 363
+    # multiply-adds per output pixel; a test compares with the dense reference convolution.
+    delta = np.zeros(klen)
+    delta[klen // 2] = 1
+    line = torch.from_numpy(gaussian_filter1d(delta, nsig).astype("float32"))
+    line = line.to(device=x.device, dtype=x.dtype)
+    pad = klen // 2
+    out = F.conv2d(x, line.view(1, 1, klen, 1).expand(3, 1, klen, 1), padding=(pad, 0), groups=3)
+    return F.conv2d(out, line.view(1, 1, 1, klen).expand(3, 1, 1, klen), padding=(0, pad),
+                    groups=3)
 
 
 @_substrate("blur")
