@@ -103,21 +103,19 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: 
             f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
             "harness.target": config.target, "harness.n_images": str(len(prepared.dataset)),
         }
-        # tables first, named by output folder; rewritten below with the run id in the caption
-        write_tables(summary, table_meta(config, info.weights, str(output)), output / "tables")
         run_id = log_run(
             uri=config.tracking.uri, experiment=config.tracking.experiment, run_name=config.name,
             params=config.to_dict(), tags=tags, summary=summary,
             method_params={m.name: {"registry_name": m.registry_name, **m.params}
                            for m in config.methods},
             artifacts=[output / RESOLVED, output / "records.jsonl", output / "results.csv",
-                       output / "tables", figures],
+                       figures],
             parent_run_id=state.get("mlflow_run_id") if resume else None)
         state["mlflow_run_id"] = run_id
         (output / STATE).write_text(json.dumps(state, indent=2))
     label = f"MLflow run {run_id}" if run_id else str(output)
     write_tables(summary, table_meta(config, info.weights, label), output / "tables")
-    if run_id:
+    if run_id:  # the caption names the run id, so the tables are logged after the run exists
         from harness.tracking import log_tables
 
         log_tables(config.tracking.uri, run_id, output / "tables")

@@ -130,7 +130,7 @@ def download_run(run_id: str, uri: str, destination: str | Path) -> tuple[Path, 
 
 
 def log_tables(uri: str, run_id: str, folder: str | Path) -> None:
-    """Replace the run's ``tables`` artifacts with the final ones (caption naming the run id)."""
+    """Log the ``tables`` artifacts (their caption names the run id, known only after logging)."""
     from mlflow.tracking import MlflowClient
 
     MlflowClient(uri).log_artifacts(run_id, str(folder), artifact_path="tables")
