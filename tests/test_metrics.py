@@ -212,6 +212,43 @@ def test_batch_size_and_memory_format_do_not_change_numbers(tiny_cnn):
         torch.testing.assert_close(other.curves, reference.curves, rtol=1e-5, atol=1e-6)
 
 
+class InputRecorder(torch.nn.Module):
+    """Keeps a copy of every input it scores; returns zero logits for 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return torch.zeros(x.shape[0], 3)
+
+
+@pytest.mark.parametrize("channels, height, width, step", [(3, 7, 9, 5), (1, 6, 6, 36),
+                                                           (3, 5, 11, 1), (2, 8, 3, 7)])
+def test_every_scored_input_is_exactly_the_masked_image(channels, height, width, step):
+    # the engine builds a chunk's first point with the full mask and the next ones incrementally:
+    # every input must equal where(rank < min(k * step, H * W), finish, start) bit for bit
+    generator = torch.Generator().manual_seed(channels * 100 + step)
+    start = torch.randn(3, channels, height, width, generator=generator)
+    finish = torch.randn(3, channels, height, width, generator=generator)
+    saliency = torch.randint(0, 4, (3, height, width), generator=generator).float()  # ties
+    ranks = metrics.pixel_ranks(saliency)
+    n_points = metrics.causal.n_steps_for(height, width, step) + 1
+    expected = torch.stack([
+        torch.where((ranks[i] < min(k * step, height * width)).view(1, height, width),
+                    finish[i], start[i])
+        for i in range(3) for k in range(n_points)])
+    for batch_size in (1, 3, 8, 1000):
+        for layout in ("contiguous", "channels_last"):
+            recorder = InputRecorder()
+            metrics.perturbation_curves(recorder, start, finish, ranks, torch.zeros(3).long(),
+                                        step=step, batch_size=batch_size, memory_format=layout)
+            seen = torch.cat(recorder.seen)
+            assert seen.shape == expected.shape
+            assert torch.equal(seen.contiguous(), expected), (batch_size, layout)
+
+
 @pytest.mark.slow
 def test_bf16_autocast_bounds_auc_difference(lite0, sample_batch):
     x, target = sample_batch

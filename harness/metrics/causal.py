@@ -148,6 +148,15 @@ def _check_targets(target: torch.Tensor, n_classes: int) -> None:
                          f"{n_classes} classes")
 
 
+def _pixel_rows(image: torch.Tensor) -> torch.Tensor:
+    """A ``[H * W, C]`` view of ``image`` ``[C, H, W]`` (channels_last or contiguous) whose row p
+    is pixel p in all channels; writes go through to ``image``."""
+    channels = image.shape[0]
+    if image.stride(0) == 1:  # channels_last: the C values of a pixel are adjacent
+        return image.permute(1, 2, 0).view(-1, channels)
+    return image.view(channels, -1).t()
+
+
 def default_batch_size(device: torch.device) -> int:
     """Chunk size when none is given: 8 on the CPU (per-image throughput falls with larger
     batches on cache-bound CPUs; see the benchmark), 256 on accelerators."""
@@ -182,21 +191,32 @@ def perturbation_curves(model: nn.Module, start: torch.Tensor, finish: torch.Ten
     total = n_images * n_points
     buffer = torch.empty((min(batch_size, total), *start.shape[1:]), dtype=start.dtype,
                          device=device).contiguous(memory_format=layout)
+    # the removal order (pixel index of each rank) for the incremental steps below
+    order = torch.empty_like(ranks).scatter_(
+        1, ranks, torch.arange(n_pixels, device=device).expand_as(ranks))
+    rows = [_pixel_rows(buffer[b]) for b in range(buffer.shape[0])]
     with torch.inference_mode(), _autocast(device, amp_dtype):
         for begin in range(0, total, batch_size):
             end = min(begin + batch_size, total)
             inputs = buffer[: end - begin]
-            # the chunk holds consecutive points of one or a few images: build each image's part
-            # by broadcasting its start/finish against the masks (no per-point copies of sources)
+            # the chunk holds consecutive points of one or a few images. The first point of each
+            # image's run is built whole (rank < threshold mask, torch.where); each following
+            # point is the previous one with the next ``step`` pixels of the order copied from
+            # ``finish`` (a copy plus a small gather/scatter instead of a full mask and select)
             for image in range(begin // n_points, (end - 1) // n_points + 1):
-                first = max(begin, image * n_points)
-                last = min(end, (image + 1) * n_points)
-                points = torch.arange(first - image * n_points, last - image * n_points,
-                                      device=device, dtype=torch.int32)
-                thresholds = (points * step).clamp(max=n_pixels).view(-1, 1, 1, 1)
-                changed = rank_images[image] < thresholds
-                torch.where(changed, finish[image], start[image],
-                            out=inputs[first - begin: last - begin])
+                first = max(begin, image * n_points) - begin
+                last = min(end, (image + 1) * n_points) - begin
+                point = first + begin - image * n_points
+                threshold = min(point * step, n_pixels)
+                torch.where(rank_images[image] < threshold, finish[image], start[image],
+                            out=inputs[first])
+                finish_rows = _pixel_rows(finish[image])
+                for slot in range(first + 1, last):
+                    inputs[slot].copy_(inputs[slot - 1])
+                    point += 1
+                    pixels = order[image, threshold: min(point * step, n_pixels)]
+                    threshold = min(point * step, n_pixels)
+                    rows[slot].index_copy_(0, pixels, finish_rows.index_select(0, pixels))
             logits = model(inputs).float()
             if begin == 0:
                 _check_targets(target, logits.shape[1])
