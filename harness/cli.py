@@ -152,7 +152,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_config
-    from harness.pipeline import run_experiment
+    from harness.pipeline import run_experiment, table_meta
     from harness.report import render_tables
 
     config = load_config(args.config, args.set)
@@ -160,10 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = result["summary"]
     print()
     source = f"MLflow run {result['run_id']}" if result["run_id"] else str(result["output_dir"])
-    print(render_tables(summary, {"run": source,
-                                  "reference": config.reference, "model": config.model.name,
-                                  "weights": result["weights"], "data": config.data.name,
-                                  "target": config.target})["md"])
+    print(render_tables(summary, table_meta(config, result["weights"], source))["md"])
     output = result["output_dir"]
     print(f"results: {output}/results.csv, tables: {output}/tables/, figures: {output}/figures/")
     if result["run_id"]:
@@ -184,7 +181,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     from harness.pipeline import table_for
 
     summary, paths = table_for(args.run, tracking_uri=args.tracking_uri,
-                               reference=args.reference, out=args.out)
+                               reference=args.reference, out=args.out, ci_method=args.ci)
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -240,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     table.add_argument("--reference", default=None, help="method for the paired tests")
     table.add_argument("--out", default=None, help="folder for table.tex/.md/.csv")
+    table.add_argument("--ci", default=None, choices=("bca", "percentile"),
+                       help="bootstrap CI method (default: the run's config, bca)")
     table.set_defaults(func=cmd_table)
     return parser
 

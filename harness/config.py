@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from harness.registry import UnknownNameError
+from harness.stats import CI_METHODS
 
 CURVE_METRICS = ("deletion", "insertion", "morf", "lerf", "abpc")
 METRIC_NAMES = (*CURVE_METRICS, "model_randomization")
@@ -89,6 +90,7 @@ class ExperimentConfig:
     metrics: dict = field(default_factory=dict)  # metric name -> CurveConfig | Randomization...
     target: str = "predicted"
     reference: str | None = None
+    ci_method: str = "bca"  # bootstrap CI of the tables: bca | percentile (harness.stats)
     seed: int = 0
     device: str = "cpu"
     batch_size: int = 8
@@ -100,10 +102,11 @@ class ExperimentConfig:
         return _plain(dataclasses.asdict(self))
 
     def hash(self) -> str:
-        """SHA-256 of the canonical JSON of everything that affects the numbers (not tracking or
-        the output folder)."""
+        """SHA-256 of the canonical JSON of everything that affects the per-image records (not
+        tracking, the output folder, the figures or the tables' CI method, which the resolved
+        config also records)."""
         content = self.to_dict()
-        for key in ("tracking", "output_dir", "figure_images"):
+        for key in ("tracking", "output_dir", "figure_images", "ci_method"):
             content.pop(key)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -288,6 +291,7 @@ def from_dict(raw: dict) -> ExperimentConfig:
                           "`harness list models` (e.g. efficientnet_lite0, squeezenet1_1)")
     _check_choice(config.data.name, tuple(list_datasets()), "data.name")
     _check_choice(config.target, ("label", "predicted"), "target")
+    _check_choice(config.ci_method, CI_METHODS, "ci_method")
     names = [m.name for m in methods]
     randomization = metrics.get("model_randomization")
     for name in (randomization.methods or []) if randomization else []:

@@ -3,6 +3,7 @@ and ``harness table`` and usable from notebooks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from pathlib import Path
@@ -39,7 +40,8 @@ def table_meta(config: ExperimentConfig, weights: str, run_label: str) -> dict:
     return {"name": config.name, "model": config.model.name, "weights": weights, "data": data,
             "target": "top-1 prediction" if config.target == "predicted" else
             "dataset label (top-1 where none)", "metric_settings": metric_settings(config),
-            "seed": config.seed, "reference": config.reference, "run": run_label}
+            "seed": config.seed, "reference": config.reference, "run": run_label,
+            "ci_method": config.ci_method}
 
 
 def saliency_figure(prepared, path: Path) -> Path | None:
@@ -78,7 +80,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: 
     computed = sum(1 for _ in run(config, resume=resume, progress=progress, prepared=prepared))
     records = load_records(output)
     log(f"{computed} records computed, {len(records)} in {output / 'records.jsonl'}")
-    summary = summarize(records, reference=config.reference, seed=config.seed)
+    summary = summarize(records, reference=config.reference, seed=config.seed,
+                        ci_method=config.ci_method)
     info = prepared.model.harness_info
     per_image_table(records).to_csv(output / "results.csv", index=False)
     figures = output / "figures"
@@ -124,8 +127,10 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: 
 
 def table_for(run: str, *, tracking_uri: str = "sqlite:///mlflow.db",
               reference: str | None = None, out: str | Path | None = None,
-              seed: int | None = None) -> tuple[pd.DataFrame, list[Path]]:
-    """Tables for ``run``: an output folder of ``harness run`` or an MLflow parent run id."""
+              seed: int | None = None, ci_method: str | None = None
+              ) -> tuple[pd.DataFrame, list[Path]]:
+    """Tables for ``run``: an output folder of ``harness run`` or an MLflow parent run id.
+    ``reference``, ``seed`` and ``ci_method`` override the run's config."""
     folder = Path(run)
     run_label = str(folder)
     weights = "?"
@@ -141,10 +146,13 @@ def table_for(run: str, *, tracking_uri: str = "sqlite:///mlflow.db",
         if state.get("mlflow_run_id"):
             run_label = f"MLflow run {state['mlflow_run_id']}"
     config = from_dict(yaml.safe_load((folder / RESOLVED).read_text()))
+    if ci_method is not None:
+        config = dataclasses.replace(config, ci_method=ci_method)
     records = load_records(folder)
     reference = reference or config.reference
-    summary = summarize(records, reference=reference, seed=config.seed if seed is None else seed)
+    seed = config.seed if seed is None else seed
+    summary = summarize(records, reference=reference, seed=seed, ci_method=config.ci_method)
     meta = table_meta(config, weights, run_label)
-    meta["reference"] = reference
+    meta.update(reference=reference, seed=seed)
     paths = write_tables(summary, meta, Path(out) if out else folder / "tables")
     return summary, paths

@@ -1,6 +1,7 @@
 """Paper tables and figures from per-image records.
 
-A table is methods x metrics: mean +- 95% bootstrap CI (seeded), best per column in bold, a
+A table is methods x metrics: mean and 95% bootstrap CI [low, high] (BCa by default, seeded;
+intervals of skewed per-image scores are asymmetric, so no ± half-width), best per column in bold, a
 direction arrow per metric, n images, and the paired Wilcoxon signed-rank test of each method
 against the reference method on the same images, Holm-corrected across all comparisons in the
 table. The caption names the model, data, metric settings and run.
@@ -22,6 +23,7 @@ import pandas as pd
 
 from harness.stats import bootstrap_ci, holm, paired_wilcoxon
 
+CI_NAMES = {"bca": "BCa", "percentile": "percentile"}
 DIRECTION = {"deletion": "down", "insertion": "up", "morf": "down", "lerf": "up", "abpc": "up"}
 ARROWS = {"up": ("↑", r"$\uparrow$"), "down": ("↓", r"$\downarrow$")}
 
@@ -47,9 +49,10 @@ def per_image_table(records: Sequence[dict]) -> pd.DataFrame:
 
 
 def summarize(records: Sequence[dict], *, reference: str | None = None, seed: int = 0,
-              n_resamples: int = 10_000) -> pd.DataFrame:
-    """Per (method, metric): mean, ci_low, ci_high, n, undefined (values missing), and against the
-    reference method: p (Wilcoxon) and p_holm."""
+              n_resamples: int = 10_000, ci_method: str = "bca") -> pd.DataFrame:
+    """Per (method, metric): mean, ci_low, ci_high (``harness.stats.bootstrap_ci`` with
+    ``ci_method``), n, undefined (values missing), and against the reference method: p (Wilcoxon)
+    and p_holm."""
     table = per_image_table(records)
     methods = list(dict.fromkeys(table["method"]))
     metrics = list(dict.fromkeys(table["metric"]))
@@ -61,7 +64,8 @@ def summarize(records: Sequence[dict], *, reference: str | None = None, seed: in
             row = {"method": method, "metric": metric, "n": int(finite.size),
                    "undefined": int(len(values) - finite.size)}
             if finite.size:
-                interval = bootstrap_ci(finite, seed=seed, n_resamples=n_resamples)
+                interval = bootstrap_ci(finite, seed=seed, n_resamples=n_resamples,
+                                        method=ci_method)
                 row.update(mean=interval.mean, ci_low=interval.low, ci_high=interval.high)
             else:
                 row.update(mean=math.nan, ci_low=math.nan, ci_high=math.nan)
@@ -86,9 +90,9 @@ def summarize(records: Sequence[dict], *, reference: str | None = None, seed: in
 def _cell(row, bold: bool, latex: bool) -> str:
     if math.isnan(row["mean"]):
         return "n/a"
-    half = (row["ci_high"] - row["ci_low"]) / 2
-    text = f"{row['mean']:.3f} ± {half:.3f}" if not latex else \
-        f"{row['mean']:.3f} $\\pm$ {half:.3f}"
+    interval = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    text = f"{row['mean']:.3f} {interval}" if not latex else \
+        f"{row['mean']:.3f} {{\\scriptsize {interval}}}"
     stars = ""
     if not math.isnan(row["p_holm"]):
         stars = "**" if row["p_holm"] < 0.01 else "*" if row["p_holm"] < 0.05 else ""
@@ -113,7 +117,8 @@ def caption(meta: dict, summary: pd.DataFrame) -> str:
              f"{meta.get('data', '?')}, n = {n} images, targets: {meta.get('target', '?')}."]
     if meta.get("metric_settings"):
         parts.append(f"Metrics: {meta['metric_settings']}.")
-    parts.append("Mean ± half-width of the 95% percentile-bootstrap CI "
+    method = CI_NAMES[meta.get("ci_method", "bca")]
+    parts.append(f"Mean [95% {method} bootstrap CI of the mean] "
                  f"({meta.get('n_resamples', 10_000):,} resamples, seed {meta.get('seed', 0)}); "
                  "best per column in bold.")
     if meta.get("reference"):
@@ -154,7 +159,7 @@ def render_tables(summary: pd.DataFrame, meta: dict) -> dict[str, str]:
         r"\begin{table}[t]", r"\centering", r"\small",
         r"\begin{tabular}{l" + "c" * len(metrics) + "}", r"\toprule", latex_header + r" \\",
         r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
-        r"\caption{" + escape(text_caption).replace("±", r"$\pm$") + "}",
+        r"\caption{" + escape(text_caption) + "}",
         r"\label{tab:" + escape(str(meta.get("name", "results"))) + "}", r"\end{table}", ""])
     csv = summary.to_csv(index=False)
     return {"tex": latex, "md": markdown, "csv": csv}

@@ -59,6 +59,7 @@ def test_typo_is_named_before_any_model_is_loaded(tmp_path, monkeypatch):
     ({"metrics": {"model_randomization": {"methods": ["gradcam"]}}},
      r"metrics.model_randomization.methods: 'gradcam' is not one of: vanilla"),
     ({"target": "true"}, r"target: 'true' is not one of: label, predicted"),
+    ({"ci_method": "bc"}, r"ci_method: 'bc' is not one of: bca, percentile"),
     ({"reference": "smoothgrad"}, r"reference: 'smoothgrad' is not one of the methods: vanilla"),
     ({"data": {"name": "imagenet"}}, r"data.name: 'imagenet' is not one of: cs231n_npz"),
     ({"batch_size": True}, r"batch_size: expected int, got True"),

@@ -209,3 +209,7 @@ def test_cli_run_and_table_from_output_folder(tmp_path, capsys):
     assert "| method | deletion ↓ | insertion ↑ |" in out and "results:" in out
     assert main(["table", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "tables" / "table.tex").read_text().startswith(r"\begin{table}")
+    assert "95% BCa bootstrap CI" in (tmp_path / "run" / "tables" / "table.md").read_text()
+    assert main(["table", str(tmp_path / "run"), "--ci", "percentile", "--out",
+                 str(tmp_path / "pct")]) == 0
+    assert "95% percentile bootstrap CI" in (tmp_path / "pct" / "table.md").read_text()
