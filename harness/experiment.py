@@ -8,29 +8,34 @@ uninterrupted run, without duplicates (every random choice is seeded by the conf
 position in its batch, and batches are fixed by the dataset order and ``batch_size``).
 
 A work unit is (image batch, method): the batch is preprocessed and its targets resolved once,
-each method's maps are computed once and scored by every configured metric. The runner knows
-nothing of MLflow (``harness.tracking`` logs the finished run).
+each method's maps are computed once and scored by every configured metric. The maps of the first
+``figure_images`` images are kept in ``<output_dir>/maps/<method>.npz`` (ids and ``[n, H, W]``
+maps, the format ``harness score`` reads) for the saliency figure. The runner knows nothing of
+MLflow (``harness.tracking`` logs the finished run).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from harness.config import CURVE_METRICS, ConfigError, ExperimentConfig
-from harness.data import Dataset, load_dataset, preprocess, resolve_targets
+from harness.data import Dataset, load_dataset, load_maps, preprocess, resolve_targets, save_maps
 from harness.methods import saliency_batched
 from harness.models import load_model, model_info
 
 RECORDS = "records.jsonl"
 STATE = "state.json"
 RESOLVED = "config.resolved.yaml"
+MAPS = "maps"
 DEFAULT_SUBSTRATES = {"deletion": "zero", "morf": "zero", "lerf": "zero", "abpc": "zero",
                       "insertion": "rise_blur"}
 
@@ -103,6 +108,8 @@ def prepare_run(config: ExperimentConfig, *, resume: bool = False) -> Prepared:
                               f"{config.hash()[:12]}); resume needs the same settings")
     else:
         state = {}
+    if not resume and (output_dir / MAPS).exists():  # left by a run that stored no records
+        shutil.rmtree(output_dir / MAPS)
     state["config_hash"] = config.hash()
     state_path.write_text(json.dumps(state, indent=2))
     (output_dir / RESOLVED).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -213,6 +220,8 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
             if curve_metrics:
                 maps = saliency_batched(method.registry_name, prepared.model, x, target,
                                         batch_size=config.batch_size, **method.params)
+                keep_figure_maps(prepared.output_dir, method.name, ids, maps,
+                                 {s.id for s in samples[:config.figure_images]})
                 for metric in curve_metrics:
                     records += _curve_records(prepared, method.name, metric, x, maps, target,
                                               ids)
@@ -226,6 +235,32 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
             bar.update(1)
             yield from fresh
     bar.close()
+
+
+def keep_figure_maps(output_dir: Path, method: str, ids: list[str], maps: torch.Tensor,
+                     figure_ids: set[str]) -> None:
+    """Add the maps ``[N, H, W]`` of the batch's figure images to ``maps/<method>.npz``."""
+    keep = [i for i, image_id in enumerate(ids) if image_id in figure_ids]
+    if not keep:
+        return
+    path = output_dir / MAPS / f"{method}.npz"
+    kept = {ids[i]: maps[i].detach().cpu().float().numpy() for i in keep}
+    if path.exists():
+        old_maps, old_ids = load_maps(path)
+        kept = {**dict(zip(old_ids or [], old_maps, strict=True)), **kept}
+    save_maps(path, np.stack(list(kept.values())), list(kept))
+
+
+def figure_maps(output_dir: str | Path, method: str, ids: list[str]) -> torch.Tensor | None:
+    """The kept maps ``[len(ids), H, W]`` of ``method`` for ``ids``, or None if any is missing."""
+    path = Path(output_dir) / MAPS / f"{method}.npz"
+    if not path.exists():
+        return None
+    maps, stored = load_maps(path)
+    index = {image_id: i for i, image_id in enumerate(stored or [])}
+    if not all(image_id in index for image_id in ids):
+        return None
+    return torch.from_numpy(np.stack([maps[index[image_id]] for image_id in ids]))
 
 
 def load_records(output_dir: str | Path) -> list[dict]:

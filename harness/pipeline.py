@@ -14,7 +14,7 @@ import yaml
 
 import harness
 from harness.config import ExperimentConfig, from_dict
-from harness.experiment import RESOLVED, STATE, load_records, prepare_run, run
+from harness.experiment import RESOLVED, STATE, figure_maps, load_records, prepare_run, run
 from harness.report import (
     per_image_table,
     plot_mean_curves,
@@ -58,9 +58,11 @@ def saliency_figure(prepared, path: Path) -> Path | None:
     x = preprocess(images, info, device=config.device)
     ids = [s.id for s in samples]
     target = resolve_targets(prepared.model, x, [s.label for s in samples], ids, mode=config.target)
-    maps = {m.name: saliency_batched(m.registry_name, prepared.model, x, target,
-                                     batch_size=config.batch_size, **m.params)
-            for m in config.methods}
+    maps = {}
+    for m in config.methods:  # kept by the runner; computed here only when it kept none
+        kept = figure_maps(prepared.output_dir, m.name, ids)
+        maps[m.name] = kept if kept is not None else saliency_batched(
+            m.registry_name, prepared.model, x, target, batch_size=config.batch_size, **m.params)
     names = prepared.dataset.class_names or info.categories
     titles = [names[int(t)] if int(t) < len(names) else str(int(t)) for t in target]
     saliency_grid(crop_pixels(images, info), titles, maps, path)

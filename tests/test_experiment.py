@@ -13,10 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness.config import ConfigError, from_dict
-from harness.experiment import load_records, record_key, run
+from harness.data import preprocess, resolve_targets
+from harness.experiment import figure_maps, load_records, prepare_run, record_key, run
+from harness.methods import saliency_batched
 from harness.pipeline import run_experiment, table_for
 from harness.tracking import TrackingUnavailableError
 
@@ -54,6 +57,15 @@ def test_records_are_complete_and_deterministic(tmp_path):
     assert load_records(config.output_dir) == fresh
     deletion = [r for r in fresh if r["metric"] == "deletion"]
     assert all(len(r["curve"]) == 5 and r["target_source"] == "predicted" for r in deletion)
+    # the maps of the first figure_images images are kept for the figure, exactly as computed
+    prepared = prepare_run(config, resume=True)
+    figure = list(prepared.dataset)[:2]
+    ids = [sample.id for sample in figure]
+    x = preprocess([sample.load() for sample in figure], prepared.model.harness_info)
+    target = resolve_targets(prepared.model, x, [s.label for s in figure], ids, mode="predicted")
+    assert torch.equal(figure_maps(config.output_dir, "vanilla", ids),
+                       saliency_batched("vanilla", prepared.model, x, target))
+    assert figure_maps(config.output_dir, "vanilla", ids + ["rocket"]) is None
     again = from_dict(tiny_raw(tmp_path / "again"))
     assert comparable(list(run(again, progress=False))) == comparable(fresh)
     assert list(run(config, resume=True, progress=False)) == [], "nothing left to compute"
