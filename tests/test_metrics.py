@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -227,8 +228,8 @@ class InputRecorder(torch.nn.Module):
 @pytest.mark.parametrize("channels, height, width, step", [(3, 7, 9, 5), (1, 6, 6, 36),
                                                            (3, 5, 11, 1), (2, 8, 3, 7)])
 def test_every_scored_input_is_exactly_the_masked_image(channels, height, width, step):
-    # the engine builds a chunk's first point with the full mask and the next ones incrementally:
-    # every input must equal where(rank < min(k * step, H * W), finish, start) bit for bit
+    # both ways of building a chunk (full masks; the first point masked and the next ones
+    # incremental) must give where(rank < min(k * step, H * W), finish, start) bit for bit
     generator = torch.Generator().manual_seed(channels * 100 + step)
     start = torch.randn(3, channels, height, width, generator=generator)
     finish = torch.randn(3, channels, height, width, generator=generator)
@@ -239,14 +240,15 @@ def test_every_scored_input_is_exactly_the_masked_image(channels, height, width,
         torch.where((ranks[i] < min(k * step, height * width)).view(1, height, width),
                     finish[i], start[i])
         for i in range(3) for k in range(n_points)])
-    for batch_size in (1, 3, 8, 1000):
-        for layout in ("contiguous", "channels_last"):
-            recorder = InputRecorder()
-            metrics.perturbation_curves(recorder, start, finish, ranks, torch.zeros(3).long(),
-                                        step=step, batch_size=batch_size, memory_format=layout)
-            seen = torch.cat(recorder.seen)
-            assert seen.shape == expected.shape
-            assert torch.equal(seen.contiguous(), expected), (batch_size, layout)
+    for batch_size, layout, build in itertools.product(
+            (1, 3, 8, 1000), ("contiguous", "channels_last"), ("mask", "incremental")):
+        recorder = InputRecorder()
+        metrics.perturbation_curves(recorder, start, finish, ranks, torch.zeros(3).long(),
+                                    step=step, batch_size=batch_size, memory_format=layout,
+                                    build=build)
+        seen = torch.cat(recorder.seen)
+        assert seen.shape == expected.shape
+        assert torch.equal(seen.contiguous(), expected), (batch_size, layout, build)
 
 
 @pytest.mark.slow
@@ -285,6 +287,9 @@ def test_bad_inputs_are_named(tiny_cnn):
         metrics.deletion(tiny_cnn, x, good, [0, 7], step=8)
     with pytest.raises(ValueError, match="score 'softmax' is not one of: prob, logit"):
         metrics.deletion(tiny_cnn, x, good, [0, 1], step=8, score="softmax")
+    with pytest.raises(ValueError, match="build 'fast' is not one of: auto, mask, incremental"):
+        metrics.perturbation_curves(tiny_cnn, x, x, metrics.pixel_ranks(good),
+                                    torch.tensor([0, 1]), step=8, build="fast")
 
 
 def test_rise_blur_equals_the_reference_dense_convolution():

@@ -20,11 +20,12 @@ for Explanation of Black-box Models", reference ``evaluation.py``):
   between perturbation curves, Schulz et al. 2020, "Restricting the Flow"): AUC(LeRF) - AUC(MoRF);
   higher is better.
 
-The engine builds every perturbed input on the model's device from one sort per image
-(``rank < threshold`` masks and ``torch.where``), scores (image, step) pairs in chunks of
-``batch_size`` (default: 8 on the CPU, 256 on CUDA) under ``torch.inference_mode``, so memory
-is bounded by ``batch_size``, not by the number of steps or images, and no data crosses between
-host and device per step.
+The engine builds every perturbed input on the model's device from one sort per image (the first
+point of an image in a chunk with a ``rank < threshold`` mask and ``torch.where``, each next point
+from the previous one plus the next ``step`` pixels of the order), scores (image, step) pairs in
+chunks of ``batch_size`` (default: 8 on the CPU, 256 on CUDA) under ``torch.inference_mode``, so
+memory is bounded by ``batch_size``, not by the number of steps or images, and no data crosses
+between host and device per step.
 """
 
 from __future__ import annotations
@@ -163,20 +164,40 @@ def default_batch_size(device: torch.device) -> int:
     return 8 if device.type == "cpu" else 256
 
 
+BUILDS = ("auto", "mask", "incremental")
+
+
+def resolve_build(build: str, device: torch.device) -> str:
+    """``auto``: ``incremental`` on the CPU (half the engine's overhead there, measured by
+    ``benchmarks/causal_metrics.py``), ``mask`` on accelerators (one broadcast kernel per image
+    run in a chunk rather than a few small kernels per point)."""
+    if build not in BUILDS:
+        raise ValueError(f"build {build!r} is not one of: {', '.join(BUILDS)}")
+    if build == "auto":
+        return "incremental" if device.type == "cpu" else "mask"
+    return build
+
+
 def perturbation_curves(model: nn.Module, start: torch.Tensor, finish: torch.Tensor,
                         ranks: torch.Tensor, target: torch.Tensor, *, step: int,
                         score: str = "prob", batch_size: int | None = None,
-                        memory_format: str = "auto", amp_dtype: str | None = None) -> torch.Tensor:
+                        memory_format: str = "auto", amp_dtype: str | None = None,
+                        build: str = "auto") -> torch.Tensor:
     """Scores ``[N, n_steps + 1]``: point k of image i scores ``where(rank_i < min(k*step, HW),
     finish_i, start_i)``. ``start``/``finish`` ``[N, C, H, W]``, ``ranks`` ``[N, H * W]``.
 
     (image, point) pairs are taken in image-major order, ``batch_size`` at a time, into one
-    preallocated input buffer in the chosen memory layout."""
+    preallocated input buffer in the chosen memory layout. A chunk holds consecutive points of one
+    or a few images; ``build`` says how an image's run of points is written (the inputs are
+    identical either way, bit for bit): ``mask`` broadcasts start/finish against the run's
+    ``rank < threshold`` masks; ``incremental`` builds the run's first point that way and each
+    next one as a copy of the previous plus the next ``step`` pixels of the order."""
     n_images, _, height, width = start.shape
     n_pixels = height * width
     n_points = n_steps_for(height, width, step) + 1
     device = start.device
     layout = resolve_memory_format(memory_format, device)
+    build = resolve_build(build, device)
     batch_size = batch_size or default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -191,31 +212,34 @@ def perturbation_curves(model: nn.Module, start: torch.Tensor, finish: torch.Ten
     total = n_images * n_points
     buffer = torch.empty((min(batch_size, total), *start.shape[1:]), dtype=start.dtype,
                          device=device).contiguous(memory_format=layout)
-    # the removal order (pixel index of each rank) for the incremental steps below
-    order = torch.empty_like(ranks).scatter_(
-        1, ranks, torch.arange(n_pixels, device=device).expand_as(ranks))
-    rows = [_pixel_rows(buffer[b]) for b in range(buffer.shape[0])]
+    order = rows = None
+    if build == "incremental":  # the pixel index of each rank, and [H*W, C] views of the slots
+        order = torch.empty_like(ranks).scatter_(
+            1, ranks, torch.arange(n_pixels, device=device).expand_as(ranks))
+        rows = [_pixel_rows(buffer[b]) for b in range(buffer.shape[0])]
     with torch.inference_mode(), _autocast(device, amp_dtype):
         for begin in range(0, total, batch_size):
             end = min(begin + batch_size, total)
             inputs = buffer[: end - begin]
-            # the chunk holds consecutive points of one or a few images. The first point of each
-            # image's run is built whole (rank < threshold mask, torch.where); each following
-            # point is the previous one with the next ``step`` pixels of the order copied from
-            # ``finish`` (a copy plus a small gather/scatter instead of a full mask and select)
             for image in range(begin // n_points, (end - 1) // n_points + 1):
-                first = max(begin, image * n_points) - begin
+                first = max(begin, image * n_points) - begin  # the image's slots in the chunk
                 last = min(end, (image + 1) * n_points) - begin
-                point = first + begin - image * n_points
+                point = first + begin - image * n_points  # the curve point of slot ``first``
+                if build == "mask":
+                    points = torch.arange(point, point + last - first, device=device,
+                                          dtype=torch.int32)
+                    thresholds = (points * step).clamp(max=n_pixels).view(-1, 1, 1, 1)
+                    torch.where(rank_images[image] < thresholds, finish[image], start[image],
+                                out=inputs[first:last])
+                    continue
                 threshold = min(point * step, n_pixels)
                 torch.where(rank_images[image] < threshold, finish[image], start[image],
                             out=inputs[first])
                 finish_rows = _pixel_rows(finish[image])
                 for slot in range(first + 1, last):
                     inputs[slot].copy_(inputs[slot - 1])
-                    point += 1
-                    pixels = order[image, threshold: min(point * step, n_pixels)]
-                    threshold = min(point * step, n_pixels)
+                    pixels = order[image, threshold: min((point + slot - first) * step, n_pixels)]
+                    threshold = min((point + slot - first) * step, n_pixels)
                     rows[slot].index_copy_(0, pixels, finish_rows.index_select(0, pixels))
             logits = model(inputs).float()
             if begin == 0:
