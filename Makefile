@@ -21,7 +21,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check harness tests benchmarks notebooks
+	$(BIN)/ruff check harness tests benchmarks notebooks docs
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -7,11 +7,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from shlex import quote
 
 import yaml
 
 import harness
 from harness.data import crop_pixels, load_dataset, preprocess, resolve_targets
+from harness.io import FolderLocked, atomic_write
 from harness.methods import list_methods, saliency_batched
 from harness.models import WeightsUnavailableError, load_model
 from harness.registry import UnknownNameError
@@ -41,15 +43,52 @@ def method_params(methods: Sequence[str], items: Sequence[str]) -> dict[str, dic
     return params
 
 
+def check_methods(methods: Sequence[str], params: dict[str, dict]) -> None:
+    """The config's method checks for ``--methods``/``--param`` (errors name ``--param M.KEY``)."""
+    from harness.config import ConfigError, _validate_methods
+
+    for index, name in enumerate(methods):
+        try:
+            _validate_methods([{"name": name, "params": params[name]}])
+        except ConfigError as error:
+            text = str(error).replace("methods[0].params.", f"--param {name}.")
+            raise ConfigError(text.replace("methods[0].name", f"--methods[{index}]")) from None
+
+
+def check_data_options(args: argparse.Namespace) -> dict:
+    """``--data-opt`` and ``--device`` with the config's checks."""
+    from harness.config import check_device, check_signature_options
+    from harness.data import DATASETS
+    from harness.registry import lookup
+
+    options = parse_assignments(args.data_opt, "--data-opt")
+    check_signature_options(lookup(DATASETS, "dataset", args.data), options, "--data-opt",
+                            f"dataset {args.data!r}")
+    check_device(args.device, "--device")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    return options
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    from harness.metrics import get_metric, list_metrics
+
     listings = {"models": harness.list_models, "methods": list_methods,
-                "datasets": harness.list_datasets}
+                "datasets": harness.list_datasets, "metrics": list_metrics}
     for kind in [args.kind] if args.kind else listings:
         print(f"{kind}:")
         if kind == "methods":
             for name in list_methods():
                 method = harness.get_method(name)
                 print(f"  {name:22s} {method.summary}  [{method.citation}]")
+        elif kind == "metrics":
+            for name in list_metrics():
+                metric = get_metric(name)
+                arrow = "higher" if metric.direction == "up" else "lower"
+                defaults = ", ".join(f"{k}={v}" for k, v in metric.defaults().items())
+                print(f"  {name:22s} {metric.summary} ({arrow} is better; needs "
+                      f"{', '.join(sorted(metric.needs))})  [{metric.citation}]\n"
+                      f"  {'':22s} defaults: {defaults}")
         else:
             print("  " + ", ".join(listings[kind]()))
     return 0
@@ -57,16 +96,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_saliency(args: argparse.Namespace) -> int:
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    for name in methods:
-        harness.get_method(name)
     params = method_params(methods, args.param)
+    check_methods(methods, params)
+    options = check_data_options(args)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint,
                        device=args.device)
     info = model.harness_info
-    dataset = load_dataset(args.data, limit=args.limit, seed=args.seed,
-                           **parse_assignments(args.data_opt, "--data-opt"))
+    dataset = load_dataset(args.data, limit=args.limit, seed=args.seed, **options)
     images = [sample.load() for sample in dataset]
-    x = preprocess(images, info, device=args.device)
+    x = preprocess(images, info, device=args.device, ids=dataset.ids)
     target = resolve_targets(model, x, [s.label for s in dataset], dataset.ids,
                              mode=args.target_mode)
     maps = {}
@@ -105,11 +145,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     for name in chosen:
         if name not in valid:
             raise ValueError(f"unknown metric {name!r}; valid: {', '.join(valid)}")
+    options = check_data_options(args)
+    for flag in ("deletion_substrate", "insertion_substrate"):
+        causal.make_substrate(getattr(args, flag))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     maps, map_ids = load_maps(args.maps)
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint,
                        device=args.device)
-    dataset = load_dataset(args.data, limit=args.limit, seed=args.seed,
-                           **parse_assignments(args.data_opt, "--data-opt"))
+    dataset = load_dataset(args.data, limit=args.limit, seed=args.seed, **options)
     if map_ids is None:
         if len(maps) != len(dataset):
             raise ValueError(f"{args.maps} has {len(maps)} maps without ids for {len(dataset)} "
@@ -122,7 +166,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise ValueError(f"maps for images not in the dataset: {missing[:5]}")
         samples = [by_id[i] for i in map_ids]
     ids = [sample.id for sample in samples]
-    x = preprocess([sample.load() for sample in samples], model.harness_info, device=args.device)
+    x = preprocess([sample.load() for sample in samples], model.harness_info, device=args.device,
+                   ids=[sample.id for sample in samples])
     target = resolve_targets(model, x, [s.label for s in samples], ids, mode=args.target_mode)
     saliency = torch.from_numpy(maps).to(args.device)
     common = {"step": args.step, "score": args.score, "batch_size": args.batch_size, "ids": ids}
@@ -143,7 +188,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                  for i, t, v in zip(ids, target.tolist(), values.tolist(), strict=True)]
         print(f"{name:10s} mean {float(values.mean()):.4f} over {len(ids)} images")
     table = pd.DataFrame(rows)
-    table.to_csv(args.out, index=False)
+    atomic_write(args.out, table.to_csv(index=False))
     np.savez_compressed(str(args.out).rsplit(".", 1)[0] + "_curves.npz", ids=np.array(ids),
                         **curves)
     print(f"wrote {args.out} ({args.target_mode} targets, step {args.step}, score {args.score})")
@@ -160,21 +205,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = result["summary"]
     print()
     source = f"MLflow run {result['run_id']}" if result["run_id"] else str(result["output_dir"])
-    print(render_tables(summary, table_meta(config, result["weights"], source))["md"])
+    print(render_tables(summary, {**table_meta(config, result["weights"], source),
+                                  "similarity": result.get("similarity")})["md"])
     output = result["output_dir"]
     print(f"results: {output}/results.csv, tables: {output}/tables/, figures: {output}/figures/")
     if result["run_id"]:
         uri = config.tracking.uri
         print(f"MLflow: parent run {result['run_id']} in experiment "
               f"'{config.tracking.experiment}' ({uri}).")
-        tools = Path(sys.executable).parent
-        mlflow_cli = tools / "mlflow" if (tools / "mlflow").exists() else "mlflow"
-        harness_cli = tools / "harness" if (tools / "harness").exists() else "harness"
-        if uri.startswith("sqlite:"):
-            print(f"  open the UI:  {mlflow_cli} ui --backend-store-uri {uri}   "
-                  "(then http://127.0.0.1:5000, select the method runs, Compare)")
-        print(f"  paper table:  {harness_cli} table {result['run_id']} --tracking-uri {uri}")
+        for line in run_hints(result["run_id"], uri, Path(sys.executable).parent):
+            print(line)
     return 0
+
+
+def run_hints(run_id: str, uri: str, tools: Path) -> list[str]:
+    """The commands that open the run in the MLflow UI and make its table, shell-quoted (paths
+    with spaces or quotes paste as they are)."""
+    mlflow_cli = tools / "mlflow" if (tools / "mlflow").exists() else "mlflow"
+    harness_cli = tools / "harness" if (tools / "harness").exists() else "harness"
+    lines = []
+    if uri.startswith("sqlite:"):
+        lines.append(f"  open the UI:  {quote(str(mlflow_cli))} ui --backend-store-uri "
+                     f"{quote(uri)}   (then http://127.0.0.1:5000, select the method runs, "
+                     "Compare)")
+    lines.append(f"  paper table:  {quote(str(harness_cli))} table {quote(run_id)} "
+                 f"--tracking-uri {quote(uri)}")
+    return lines
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -192,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=harness.__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    listing = sub.add_parser("list", help="list models, methods and datasets")
-    listing.add_argument("kind", nargs="?", choices=["models", "methods", "datasets"])
+    listing = sub.add_parser("list", help="list models, methods, datasets and metrics")
+    listing.add_argument("kind", nargs="?", choices=["models", "methods", "datasets", "metrics"])
     listing.set_defaults(func=cmd_list)
 
     figure = sub.add_parser("saliency", help="the seed's figure: images over one row per method")
@@ -264,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UnknownNameError, ValueError, WeightsUnavailableError,
-            TrackingUnavailableError) as error:
+    except (UnknownNameError, ValueError, WeightsUnavailableError, TrackingUnavailableError,
+            FolderLocked) as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return 2
 

@@ -21,9 +21,6 @@ import yaml
 from harness.registry import UnknownNameError
 from harness.stats import CI_METHODS
 
-CURVE_METRICS = ("deletion", "insertion", "morf", "lerf", "abpc")
-METRIC_NAMES = (*CURVE_METRICS, "model_randomization")
-
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key path."""
@@ -56,25 +53,6 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
-class CurveConfig:
-    step: int = 224
-    substrate: str | dict | None = None  # None: zero for deletion/MoRF/LeRF, rise_blur insertion
-    score: str = "prob"
-    batch_size: int | None = None
-
-
-@dataclass(frozen=True)
-class RandomizationConfig:
-    mode: str = "cascading"
-    target_mode: str = "own_top1"
-    blocks: list | None = None
-    measures: list = field(default_factory=lambda: ["spearman_abs", "spearman_signed", "ssim",
-                                                    "hog"])
-    seed: int = 0
-    methods: list | None = None  # display names to check (default: every method)
-
-
-@dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"
@@ -87,7 +65,7 @@ class ExperimentConfig:
     methods: tuple[MethodConfig, ...]
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    metrics: dict = field(default_factory=dict)  # metric name -> CurveConfig | Randomization...
+    metrics: dict = field(default_factory=dict)  # metric name -> its registry settings
     target: str = "predicted"
     reference: str | None = None
     ci_method: str = "bca"  # bootstrap CI of the tables: bca | percentile (harness.stats)
@@ -203,6 +181,77 @@ def _method_param_names(method_name: str) -> set[str] | None:
     return names
 
 
+def _check_param_types(method_name: str, params: dict, path: str) -> None:
+    """Each parameter against the annotation of the method's function (``n: int`` refuses
+    ``"20"``), so a wrong type is named before any compute, not raised mid-run."""
+    from harness.methods import get_method
+
+    method = get_method(method_name)
+    functions = [f for f in (method.fn, method.attribution) if f is not None]
+    for function in functions:
+        try:
+            hints = typing.get_type_hints(function)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
+            continue
+        for name, value in params.items():
+            if name in hints and not _type_ok(value, hints[name]):
+                raise ConfigError(f"{path}.{name}: expected {_type_name(hints[name])}, got "
+                                  f"{value!r}")
+
+
+def check_signature_options(fn, options: dict, path: str, what: str,
+                            skip: tuple[str, ...] = ()) -> None:
+    """``options`` against the keyword parameters of ``fn``: an unknown key, a missing required
+    one or a value of the wrong type (by annotation) is a ``ConfigError`` naming ``path.key``."""
+    signature = inspect.signature(fn)
+    parameters = {name: p for name, p in signature.parameters.items()
+                  if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in skip}
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    for name in options:
+        if name not in parameters:
+            raise ConfigError(f"{path}.{name}: not an option of {what}; valid: "
+                              f"{', '.join(parameters) or '(none)'}")
+    for name, parameter in parameters.items():
+        if parameter.default is inspect.Parameter.empty and name not in options:
+            raise ConfigError(f"{path}.{name}: required by {what}")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
+        hints = {}
+    for name, value in options.items():
+        if name in hints and not _type_ok(value, hints[name]):
+            raise ConfigError(f"{path}.{name}: expected {_type_name(hints[name])}, got {value!r}")
+
+
+DEVICE_TYPES = ("cpu", "cuda", "cuda:N", "mps")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """A device string torch knows and this machine has: ``cpu``, ``cuda`` / ``cuda:N`` (with
+    CUDA and that many GPUs), ``mps``."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key}: {device!r} is not a device; valid: "
+                          f"{', '.join(DEVICE_TYPES)}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}: {device!r} but CUDA is not available on this machine "
+                              "(use device: cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}: {device!r} but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{key}: 'mps' is not available on this machine (use device: cpu)")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"{key}: {device!r} is not supported; valid: "
+                          f"{', '.join(DEVICE_TYPES)}")
+
+
 def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig, ...]:
     from harness.methods import list_methods
 
@@ -223,6 +272,7 @@ def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig,
             if allowed is not None and param not in allowed:
                 raise ConfigError(f"{key}.params.{param}: not a parameter of "
                                   f"{method.registry_name!r}; valid: {', '.join(sorted(allowed))}")
+        _check_param_types(method.registry_name, method.params, f"{key}.params")
         base = method.params.get("base")
         if base is not None and base not in list_methods():
             raise ConfigError(f"{key}.params.base: unknown method {base!r}; "
@@ -233,6 +283,7 @@ def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig,
                 if base_allowed is not None and param not in base_allowed:
                     raise ConfigError(f"{key}.params.base_params.{param}: not a parameter of "
                                       f"{base!r}; valid: {', '.join(sorted(base_allowed))}")
+            _check_param_types(base, method.params["base_params"], f"{key}.params.base_params")
         methods.append(method)
     names = [m.name for m in methods]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -243,8 +294,9 @@ def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig,
 
 
 def _validate_metrics(raw_metrics) -> dict:
-    from harness.metrics import list_substrates
-    from harness.sanity.similarity import MEASURES
+    """Each metric's settings through its registry entry: unknown metric names and keys, types
+    and the settings' own range checks, named by key path."""
+    from harness.metrics.registry import METRICS, check_settings
 
     if raw_metrics is None:
         return {}
@@ -253,22 +305,19 @@ def _validate_metrics(raw_metrics) -> dict:
     metrics = {}
     for name, raw in raw_metrics.items():
         key = f"metrics.{name}"
-        _check_choice(name, METRIC_NAMES, "metrics")
-        if name == "model_randomization":
-            settings = build(RandomizationConfig, raw, key)
-            _check_choice(settings.mode, ("cascading", "independent"), f"{key}.mode")
-            _check_choice(settings.target_mode, ("own_top1", "fixed"), f"{key}.target_mode")
-            for measure in settings.measures:
-                _check_choice(measure, tuple(MEASURES), f"{key}.measures")
-        else:
-            settings = build(CurveConfig, raw, key)
-            _check_choice(settings.score, ("prob", "logit"), f"{key}.score")
-            if settings.step < 1:
-                raise ConfigError(f"{key}.step: must be >= 1, got {settings.step}")
-            substrate = settings.substrate
-            substrate_name = substrate.get("name") if isinstance(substrate, dict) else substrate
-            if substrate_name is not None:
-                _check_choice(substrate_name, tuple(list_substrates()), f"{key}.substrate")
+        _check_choice(name, tuple(METRICS), "metrics")
+        settings = build(METRICS[name].settings, raw, key)
+        try:
+            check_settings(settings)
+        except ValueError as error:
+            raise ConfigError(f"{key}.{error}") from None
+        substrate = getattr(settings, "substrate", None)
+        if isinstance(substrate, dict):
+            from harness.metrics.substrates import SUBSTRATES
+
+            params = {k: v for k, v in substrate.items() if k != "name"}
+            check_signature_options(SUBSTRATES[substrate["name"]], params, f"{key}.substrate",
+                                    f"substrate {substrate['name']!r}", skip=("x",))
         metrics[name] = settings
     return metrics
 
@@ -290,12 +339,32 @@ def from_dict(raw: dict) -> ExperimentConfig:
         raise ConfigError(f"model.name: unknown model {config.model.name!r}; see "
                           "`harness list models` (e.g. efficientnet_lite0, squeezenet1_1)")
     _check_choice(config.data.name, tuple(list_datasets()), "data.name")
+    from harness.data import DATASETS
+
+    check_signature_options(DATASETS[config.data.name], config.data.options, "data.options",
+                            f"dataset {config.data.name!r}")
+    from harness.data import MASKED_DATASETS, has_masks
+    from harness.metrics.registry import METRICS
+
+    for name in metrics:
+        if "masks" in METRICS[name].needs and not has_masks(config.data.name,
+                                                             config.data.options):
+            with_masks = ", ".join(sorted(MASKED_DATASETS)) or "none registered"
+            raise ConfigError(f"metrics.{name}: needs ground-truth masks, which dataset "
+                              f"{config.data.name!r} with these options does not give; datasets "
+                              f"with masks: {with_masks}")
+    if config.data.limit is not None and config.data.limit < 1:
+        raise ConfigError(f"data.limit: must be >= 1 (or omitted for every image), got "
+                          f"{config.data.limit}")
+    if config.figure_images < 0:
+        raise ConfigError(f"figure_images: must be >= 0, got {config.figure_images}")
+    check_device(config.device)
     _check_choice(config.target, ("label", "predicted"), "target")
     _check_choice(config.ci_method, CI_METHODS, "ci_method")
     names = [m.name for m in methods]
-    randomization = metrics.get("model_randomization")
-    for name in (randomization.methods or []) if randomization else []:
-        _check_choice(name, tuple(names), "metrics.model_randomization.methods")
+    for metric, settings in metrics.items():
+        for name in getattr(settings, "methods", None) or []:
+            _check_choice(name, tuple(names), f"metrics.{metric}.methods")
     if config.reference is not None and config.reference not in names:
         raise ConfigError(f"reference: {config.reference!r} is not one of the methods: "
                           f"{', '.join(names)}")
@@ -312,17 +381,27 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if not sep or not path:
             raise ConfigError(f"--set {item!r}: expected path.to.key=value")
         parts = path.split(".")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            problem = str(error).splitlines()[0]
+            raise ConfigError(f"--set {path}: the value {text!r} is not valid YAML "
+                              f"({problem}); quote strings, e.g. {path}='\"...\"'") from None
         node = raw
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list):
-                index = _index(part, node, parts[: depth + 1])
-                node = node[index]
+                node = node[_index(part, node, parts[: depth + 1])]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
             else:
-                node = node.setdefault(part, {})
-                if node is None:
-                    node = {}
+                break
+            if not isinstance(node, dict | list):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {path}: {where} is {node!r}, not a mapping or list; "
+                                  f"set {where} itself (e.g. {where}={{name: {node}, ...}})")
         last = parts[-1]
-        value = yaml.safe_load(text)
         if isinstance(node, list):
             node[_index(last, node, parts)] = value
         else:

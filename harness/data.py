@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from harness.io import atomic_save
 from harness.models import ModelInfo
 from harness.registry import lookup, names, register
 
@@ -39,8 +43,13 @@ class Sample:
     loader: Callable[[], np.ndarray]
 
     def load(self) -> np.ndarray:
-        """The image as uint8 ``[H, W, 3]`` RGB."""
-        return self.loader()
+        """The image as uint8 ``[H, W, 3]`` RGB; a loading error names the image."""
+        try:
+            return self.loader()
+        except ValueError as error:
+            if self.id in str(error):
+                raise
+            raise ValueError(f"image {self.id!r}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,17 @@ class Dataset:
     name: str
     samples: tuple[Sample, ...]
     class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        ids = [sample.id for sample in self.samples]
+        if len(set(ids)) != len(ids):
+            seen, duplicates = set(), []
+            for image_id in ids:
+                if image_id in seen and image_id not in duplicates:
+                    duplicates.append(image_id)
+                seen.add(image_id)
+            raise ValueError(f"dataset {self.name!r}: duplicate image ids {duplicates[:5]} (every "
+                             "image needs its own id: records and maps are keyed by it)")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -72,6 +92,14 @@ class Dataset:
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {}
+# datasets that can carry ground-truth masks: name -> options -> whether these options give masks
+MASKED_DATASETS: dict[str, Callable[[dict], bool]] = {}
+
+
+def has_masks(name: str, options: dict) -> bool:
+    """Whether dataset ``name`` with ``options`` gives ground-truth masks (localisation)."""
+    rule = MASKED_DATASETS.get(name)
+    return bool(rule and rule(options))
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -108,7 +136,16 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype == bool:
         image = image.astype(np.uint8) * 255
+    elif image.dtype == np.uint16:  # 16 bits per channel: scale, do not clip
+        image = np.round(image.astype(np.float64) / 257.0).astype(np.uint8)
     elif image.dtype != np.uint8:
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            raise ValueError(f"the image holds {int((~np.isfinite(image)).sum())} NaN or inf "
+                             "values")
+        if image.dtype.kind in "iu" and (image.min() < 0 or image.max() > 255):
+            raise ValueError(f"integer image of dtype {image.dtype} with values in "
+                             f"[{image.min()}, {image.max()}]: expected 0..255 (uint8) or "
+                             "0..65535 (uint16)")
         image = np.clip(np.round(image * 255 if image.max() <= 1.0 else image), 0, 255)
         image = image.astype(np.uint8)
     if image.ndim == 2:
@@ -130,9 +167,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode in WIDE_MODES:
+                return _wide_to_rgb(image, path)
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image file {str(path)!r}: {error}") from None
+
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _wide_to_rgb(image: Image.Image, path) -> np.ndarray:
+    """16-bit (and 32-bit integer) grayscale scaled to 8 bits (65535 -> 255), not clipped as PIL's
+    ``convert("RGB")`` does (which turns a 16-bit photo white); float images must lie in [0, 1]."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise ValueError(f"cannot read image file {str(path)!r}: a float ({image.mode}) "
+                             "image must hold finite values in [0, 1]")
+        return to_rgb(values.astype(np.float64))
+    if values.min() < 0 or values.max() > 65535:
+        raise ValueError(f"cannot read image file {str(path)!r}: {image.mode} values in "
+                         f"[{values.min()}, {values.max()}] are not 16-bit")
+    return to_rgb(values.astype(np.uint16))
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -179,10 +236,20 @@ def deprocess(x: torch.Tensor, info: ModelInfo, *, rescale: bool = False) -> tor
 
 
 def preprocess(images: Sequence[np.ndarray], info: ModelInfo, *,
-               device: str | torch.device = "cpu") -> torch.Tensor:
+               device: str | torch.device = "cpu",
+               ids: Sequence[str] | None = None) -> torch.Tensor:
     """uint8 images ``[H, W, 3]`` -> model input ``[N, 3, S, S]`` (float32, contiguous NCHW):
     resize the shorter side to ``info.resize_size``, centre-crop ``info.input_size``, scale to
-    [0, 1], normalise with the model's mean and std."""
+    [0, 1], normalise with the model's mean and std. An image whose shorter side is under half
+    the model's input size is upsampled more than 2x: a warning names it (``ids``)."""
+    for index, image in enumerate(images):
+        side = min(np.asarray(image).shape[:2])
+        if side < info.input_size / 2:
+            name = ids[index] if ids is not None else f"#{index}"
+            warnings.warn(f"image {name} is {np.asarray(image).shape[1]}x"
+                          f"{np.asarray(image).shape[0]} pixels, much smaller than the model's "
+                          f"{info.input_size}x{info.input_size} input: it is upsampled "
+                          f"{info.resize_size / side:.1f}x", stacklevel=2)
     crops = [resize_and_crop(image, info.resize_size, info.input_size) for image in images]
     pixels = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
     return normalize(pixels.contiguous(), info).to(device).contiguous()
@@ -262,23 +329,40 @@ def samples(*, names: Sequence[str] = DEFAULT_SAMPLES,
 
 @register(DATASETS, "dataset", "cs231n_npz")
 def cs231n_npz(*, path: str | os.PathLike) -> Dataset:
-    """The cs231n ``imagenet_val_25.npz`` format: ``X`` uint8 ``[N, 224, 224, 3]``, ``y`` ``[N]``,
-    ``label_map`` (a pickled dict index -> class name; only open files you trust)."""
+    """The cs231n ``imagenet_val_25.npz`` format: ``X`` uint8 ``[N, H, W, 3]``, ``y`` ``[N]`` and
+    class names as ``label_map`` (the original file's pickled dict index -> name, read with a
+    loader that admits only a dict of ints to strings) or as a plain string array
+    ``label_names``. Nothing in the file is executed: any other pickled content is refused."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"cs231n_npz: file {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"cs231n_npz: {str(path)!r} is not an .npz archive (a zip of .npy "
+                         "arrays); refusing to read it")
     try:
-        with np.load(path, allow_pickle=True) as archive:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("X", "y") if key not in archive]
+            if missing:
+                raise ValueError(f"has no array {missing[0]!r} (needs X, y; has "
+                                 f"{', '.join(archive.files)})")
             images, labels = archive["X"], archive["y"]
-            label_map = archive["label_map"].item() if "label_map" in archive else None
-    except (KeyError, ValueError, OSError) as error:
-        raise ValueError(f"cs231n_npz: cannot read {str(path)!r} (needs X, y): {error}") from None
+            names = archive["label_names"] if "label_names" in archive else None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"cs231n_npz: cannot read {str(path)!r}: {error}") from None
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
         raise ValueError(f"cs231n_npz: {str(path)!r} has X {images.shape} and y {labels.shape}; "
                          "expected X [N, H, W, 3] and y [N]")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"cs231n_npz: {str(path)!r}: y must hold integer class indices, got "
+                         f"dtype {labels.dtype}")
     class_names = None
-    if label_map:
-        class_names = tuple(str(label_map.get(i, f"class {i}")) for i in range(max(label_map) + 1))
+    if names is not None:
+        class_names = tuple(str(name) for name in names)
+    else:
+        label_map = read_label_map(path)
+        if label_map:
+            class_names = tuple(str(label_map.get(i, f"class {i}"))
+                                for i in range(max(label_map) + 1))
     width = len(str(len(images) - 1))
     chosen = tuple(
         Sample(f"{path.stem}/{i:0{width}d}", int(labels[i]), partial(to_rgb, images[i]))
@@ -287,8 +371,59 @@ def cs231n_npz(*, path: str | os.PathLike) -> Dataset:
     return Dataset("cs231n_npz", chosen, class_names)
 
 
+class _LabelMapUnpickler(pickle.Unpickler):
+    """Unpickles a numpy object array holding plain Python values, and nothing else: the only
+    globals it resolves are numpy's array reconstruction (no function of the data is called)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+               ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def read_label_map(path: str | os.PathLike) -> dict[int, str] | None:
+    """The ``label_map`` member of a cs231n npz (a pickled 0-d object array holding a dict
+    index -> class name), read without executing anything; None when absent. Any other content
+    is refused with a ``ValueError`` naming the file."""
+    with zipfile.ZipFile(path) as archive:
+        if "label_map.npy" not in archive.namelist():
+            return None
+        with archive.open("label_map.npy") as member:
+            version = np.lib.format.read_magic(member)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                      np.lib.format.read_array_header_2_0)(member)
+            dtype = header[2]
+            if not dtype.hasobject:
+                raise ValueError(f"cs231n_npz: {str(path)!r}: label_map must be a dict (or store "
+                                 "class names as a string array 'label_names')")
+            try:
+                value = _LabelMapUnpickler(member, encoding="latin1").load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, TypeError,
+                    ValueError) as error:
+                raise ValueError(f"cs231n_npz: {str(path)!r}: refusing its label_map: {error}. "
+                                 "Store class names as a string array 'label_names' "
+                                 "instead") from None
+    item = value.item() if isinstance(value, np.ndarray) and value.shape == () else value
+    if not (isinstance(item, dict) and all(isinstance(k, int | np.integer) and isinstance(v, str)
+                                           for k, v in item.items())):
+        raise ValueError(f"cs231n_npz: {str(path)!r}: label_map must be a dict of class index -> "
+                         f"name, got {type(item).__name__}")
+    return {int(k): v for k, v in item.items()}
+
+
+HEADER_LABELS = ("label", "labels", "class", "target", "y")
+
+
 def _read_labels_file(path: Path) -> dict[str, int]:
-    """Lines ``filename label`` (comma, tab or space separated); ``#`` comments, header skipped."""
+    """Lines ``filename label`` (comma, tab or space separated) and ``#`` comments. The first line
+    is a header exactly when its label field is one of ``label``, ``labels``, ``class``,
+    ``target``, ``y`` (any case); any other label that is not an integer is an error naming its
+    line (line 1 included: a mistyped first label is not silently taken for a header). A file
+    named twice is an error."""
     table: dict[str, int] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
@@ -297,14 +432,27 @@ def _read_labels_file(path: Path) -> dict[str, int]:
         fields = line.replace(",", " ").split()
         if len(fields) != 2:
             raise ValueError(f"labels file {str(path)!r} line {number}: expected 'filename label'")
+        if not table and number == first_line(path) and fields[1].lower() in HEADER_LABELS:
+            continue  # the header
         try:
-            table[fields[0]] = int(fields[1])
+            label = int(fields[1])
         except ValueError:
-            if number == 1:  # a header line
-                continue
             raise ValueError(f"labels file {str(path)!r} line {number}: label {fields[1]!r} "
-                             "is not an integer") from None
+                             "is not an integer (a header line must name the column "
+                             f"{' / '.join(HEADER_LABELS)})") from None
+        if fields[0] in table:
+            raise ValueError(f"labels file {str(path)!r} line {number}: {fields[0]!r} is labelled "
+                             "twice")
+        table[fields[0]] = label
     return table
+
+
+def first_line(path: Path) -> int:
+    """Number of the first line of ``path`` that is neither blank nor a comment."""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.split("#", 1)[0].strip():
+            return number
+    return 0
 
 
 @register(DATASETS, "dataset", "imagefolder")
@@ -346,9 +494,14 @@ def save_maps(path: str | os.PathLike, maps: torch.Tensor | np.ndarray, ids: Seq
               **extra: np.ndarray) -> None:
     """Write maps ``[N, H, W]`` with their image ids to an ``.npz`` (keys ``maps``, ``ids``)."""
     array = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, maps=array.astype(np.float32), ids=np.asarray(list(ids), dtype=str),
-                        **extra)
+    ids = list(ids)
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"save_maps: duplicate image ids {duplicates[:5]}")
+    if not str(path).endswith(".npz"):  # numpy's savez would append it to the temporary name
+        path = f"{path}.npz"
+    atomic_save(path, lambda temporary: np.savez_compressed(
+        temporary, maps=array.astype(np.float32), ids=np.asarray(ids, dtype=str), **extra))
 
 
 def load_maps(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
@@ -395,4 +548,8 @@ def load_maps(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
         raise ValueError(f"maps in {str(path)!r} have shape {maps.shape}; expected [N, H, W]")
     if ids is not None and len(ids) != len(maps):
         raise ValueError(f"maps file {str(path)!r} has {len(maps)} maps but {len(ids)} ids")
+    if ids is not None and len(set(ids)) != len(ids):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"maps file {str(path)!r} has duplicate ids {duplicates[:5]}: each image "
+                         "may have one map")
     return maps, ids

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,175 +29,152 @@ import numpy as np
 import torch
 import yaml
 
-from harness.config import CURVE_METRICS, ConfigError, ExperimentConfig
+from harness.config import ConfigError, ExperimentConfig
 from harness.data import Dataset, load_dataset, load_maps, preprocess, resolve_targets, save_maps
-from harness.methods import saliency_batched
+from harness.io import RecordStore, RunLock, atomic_write, record_key
+from harness.metrics.registry import Unit, applies, get_metric
 from harness.models import load_model, model_info
+
+__all__ = ["RecordStore", "record_key", "prepare_run", "run", "load_records", "figure_maps"]
 
 RECORDS = "records.jsonl"
 STATE = "state.json"
 RESOLVED = "config.resolved.yaml"
 MAPS = "maps"
-DEFAULT_SUBSTRATES = {"deletion": "zero", "morf": "zero", "lerf": "zero", "abpc": "zero",
-                      "insertion": "rise_blur"}
-
-
-def record_key(record: dict) -> tuple:
-    """Identity of a record: (method, metric, image, measure, block)."""
-    return (record["method"], record["metric"], record["image_id"], record.get("measure"),
-            record.get("block"))
-
-
-class RecordStore:
-    """Append-only JSONL store of records; tolerant of a torn last line."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def load(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        text = self.path.read_bytes()
-        lines = text.split(b"\n")
-        complete, tail = lines[:-1], lines[-1]
-        if tail:  # a partly written last line from a killed run: cut it off
-            with self.path.open("r+b") as handle:
-                handle.truncate(len(text) - len(tail))
-        records, seen = [], set()
-        for line in complete:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            key = record_key(record)
-            if key not in seen:
-                seen.add(key)
-                records.append(record)
-        return records
-
-    def append(self, records: list[dict]) -> None:
-        with self.path.open("a") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """What ``prepare_run`` resolved: the validated config, model, dataset and output folder."""
+    """What ``prepare_run`` resolved: the validated config, model, dataset and output folder, and
+    the folder's lock (held until ``release()``)."""
 
     config: ExperimentConfig
     model: torch.nn.Module
     dataset: Dataset
     output_dir: Path
-    blocks: tuple[str, ...]
+    parts: dict[str, list[tuple]]
+    lock: RunLock | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """``output_dir`` as a folder this process can write: a ``ConfigError`` naming the key if it
+    is a file or cannot be created or written."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output_dir: {str(folder)!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"output_dir: cannot create {str(folder)!r}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir: {str(folder)!r} is not writable")
+    return folder
+
+
+def check_steps(config: ExperimentConfig, model: torch.nn.Module) -> None:
+    """Every metric ``step`` within the pixels of the model's input (known once it is loaded)."""
+    side = model_info(model).input_size
+    for name, settings in config.metrics.items():
+        step = getattr(settings, "step", None)
+        if step is not None and step > side * side:
+            raise ConfigError(f"metrics.{name}.step: {step} is more than the {side * side} pixels "
+                              f"of {config.model.name}'s {side}x{side} input")
 
 
 def prepare_run(config: ExperimentConfig, *, resume: bool = False) -> Prepared:
-    """Create/check the output folder (refuse to mix runs) and load the model and data."""
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    state_path = output_dir / STATE
-    records_path = output_dir / RECORDS
-    if state_path.exists():
-        state = json.loads(state_path.read_text())
-        if records_path.exists() and records_path.stat().st_size and not resume:
-            raise ConfigError(f"{output_dir} already holds records of a run; pass --resume to "
-                              "continue it, or choose another output_dir (nothing was changed)")
-        if resume and state.get("config_hash") != config.hash():
-            raise ConfigError(f"--resume: the config differs from the one that started the run in "
-                              f"{output_dir} (hash {state.get('config_hash', '?')[:12]} vs "
-                              f"{config.hash()[:12]}); resume needs the same settings")
-    else:
-        state = {}
-    if not resume and (output_dir / MAPS).exists():  # left by a run that stored no records
-        shutil.rmtree(output_dir / MAPS)
-    state["config_hash"] = config.hash()
-    state_path.write_text(json.dumps(state, indent=2))
-    (output_dir / RESOLVED).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    model = load_model(config.model.name, weights=config.model.weights,
-                       checkpoint=config.model.checkpoint, seed=config.seed,
-                       device=config.device)
-    dataset = load_dataset(config.data.name, limit=config.data.limit, seed=config.data.seed,
-                           **config.data.options)
-    blocks: tuple[str, ...] = ()
-    if "model_randomization" in config.metrics:
-        from harness.sanity import resolve_blocks
-
-        chosen = config.metrics["model_randomization"].blocks
-        blocks = tuple(b.label for b in resolve_blocks(model, chosen))
-    return Prepared(config, model, dataset, output_dir, blocks)
-
-
-def randomizes(config: ExperimentConfig, method: str) -> bool:
-    settings = config.metrics.get("model_randomization")
-    return settings is not None and (settings.methods is None or method in settings.methods)
+    """Lock and check the output folder (refuse to mix runs; on ``resume`` repair a torn or
+    corrupt records file, saying so), then load the model and data. The lock is held by the
+    returned ``Prepared`` until its ``release()``."""
+    output_dir = check_output_dir(config.output_dir)
+    lock = RunLock(output_dir).acquire()
+    try:
+        state_path = output_dir / STATE
+        records_path = output_dir / RECORDS
+        if state_path.exists():
+            state = json.loads(state_path.read_text())
+            if records_path.exists() and records_path.stat().st_size and not resume:
+                raise ConfigError(f"{output_dir} already holds records of a run; pass --resume "
+                                  "to continue it, or choose another output_dir (nothing was "
+                                  "changed)")
+            if resume and state.get("config_hash") != config.hash():
+                raise ConfigError(f"--resume: the config differs from the one that started the "
+                                  f"run in {output_dir} (hash {state.get('config_hash', '?')[:12]}"
+                                  f" vs {config.hash()[:12]}); resume needs the same settings")
+        else:
+            state = {}
+        if resume:
+            for note in RecordStore(records_path).repair():
+                warnings.warn(note, stacklevel=2)
+        elif (output_dir / MAPS).exists():  # left by a run that stored no records
+            shutil.rmtree(output_dir / MAPS)
+        state["config_hash"] = config.hash()
+        atomic_write(state_path, json.dumps(state, indent=2))
+        atomic_write(output_dir / RESOLVED, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        model = load_model(config.model.name, weights=config.model.weights,
+                           checkpoint=config.model.checkpoint, seed=config.seed,
+                           device=config.device)
+        check_steps(config, model)
+        dataset = load_dataset(config.data.name, limit=config.data.limit, seed=config.data.seed,
+                               **config.data.options)
+        parts = {name: get_metric(name).parts(settings, model)
+                 for name, settings in config.metrics.items()}
+    except BaseException:
+        lock.release()
+        raise
+    return Prepared(config, model, dataset, output_dir, parts, lock)
 
 
 def expected_keys(config: ExperimentConfig, method: str, ids: list[str],
-                  blocks: tuple[str, ...]) -> set[tuple]:
+                  parts: dict[str, list[tuple]]) -> set[tuple]:
+    """The record keys a complete unit (``ids`` x ``method``) has: every metric that applies to
+    the method, every image, every ``(measure, block)`` part of the metric."""
     keys = set()
     for metric, settings in config.metrics.items():
-        if metric == "model_randomization" and not randomizes(config, method):
-            continue
-        for image_id in ids:
-            if metric == "model_randomization":
-                keys |= {(method, metric, image_id, measure, block)
-                         for measure in settings.measures for block in blocks}
-            else:
-                keys.add((method, metric, image_id, None, None))
+        if applies(settings, method):
+            keys |= {(method, metric, image_id, measure, block) for image_id in ids
+                     for measure, block in parts[metric]}
     return keys
-
-
-def _curve_records(prepared: Prepared, method: str, metric: str, x, maps, target,
-                   ids: list[str]) -> list[dict]:
-    from harness import metrics as causal
-
-    settings = prepared.config.metrics[metric]
-    options = {"step": settings.step, "score": settings.score,
-               "substrate": settings.substrate or DEFAULT_SUBSTRATES[metric],
-               "batch_size": settings.batch_size, "ids": ids}
-    if metric == "abpc":
-        result = causal.abpc(prepared.model, x, maps, target, **options)
-        return [{"image_id": i, "method": method, "metric": metric, "value": float(v),
-                 "target": int(t), "auc_morf": float(m), "auc_lerf": float(lo)}
-                for i, v, t, m, lo in zip(ids, result.abpc.tolist(), target.tolist(),
-                                          result.morf.auc.tolist(), result.lerf.auc.tolist(),
-                                          strict=True)]
-    result = getattr(causal, metric)(prepared.model, x, maps, target, **options)
-    return [{"image_id": i, "method": method, "metric": metric, "value": float(v),
-             "target": int(t), "curve": curve}
-            for i, v, t, curve in zip(ids, result.auc.tolist(), target.tolist(),
-                                      result.curves.tolist(), strict=True)]
-
-
-def _randomization_records(prepared: Prepared, method_config, x, target,
-                           ids: list[str]) -> list[dict]:
-    from harness.sanity import model_randomization
-
-    settings = prepared.config.metrics["model_randomization"]
-    result = model_randomization(
-        prepared.model, method_config.registry_name, x, target, mode=settings.mode,
-        blocks=list(prepared.blocks), target_mode=settings.target_mode, seed=settings.seed,
-        method_params=method_config.params, measures=settings.measures, ids=ids,
-        batch_size=prepared.config.batch_size)
-    return [{"image_id": r["image_id"], "method": method_config.name,
-             "metric": "model_randomization", "value": r["value"], "target": r["target"],
-             "measure": r["measure"], "block": r["block"], "step": r["step"],
-             "status": r["status"], "mode": settings.mode, "target_mode": settings.target_mode}
-            for r in result.records]
 
 
 def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
         prepared: Prepared | None = None) -> Iterator[dict]:
     """Yield the records computed by this call (those already on disk are skipped)."""
+    owned = prepared is None
+    prepared = prepared or prepare_run(config, resume=resume)
+    try:
+        yield from _run_units(config, prepared, progress)
+    finally:
+        if owned:
+            prepared.release()
+
+
+def unit_records(config: ExperimentConfig, unit: Unit, display_name: str) -> list[dict]:
+    """Every applicable metric's records for one unit (an image batch x one method), as the
+    runner stores them."""
+    records: list[dict] = []
+    for name, settings in config.metrics.items():
+        if not applies(settings, display_name):
+            continue
+        for record in get_metric(name).fn(unit, settings):
+            index = unit.ids.index(record["image_id"])
+            records.append({"image_id": record["image_id"], "method": display_name,
+                            "metric": name, "target": int(unit.target[index]), **record,
+                            "target_source": config.target})
+    return records
+
+
+def _run_units(config: ExperimentConfig, prepared: Prepared, progress: bool) -> Iterator[dict]:
     from tqdm.auto import tqdm
 
-    prepared = prepared or prepare_run(config, resume=resume)
     store = RecordStore(prepared.output_dir / RECORDS)
     done = {record_key(r) for r in store.load()}
     info = model_info(prepared.model)
     samples = list(prepared.dataset)
+    figure_ids = {s.id for s in samples[:config.figure_images]}
     batches = [samples[i:i + config.batch_size]
                for i in range(0, len(samples), config.batch_size)]
     bar = tqdm(total=len(batches) * len(config.methods), desc=config.name, unit="unit",
@@ -203,32 +182,24 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
     for batch in batches:
         ids = [sample.id for sample in batch]
         pending = [m for m in config.methods
-                   if not expected_keys(config, m.name, ids, prepared.blocks) <= done]
+                   if not expected_keys(config, m.name, ids, prepared.parts) <= done]
         if not pending:
             bar.update(len(config.methods))
             continue
-        x = preprocess([sample.load() for sample in batch], info, device=config.device)
-        target = resolve_targets(prepared.model, x, [s.label for s in batch], ids,
-                                 mode=config.target)
+        x = preprocess([sample.load() for sample in batch], info, device=config.device, ids=ids)
+        labels = tuple(s.label for s in batch)
+        target = resolve_targets(prepared.model, x, list(labels), ids, mode=config.target)
         for method in config.methods:
             if method not in pending:
                 bar.update(1)
                 continue
             bar.set_postfix_str(method.name)
-            records: list[dict] = []
-            curve_metrics = [m for m in config.metrics if m in CURVE_METRICS]
-            if curve_metrics:
-                maps = saliency_batched(method.registry_name, prepared.model, x, target,
-                                        batch_size=config.batch_size, **method.params)
-                keep_figure_maps(prepared.output_dir, method.name, ids, maps,
-                                 {s.id for s in samples[:config.figure_images]})
-                for metric in curve_metrics:
-                    records += _curve_records(prepared, method.name, metric, x, maps, target,
-                                              ids)
-            if randomizes(config, method.name):
-                records += _randomization_records(prepared, method, x, target, ids)
-            for record in records:
-                record["target_source"] = config.target
+            unit = Unit(prepared.model, x, target, tuple(ids), method.registry_name,
+                        dict(method.params), labels=labels, seed=config.seed,
+                        batch_size=config.batch_size)
+            records = unit_records(config, unit, method.name)
+            if "maps" in unit.__dict__:  # computed for a metric: keep the figure's share
+                keep_figure_maps(prepared.output_dir, method.name, ids, unit.maps, figure_ids)
             fresh = [r for r in records if record_key(r) not in done]
             store.append(fresh)
             done |= {record_key(r) for r in fresh}
@@ -239,24 +210,37 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
 
 def keep_figure_maps(output_dir: Path, method: str, ids: list[str], maps: torch.Tensor,
                      figure_ids: set[str]) -> None:
-    """Add the maps ``[N, H, W]`` of the batch's figure images to ``maps/<method>.npz``."""
+    """Add the maps ``[N, H, W]`` of the batch's figure images to ``maps/<method>.npz`` (written
+    atomically; an unreadable file from an earlier crash is replaced, and the figure recomputes
+    what it lost)."""
     keep = [i for i, image_id in enumerate(ids) if image_id in figure_ids]
     if not keep:
         return
     path = output_dir / MAPS / f"{method}.npz"
     kept = {ids[i]: maps[i].detach().cpu().float().numpy() for i in keep}
-    if path.exists():
-        old_maps, old_ids = load_maps(path)
-        kept = {**dict(zip(old_ids or [], old_maps, strict=True)), **kept}
+    old = _read_kept(path)
+    if old is not None:
+        kept = {**dict(zip(old[1] or [], old[0], strict=True)), **kept}
     save_maps(path, np.stack(list(kept.values())), list(kept))
+
+
+def _read_kept(path: Path) -> tuple[np.ndarray, list[str] | None] | None:
+    if not path.exists():
+        return None
+    try:
+        return load_maps(path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        warnings.warn(f"ignoring the unreadable kept maps {path} ({error}); they are recomputed",
+                      stacklevel=3)
+        return None
 
 
 def figure_maps(output_dir: str | Path, method: str, ids: list[str]) -> torch.Tensor | None:
     """The kept maps ``[len(ids), H, W]`` of ``method`` for ``ids``, or None if any is missing."""
-    path = Path(output_dir) / MAPS / f"{method}.npz"
-    if not path.exists():
+    kept = _read_kept(Path(output_dir) / MAPS / f"{method}.npz")
+    if kept is None:
         return None
-    maps, stored = load_maps(path)
+    maps, stored = kept
     index = {image_id: i for i, image_id in enumerate(stored or [])}
     if not all(image_id in index for image_id in ids):
         return None

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from harness.io import atomic_save  # noqa: E402
+
 
 def saliency_grid(images: np.ndarray, titles: Sequence[str],
                   maps: Mapping[str, torch.Tensor | np.ndarray], path: str | os.PathLike, *,
@@ -41,7 +43,7 @@ def saliency_grid(images: np.ndarray, titles: Sequence[str],
             spine.set_visible(False)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
+    atomic_save(path, lambda temporary: figure.savefig(temporary, dpi=dpi))
     plt.close(figure)
     return str(path)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -15,10 +16,12 @@ import yaml
 import harness
 from harness.config import ExperimentConfig, from_dict
 from harness.experiment import RESOLVED, STATE, figure_maps, load_records, prepare_run, run
+from harness.io import atomic_write
 from harness.report import (
     per_image_table,
     plot_mean_curves,
     plot_randomization,
+    similarity_note,
     summarize,
     write_tables,
 )
@@ -26,7 +29,7 @@ from harness.report import (
 
 def metric_settings(config: ExperimentConfig) -> str:
     parts = []
-    for name, settings in config.metrics.items():
+    for name, settings in config.metrics.items():  # the measures' definitions: similarity_note
         fields = {k: ("/".join(map(str, v)) if isinstance(v, list) else v)
                   for k, v in vars(settings).items() if v is not None}
         parts.append(f"{name} (" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")")
@@ -55,7 +58,9 @@ def saliency_figure(prepared, path: Path) -> Path | None:
         return None
     info = prepared.model.harness_info
     images = [sample.load() for sample in samples]
-    x = preprocess(images, info, device=config.device)
+    with warnings.catch_warnings():  # the run warned about small images already
+        warnings.simplefilter("ignore")
+        x = preprocess(images, info, device=config.device)
     ids = [s.id for s in samples]
     target = resolve_targets(prepared.model, x, [s.label for s in samples], ids, mode=config.target)
     maps = {}
@@ -78,6 +83,13 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: 
 
         check_tracking(config.tracking.uri)
     prepared = prepare_run(config, resume=resume)
+    try:
+        return _finish(config, prepared, resume=resume, progress=progress, log=log)
+    finally:
+        prepared.release()
+
+
+def _finish(config: ExperimentConfig, prepared, *, resume: bool, progress: bool, log) -> dict:
     output = prepared.output_dir
     computed = sum(1 for _ in run(config, resume=resume, progress=progress, prepared=prepared))
     records = load_records(output)
@@ -85,14 +97,14 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: 
     summary = summarize(records, reference=config.reference, seed=config.seed,
                         ci_method=config.ci_method)
     info = prepared.model.harness_info
-    per_image_table(records).to_csv(output / "results.csv", index=False)
+    atomic_write(output / "results.csv", per_image_table(records).to_csv(index=False))
     figures = output / "figures"
     saliency_figure(prepared, figures / "saliency_grid.png")
     plot_mean_curves(records, figures / "curves.png", seed=config.seed)
     plot_randomization(records, figures / "randomization.png", seed=config.seed)
     state = json.loads((output / STATE).read_text())
     state["weights"] = info.weights
-    (output / STATE).write_text(json.dumps(state, indent=2))
+    atomic_write(output / STATE, json.dumps(state, indent=2))
     run_id = None
     if config.tracking.enabled:
         from harness.models import weights_fingerprint
@@ -108,6 +120,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: 
             f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
             "harness.target": config.target, "harness.n_images": str(len(prepared.dataset)),
         }
+        if similarity_note(records):
+            tags["harness.similarity"] = similarity_note(records)
         run_id = log_run(
             uri=config.tracking.uri, experiment=config.tracking.experiment, run_name=config.name,
             params=config.to_dict(), tags=tags, summary=summary,
@@ -117,14 +131,20 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: 
                        figures],
             parent_run_id=state.get("mlflow_run_id") if resume else None)
         state["mlflow_run_id"] = run_id
-        (output / STATE).write_text(json.dumps(state, indent=2))
+        atomic_write(output / STATE, json.dumps(state, indent=2))
     label = f"MLflow run {run_id}" if run_id else str(output)
-    write_tables(summary, table_meta(config, info.weights, label), output / "tables")
+    write_tables(summary, {**table_meta(config, info.weights, label),
+                           "similarity": similarity_note(records)}, output / "tables")
     if run_id:  # the caption names the run id, so the tables are logged after the run exists
         from harness.tracking import log_tables
 
         log_tables(config.tracking.uri, run_id, output / "tables")
-    return {"summary": summary, "output_dir": output, "run_id": run_id, "weights": info.weights}
+    return {"summary": summary, "output_dir": output, "run_id": run_id, "weights": info.weights,
+            "similarity": similarity_note(records)}
+
+
+def _looks_like_run_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text.lower())
 
 
 def table_for(run: str, *, tracking_uri: str = "sqlite:///mlflow.db",
@@ -136,6 +156,13 @@ def table_for(run: str, *, tracking_uri: str = "sqlite:///mlflow.db",
     folder = Path(run)
     run_label = str(folder)
     weights = "?"
+    if folder.is_dir() and not (folder / "records.jsonl").exists():
+        raise ValueError(f"{run} is a folder but not a harness run folder (it has no "
+                         "records.jsonl); give the output_dir of `harness run` or an MLflow "
+                         "run id")
+    if not folder.exists() and ("/" in run or not _looks_like_run_id(run)):
+        raise ValueError(f"{run!r} is neither a run folder (no such folder) nor an MLflow run id "
+                         "(32 hexadecimal characters)")
     if not (folder / "records.jsonl").exists():
         from harness.tracking import download_run
 
@@ -151,10 +178,17 @@ def table_for(run: str, *, tracking_uri: str = "sqlite:///mlflow.db",
     if ci_method is not None:
         config = dataclasses.replace(config, ci_method=ci_method)
     records = load_records(folder)
+    randomization = config.metrics.get("model_randomization")
+    if randomization is not None and any(r.get("metric") == "model_randomization"
+                                         and "measure_version" not in r for r in records):
+        # harness 0.1 compared the method's own maps (its configs had no map_normalisation key)
+        config = dataclasses.replace(config, metrics={
+            **config.metrics,
+            "model_randomization": dataclasses.replace(randomization, map_normalisation="method")})
     reference = reference or config.reference
     seed = config.seed if seed is None else seed
     summary = summarize(records, reference=reference, seed=seed, ci_method=config.ci_method)
     meta = table_meta(config, weights, run_label)
-    meta.update(reference=reference, seed=seed)
+    meta.update(reference=reference, seed=seed, similarity=similarity_note(records))
     paths = write_tables(summary, meta, Path(out) if out else folder / "tables")
     return summary, paths

@@ -21,31 +21,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.io import atomic_save, atomic_write
 from harness.stats import bootstrap_ci, holm, paired_wilcoxon
 
 CI_NAMES = {"bca": "BCa", "percentile": "percentile"}
-DIRECTION = {"deletion": "down", "insertion": "up", "morf": "down", "lerf": "up", "abpc": "up"}
 ARROWS = {"up": ("↑", r"$\uparrow$"), "down": ("↓", r"$\downarrow$")}
 
 
-def direction(metric: str) -> str:
-    """``up`` if higher is better; randomization similarities: lower (more sensitive) is better."""
-    return DIRECTION.get(metric, "down")
+def as_frame(records: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Records as a frame (one row per record); a frame is returned as it is."""
+    if isinstance(records, pd.DataFrame):
+        return records
+    return pd.DataFrame(list(records))
 
 
-def per_image_table(records: Sequence[dict]) -> pd.DataFrame:
-    """One row per (method, metric column, image) with the value the table aggregates."""
-    frame = pd.DataFrame(list(records))
+def per_image_table(records: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, table column, image): the value the table aggregates and the column's
+    direction (``up`` if higher is better), from each metric's registry entry (``columns``)."""
+    from harness.metrics.registry import CELL_COLUMNS, METRICS
+
+    frame = as_frame(records)
     if frame.empty:
         raise ValueError("no records to report")
-    rows = frame[frame["metric"] != "model_randomization"][["method", "metric", "image_id",
-                                                            "value"]]
-    if "measure" in frame and (frame["metric"] == "model_randomization").any():
-        randomization = frame[frame["metric"] == "model_randomization"]
-        last = randomization[randomization["step"] == randomization["step"].max()]
-        last = last.assign(metric="rand_" + last["measure"])
-        rows = pd.concat([rows, last[["method", "metric", "image_id", "value"]]])
-    return rows.reset_index(drop=True)
+    frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
+    parts = []
+    for (method, metric), rows in frame.groupby(["method", "metric"], sort=False):
+        if metric in METRICS:
+            cells = METRICS[metric].columns(rows)
+            parts.append(cells.assign(method=method)[["method", *CELL_COLUMNS]])
+    if not parts:
+        raise ValueError("no records of a registered metric to report")
+    table = pd.concat(parts, ignore_index=True).rename(columns={"column": "metric"})
+    return table[["method", "metric", "image_id", "value", "direction"]]
 
 
 def summarize(records: Sequence[dict], *, reference: str | None = None, seed: int = 0,
@@ -56,13 +63,16 @@ def summarize(records: Sequence[dict], *, reference: str | None = None, seed: in
     table = per_image_table(records)
     methods = list(dict.fromkeys(table["method"]))
     metrics = list(dict.fromkeys(table["metric"]))
+    directions = dict(zip(table["metric"], table["direction"], strict=True))
     rows = []
     for method in methods:
         for metric in metrics:
             values = table[(table["method"] == method) & (table["metric"] == metric)]
+            if values.empty:  # the metric did not run for this method (e.g. ``methods:``)
+                continue
             finite = values["value"].dropna().to_numpy(dtype=float)
-            row = {"method": method, "metric": metric, "n": int(finite.size),
-                   "undefined": int(len(values) - finite.size)}
+            row = {"method": method, "metric": metric, "direction": directions[metric],
+                   "n": int(finite.size), "undefined": int(len(values) - finite.size)}
             if finite.size:
                 interval = bootstrap_ci(finite, seed=seed, n_resamples=n_resamples,
                                         method=ci_method)
@@ -87,7 +97,35 @@ def summarize(records: Sequence[dict], *, reference: str | None = None, seed: in
     return summary
 
 
+def similarity_note(records: Sequence[dict] | pd.DataFrame) -> str | None:
+    """The similarity measures and map normalisation behind the model-randomization records (from
+    the records themselves, so tables of older runs name the settings that produced them)."""
+    from harness.sanity.similarity import describe
+
+    frame = as_frame(records)
+    if frame.empty or "metric" not in frame:
+        return None
+    rows = frame[frame["metric"] == "model_randomization"]
+    if rows.empty:
+        return None
+
+    def values(column):
+        if column not in rows:
+            return {None}
+        return {None if pd.isna(v) else v for v in rows[column]}
+
+    versions, normalisations = values("measure_version"), values("map_normalisation")
+    if len(versions) > 1 or len(normalisations) > 1:
+        raise ValueError(f"the records mix similarity settings (measure versions {versions}, "
+                         f"normalisations {normalisations}); tables need one setting per run")
+    version = versions.pop()
+    measures = list(dict.fromkeys(rows["measure"]))
+    return describe(measures, normalisations.pop(), None if version is None else int(version))
+
+
 def _cell(row, bold: bool, latex: bool) -> str:
+    if row is None:  # the metric was not run for this method
+        return "--" if latex else "—"
     if math.isnan(row["mean"]):
         return "n/a"
     interval = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
@@ -107,7 +145,8 @@ def _best(summary: pd.DataFrame, metric: str) -> str | None:
     column = summary[summary["metric"] == metric].dropna(subset=["mean"])
     if column.empty:
         return None
-    pick = column["mean"].idxmax() if direction(metric) == "up" else column["mean"].idxmin()
+    way = column["direction"].iloc[0]
+    pick = column["mean"].idxmax() if way == "up" else column["mean"].idxmin()
     return column.loc[pick, "method"]
 
 
@@ -117,6 +156,8 @@ def caption(meta: dict, summary: pd.DataFrame) -> str:
              f"{meta.get('data', '?')}, n = {n} images, targets: {meta.get('target', '?')}."]
     if meta.get("metric_settings"):
         parts.append(f"Metrics: {meta['metric_settings']}.")
+    if meta.get("similarity"):
+        parts.append(f"Model randomization: {meta['similarity']}.")
     method = CI_NAMES[meta.get("ci_method", "bca")]
     parts.append(f"Mean [95% {method} bootstrap CI of the mean] "
                  f"({meta.get('n_resamples', 10_000):,} resamples, seed {meta.get('seed', 0)}); "
@@ -128,6 +169,18 @@ def caption(meta: dict, summary: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "<": "$<$", ">": "$>$",
+}
+
+
+def escape(text: str) -> str:
+    """``text`` with every LaTeX special character escaped (names, paths, captions)."""
+    return "".join(LATEX_SPECIAL.get(char, char) for char in str(text))
+
+
 def render_tables(summary: pd.DataFrame, meta: dict) -> dict[str, str]:
     """LaTeX (booktabs), Markdown and CSV text of the summary."""
     methods = list(dict.fromkeys(summary["method"]))
@@ -136,23 +189,21 @@ def render_tables(summary: pd.DataFrame, meta: dict) -> dict[str, str]:
     lookup = {(r["method"], r["metric"]): r for r in summary.to_dict("records")}
     text_caption = caption(meta, summary)
     # Markdown
-    header = ["method"] + [f"{m} {ARROWS[direction(m)][0]}" for m in metrics]
+    directions = dict(zip(summary["metric"], summary["direction"], strict=True))
+    header = ["method"] + [f"{m} {ARROWS[directions[m]][0]}" for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in methods:
-        cells = [method] + [_cell(lookup[(method, m)], best[m] == method, latex=False)
+        cells = [method] + [_cell(lookup.get((method, m)), best[m] == method, latex=False)
                             for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     markdown = "\n".join(lines) + f"\n\n{text_caption}\n"
     # LaTeX
-    def escape(text: str) -> str:
-        return (text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-                .replace("<", "$<$").replace(">", "$>$"))
 
-    latex_header = " & ".join(["Method"] + [f"{escape(m)} {ARROWS[direction(m)][1]}"
+    latex_header = " & ".join(["Method"] + [f"{escape(m)} {ARROWS[directions[m]][1]}"
                                             for m in metrics])
     body = []
     for method in methods:
-        cells = [escape(method)] + [_cell(lookup[(method, m)], best[m] == method, latex=True)
+        cells = [escape(method)] + [_cell(lookup.get((method, m)), best[m] == method, latex=True)
                                     for m in metrics]
         body.append(" & ".join(cells) + r" \\")
     latex = "\n".join([
@@ -172,7 +223,7 @@ def write_tables(summary: pd.DataFrame, meta: dict, folder: str | os.PathLike,
     paths = []
     for suffix, text in render_tables(summary, meta).items():
         path = folder / f"{stem}.{suffix}"
-        path.write_text(text)
+        atomic_write(path, text)
         paths.append(path)
     return paths
 
@@ -180,9 +231,26 @@ def write_tables(summary: pd.DataFrame, meta: dict, folder: str | os.PathLike,
 # ----------------------------------------------------------------------------- figures
 
 
+def metric_curves(records: Sequence[dict] | pd.DataFrame, *, exclude: Sequence[str] = ()
+                  ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``{curve name: {method: (x [K], per-image curves [n, K])}}`` from each metric's registry
+    entry (``curves``), for the figures and MLflow's step metrics."""
+    from harness.metrics.registry import METRICS
+
+    frame = as_frame(records)
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for (method, metric), rows in frame.groupby(["method", "metric"], sort=False):
+        if metric in exclude or metric not in METRICS:
+            continue
+        for name, curve in METRICS[metric].curves(rows).items():
+            out.setdefault(name, {})[method] = curve
+    return out
+
+
 def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: int = 0
                      ) -> str | None:
-    """Mean deletion/insertion (and MoRF/LeRF) curves per method with 95% bootstrap bands."""
+    """Mean curves per method (deletion, insertion, MoRF/LeRF, ROAD, ...: every metric whose
+    records carry curves, model randomization apart) with 95% bootstrap bands."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,53 +259,58 @@ def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: 
 
     from harness.metrics import auc
 
-    frame = pd.DataFrame([r for r in records if r.get("curve") is not None])
-    if frame.empty:
+    curves = metric_curves(records, exclude=("model_randomization",))
+    if not curves:
         return None
-    metrics = list(dict.fromkeys(frame["metric"]))
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
     rng = np.random.default_rng(seed)
-    for axis, metric in zip(axes[0], metrics, strict=True):
-        for method in dict.fromkeys(frame["method"]):
-            curves = np.array(frame[(frame["metric"] == metric) &
-                                    (frame["method"] == method)]["curve"].tolist(), dtype=float)
-            if curves.size == 0:
-                continue
-            xs = np.linspace(0, 1, curves.shape[1])
-            mean = curves.mean(axis=0)
-            picks = rng.integers(0, len(curves), (2000, len(curves)))
-            boot = curves[picks].mean(axis=1)
-            low, high = np.quantile(boot, [0.025, 0.975], axis=0)
-            area = float(auc(torch.from_numpy(mean)))
-            axis.plot(xs, mean, label=f"{method} (AUC of mean {area:.3f})")
+    for axis, (name, by_method) in zip(axes[0], curves.items(), strict=True):
+        bounded = True
+        for method, (xs, values) in by_method.items():
+            mean = np.nanmean(values, axis=0)
+            picks = rng.integers(0, len(values), (2000, len(values)))
+            low, high = np.nanquantile(np.nanmean(values[picks], axis=1), [0.025, 0.975], axis=0)
+            even = np.allclose(xs, np.linspace(0, 1, len(xs)))
+            summary = (f"AUC of mean {float(auc(torch.from_numpy(mean))):.3f}" if even else
+                       f"mean {float(np.mean(mean)):.3f}")
+            axis.plot(xs, mean, marker=None if even else "o", markersize=3,
+                      label=f"{method} ({summary})")
             axis.fill_between(xs, low, high, alpha=0.2)
-        axis.set_title(metric)
-        axis.set_xlabel("fraction of pixels changed")
-        axis.set_ylim(0, 1.02)
+            bounded &= bool(np.nanmin(values) >= 0 and np.nanmax(values) <= 1)
+        axis.set_title(name)
+        axis.set_xlabel("fraction of pixels changed" if even else "fraction")
+        if bounded:
+            axis.set_ylim(0, 1.02)
     axes[0, 0].set_ylabel("score of the target class")
     for axis in axes[0]:
         axis.legend(fontsize=7)
     figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    atomic_save(path, lambda temporary: figure.savefig(temporary, dpi=110))
     plt.close(figure)
     return str(path)
 
 
-def plot_randomization(records: Sequence[dict], path: str | os.PathLike, *, seed: int = 0
-                       ) -> str | None:
+def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.PathLike, *,
+                       seed: int = 0) -> str | None:
     """Similarity-versus-block curves with 95% bands, from randomization records."""
     from harness.sanity.figures import similarity_curves
     from harness.sanity.randomization import RandomizationResult
 
-    rows = [r for r in records if r["metric"] == "model_randomization"]
-    if not rows:
+    frame = as_frame(records)
+    if frame.empty or "metric" not in frame:
         return None
+    frame = frame[frame["metric"] == "model_randomization"]
+    if frame.empty:
+        return None
+    frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
     results = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        blocks = tuple(dict.fromkeys(r["block"] for r in sorted(mine, key=lambda r: r["step"])))
-        results.append(RandomizationResult(method, mine[0]["mode"], mine[0]["target_mode"], seed,
-                                           blocks, mine))
-    measures = tuple(dict.fromkeys(r["measure"] for r in rows))
+    for method, rows in frame.groupby("method", sort=False):
+        mine = rows.sort_values("step", kind="stable").to_dict("records")
+        blocks = tuple(dict.fromkeys(r["block"] for r in mine))
+        normalisation = mine[0].get("map_normalisation")
+        results.append(RandomizationResult(
+            method, mine[0]["mode"], mine[0]["target_mode"], seed, blocks, mine,
+            map_normalisation="method" if normalisation is None or pd.isna(normalisation)
+            else normalisation))
+    measures = tuple(dict.fromkeys(frame["measure"]))
     return similarity_curves(results, path, measures=measures, seed=seed)

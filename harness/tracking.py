@@ -117,6 +117,11 @@ def download_run(run_id: str, uri: str, destination: str | Path) -> tuple[Path, 
     """Download a parent run's records and resolved config; returns (folder, run tags)."""
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///"):  # readers never write: do not create an empty store
+        store = Path(uri[len("sqlite:///"):]).expanduser()
+        if not store.is_file():
+            raise ValueError(f"no MLflow store at {uri} (file {store} does not exist); pass "
+                             "--tracking-uri of the store that holds run " + run_id)
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)

@@ -59,6 +59,7 @@ def test_records_are_complete_and_deterministic(tmp_path):
     assert all(len(r["curve"]) == 5 and r["target_source"] == "predicted" for r in deletion)
     # the maps of the first figure_images images are kept for the figure, exactly as computed
     prepared = prepare_run(config, resume=True)
+    prepared.release()  # the folder's lock: this test only reads the model and data
     figure = list(prepared.dataset)[:2]
     ids = [sample.id for sample in figure]
     x = preprocess([sample.load() for sample in figure], prepared.model.harness_info)
@@ -225,3 +226,30 @@ def test_cli_run_and_table_from_output_folder(tmp_path, capsys):
     assert main(["table", str(tmp_path / "run"), "--ci", "percentile", "--out",
                  str(tmp_path / "pct")]) == 0
     assert "95% percentile bootstrap CI" in (tmp_path / "pct" / "table.md").read_text()
+
+
+def test_tables_name_the_similarity_settings_also_for_runs_before_measure_versions(tmp_path):
+    config = from_dict(tiny_raw(tmp_path, methods=["vanilla", "sobel"],
+                                metrics={"model_randomization": {
+                                    "blocks": ["conv10"], "measures": ["spearman_abs", "hog"]}}))
+    records = list(run(config, progress=False))
+    assert {(r["map_normalisation"], r["measure_version"]) for r in records} == {("reference", 2)}
+    _, paths = table_for(str(tmp_path / "run"))
+    text = paths[1].read_text()
+    assert "map_normalisation=reference" in text
+    assert "Model randomization: similarity on maps normalised as the reference notebook" in text
+    assert "3x3-cell blocks" in text
+    # the same folder as harness 0.1 wrote it: no measure_version, no map_normalisation key
+    folder = tmp_path / "run"
+    lines = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    for record in lines:
+        record.pop("measure_version")
+        record.pop("map_normalisation")
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    resolved = yaml.safe_load((folder / "config.resolved.yaml").read_text())
+    resolved["metrics"]["model_randomization"].pop("map_normalisation")
+    (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved))
+    _, paths = table_for(str(folder), out=tmp_path / "legacy")
+    text = paths[1].read_text()
+    assert "map_normalisation=method" in text and "harness 0.1" in text
+    assert "hog: Spearman of HOG descriptors with 1x1-cell blocks" in text

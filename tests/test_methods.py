@@ -137,7 +137,7 @@ def test_smoothgrad_noise_zero_and_average_modes(tiny_cnn):
 
 
 def test_smoothgrad_is_the_mean_over_the_documented_noise(tiny_cnn):
-    """Recompute SmoothGrad by hand from the documented noise (seed, image index)."""
+    """Recompute SmoothGrad by hand from the documented noise (seed, the image's values)."""
     from harness.methods.smoothing import noise_for_image
 
     x = torch.randn(2, 3, 16, 16)
@@ -146,16 +146,21 @@ def test_smoothgrad_is_the_mean_over_the_documented_noise(tiny_cnn):
                            batch_size=3)
     grads = []
     for i in range(2):
-        noisy = x[i] + noise_for_image(x[i], 4, 0.2, 5, i)
+        noisy = x[i] + noise_for_image(x[i], 4, 0.2, 5)
         grads.append(METHODS["vanilla"].attribution(tiny_cnn, noisy, target[i].repeat(4)).mean(0))
     expected = torch.stack(grads).abs().amax(dim=1)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
     spread = float(x[0].max() - x[0].min()) * 0.2
-    assert abs(float(noise_for_image(x[0], 200, 0.2, 5, 0).std()) - spread) < 0.05 * spread
-    # batch size does not change the numbers
+    assert abs(float(noise_for_image(x[0], 200, 0.2, 5).std()) - spread) < 0.05 * spread
+    # neither the batch size nor the image's position in the batch changes the numbers
     again = harness.saliency("smoothgrad", tiny_cnn, x, target, n=4, noise=0.2, seed=5,
                              batch_size=8)
     torch.testing.assert_close(got, again, rtol=1e-6, atol=1e-8)
+    alone = harness.saliency("smoothgrad", tiny_cnn, x[1:], target[1:], n=4, noise=0.2, seed=5)
+    torch.testing.assert_close(got[1:], alone, rtol=1e-6, atol=1e-8)
+    for method in ("random", "sobel"):
+        both = harness.saliency(method, tiny_cnn, x, target)
+        assert torch.equal(both[1:], harness.saliency(method, tiny_cnn, x[1:], target[1:]))
 
 
 def test_blurred_is_scipy_gaussian_of_base(tiny_cnn):

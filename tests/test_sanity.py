@@ -44,7 +44,8 @@ def test_measures_closed_forms():
     b = rng.random((32, 32))
     assert ssim(a, b) == pytest.approx(ssim(3 * a + 1, b))
     assert ssim(a, b) < 0.3
-    assert hog_features(a).shape == (2 * 2 * 9,)  # 32/16 cells per side, 9 orientations
+    # 64/16 = 4 cells per side: 2 x 2 blocks of 3 x 3 cells, 9 orientations each
+    assert hog_features(rng.random((64, 64))).shape == (2 * 2 * 3 * 3 * 9,)
 
 
 def test_constant_map_is_reported_not_nan():
@@ -52,11 +53,19 @@ def test_constant_map_is_reported_not_nan():
         spearman_abs(np.random.default_rng(0).random((8, 8)), np.zeros((8, 8)))
     model = harness.load_model("squeezenet1_1", weights="random")
     flat = torch.zeros(2, 3, 64, 64)  # Sobel of a flat image is constant
-    with pytest.warns(UserWarning, match="undefined"):
-        result = model_randomization(model, "sobel", flat, [0, 1], blocks=["conv10"],
-                                     measures=("spearman_abs", "ssim"))
-    assert all(r["value"] is None and r["status"].startswith("undefined: the original map is "
-                                                               "constant") for r in result.records)
+    for normalisation, reason in (
+            ("method", "is constant (0.0)"),
+            ("reference", "has its 99th percentile equal to its minimum (0.0): no grayscale "
+                          "normalisation")):
+        with pytest.warns(UserWarning, match="undefined"):
+            result = model_randomization(model, "sobel", flat, [0, 1], blocks=["conv10"],
+                                         measures=("spearman_abs", "ssim"),
+                                         map_normalisation=normalisation)
+        assert all(r["value"] is None for r in result.records), normalisation
+        assert {r["status"] for r in result.records if r["measure"] == "spearman_abs"} == {
+            f"undefined: the original map {reason}"}, normalisation
+        assert {r["status"] for r in result.records if r["measure"] == "ssim"} == {
+            "undefined: the original map is constant (0.0)"}
 
 
 @pytest.fixture(scope="module")

@@ -130,4 +130,5 @@ def test_summary_and_table_snapshot():
     assert r"\textbf{0.188 {\scriptsize [0.138, 0.250]}}$^{*}$" in tables["tex"]
     assert "Mean [95% BCa bootstrap CI of the mean]" in tables["md"]
     assert r"\toprule" in tables["tex"] and r"deletion $\downarrow$" in tables["tex"]
-    assert tables["csv"].splitlines()[0] == "method,metric,n,undefined,mean,ci_low,ci_high,p,p_holm"
+    assert tables["csv"].splitlines()[0] == ("method,metric,direction,n,undefined,mean,ci_low,"
+                                             "ci_high,p,p_holm")

@@ -10,6 +10,8 @@ from harness.methods._core import (
     get_method,
     guarded,
     list_methods,
+    raw_attribution,
+    raw_attribution_batched,
     reduce_channels,
     register_attribution,
     register_method,
@@ -19,7 +21,7 @@ from harness.methods._core import (
 )
 
 __all__ = [
-    "METHODS", "Method", "get_method", "guarded", "list_methods", "reduce_channels",
-    "register_attribution", "register_method", "saliency", "saliency_batched",
-    "signed_channels",
+    "METHODS", "Method", "get_method", "guarded", "list_methods", "raw_attribution",
+    "raw_attribution_batched", "reduce_channels", "register_attribution", "register_method",
+    "saliency", "saliency_batched", "signed_channels",
 ]

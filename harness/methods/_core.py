@@ -47,7 +47,9 @@ class Method:
     """A registered saliency method.
 
     ``fn`` gives the (non-negative unless stated) map; ``signed`` the signed variant where one
-    exists; ``attribution`` the raw ``[N, C, H, W]`` attribution for pixel-space methods.
+    exists; ``attribution`` the raw ``[N, C, H, W]`` attribution for pixel-space methods; ``raw``
+    (wrappers) the raw ``[N, C, H, W]`` statistic before the channel reduction, or None where the
+    parameters give none (see ``raw_attribution``).
     """
 
     name: str
@@ -58,13 +60,15 @@ class Method:
     signed: MapFn | None = None
     attribution: MapFn | None = None
     defaults: dict = field(default_factory=dict)
+    raw: MapFn | None = None
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, kind: str, citation: str, signed: MapFn | None = None,
-                    defaults: dict | None = None) -> Callable[[MapFn], MapFn]:
+                    defaults: dict | None = None,
+                    raw: MapFn | None = None) -> Callable[[MapFn], MapFn]:
     """Decorator registering a map function as method ``name``."""
 
     def add(fn: MapFn) -> MapFn:
@@ -72,7 +76,7 @@ def register_method(name: str, *, kind: str, citation: str, signed: MapFn | None
             raise ValueError(f"method {name!r} is already registered")
         summary = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         METHODS[name] = Method(name, fn, kind, citation, summary, signed=signed,
-                               defaults=dict(defaults or {}))
+                               defaults=dict(defaults or {}), raw=raw)
         return fn
 
     return add
@@ -152,12 +156,23 @@ def check_inputs(x: torch.Tensor, target: torch.Tensor | int | list) -> torch.Te
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a tensor [N, C, H, W], got {shape}")
+    check_finite_inputs(x)
     target = torch.as_tensor(target, device=x.device).long().reshape(-1).clone()  # no inference
     if target.numel() == 1 and x.shape[0] > 1:
         target = target.expand(x.shape[0])
     if target.shape[0] != x.shape[0]:
         raise ValueError(f"target has {target.shape[0]} entries for {x.shape[0]} images")
     return target
+
+
+def check_finite_inputs(x: torch.Tensor, ids=None) -> None:
+    """Refuse inputs ``[N, C, H, W]`` holding NaN or inf, naming the first such image (a NaN input
+    would give NaN maps and NaN scores, not an error)."""
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        index = int((~finite).nonzero()[0, 0])
+        name = ids[index] if ids is not None else f"#{index}"
+        raise ValueError(f"input image {name} contains NaN or inf")
 
 
 def check_target_range(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -205,6 +220,46 @@ def saliency(name: str, model: nn.Module, x: torch.Tensor, target, *, signed: bo
     if tuple(maps.shape) != expected:
         raise RuntimeError(f"method {name!r} returned {tuple(maps.shape)}, expected {expected}")
     return maps
+
+
+def raw_attribution(name: str, model: nn.Module, x: torch.Tensor, target,
+                    **params) -> torch.Tensor | None:
+    """The method's pixel-space attribution ``[N, C, H, W]`` before its channel reduction (the
+    gradient for ``vanilla``; the averaged gradient for ``smoothgrad`` with
+    ``average="attribution"``), or None for methods that have only a 2-D map (Grad-CAM, the
+    controls, ``blurred``, or a wrapper averaging maps). Guarded like ``saliency``."""
+    method = get_method(name)
+    if method.raw is not None:
+        fn = method.raw
+    elif method.attribution is not None:
+        fn = method.attribution
+        params = {k: v for k, v in params.items() if k != "reduce"}
+    else:
+        return None
+    target = check_inputs(x, target)
+    x = x.detach().clone() if x.is_inference() else x.detach()
+    with guarded(model):
+        values = fn(model, x, target, **params)
+    if values is None:
+        return None
+    values = values.detach()
+    if values.ndim != 4 or values.shape[0] != x.shape[0] or values.shape[2:] != x.shape[2:]:
+        raise RuntimeError(f"method {name!r} returned a raw attribution of shape "
+                           f"{tuple(values.shape)} for inputs {tuple(x.shape)}")
+    return values
+
+
+def raw_attribution_batched(name: str, model: nn.Module, x: torch.Tensor, target, *,
+                            batch_size: int = 32, **params) -> torch.Tensor | None:
+    """``raw_attribution`` over ``x`` in chunks of ``batch_size`` images: ``[N, C, H, W]`` or
+    None."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    target = check_inputs(x, target)
+    chunks = [raw_attribution(name, model, x[start:start + batch_size],
+                              target[start:start + batch_size], **params)
+              for start in range(0, x.shape[0], batch_size)]
+    return None if chunks[0] is None else torch.cat(chunks)
 
 
 def saliency_batched(name: str, model: nn.Module, x: torch.Tensor, target, *,

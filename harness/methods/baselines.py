@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from harness.methods._core import register_method
+from harness.seeding import content_generator
 
 _CONTROL = "Adebayo et al. 2018 (arXiv:1810.03292), input-only controls"
 
@@ -21,12 +22,13 @@ _CONTROL = "Adebayo et al. 2018 (arXiv:1810.03292), input-only controls"
 @register_method("random", kind="control", citation=_CONTROL, defaults={"seed": 0})
 def random_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
                seed: int = 0) -> torch.Tensor:
-    """Random control: uniform [0, 1) per pixel; image ``i`` of the batch draws from a generator
-    seeded with ``(seed, i)``, so equal seeds give equal maps on any device."""
+    """Random control: uniform [0, 1) per pixel; each image draws from a generator seeded with
+    ``seed`` and the image's values (``harness.seeding.content_generator``), so an image's map is
+    the same on any device and in any batch."""
     n_images, _, height, width = x.shape
     maps = []
     for index in range(n_images):
-        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
+        generator = content_generator(seed, x[index], salt="random")
         maps.append(torch.rand((height, width), generator=generator))
     return torch.stack(maps).to(device=x.device, dtype=x.dtype)
 

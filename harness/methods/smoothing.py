@@ -24,6 +24,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from harness.methods._core import get_method, reduce_channels, register_method, signed_channels
+from harness.seeding import content_generator
 
 
 def _base_map(base: str, base_params: dict | None, signed: bool):
@@ -62,12 +63,12 @@ def blurred(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, base: st
     return _blurred(model, x, target, base=base, base_params=base_params, sigma=sigma)
 
 
-def noise_for_image(x_image: torch.Tensor, n: int, noise: float, seed: int,
-                    index: int) -> torch.Tensor:
-    """``[n, C, H, W]`` Gaussian noise for image ``index`` of the batch with standard deviation
-    ``noise * (max - min)`` of that image; drawn on the CPU from a generator seeded with
-    ``(seed, index)``, so equal seeds give equal noise on every device and any batch size."""
-    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
+def noise_for_image(x_image: torch.Tensor, n: int, noise: float, seed: int) -> torch.Tensor:
+    """``[n, C, H, W]`` Gaussian noise for one image ``[C, H, W]`` with standard deviation
+    ``noise * (max - min)`` of that image; drawn on the CPU from a generator seeded with ``seed``
+    and the image's values (``harness.seeding.content_generator``), so an image gets the same
+    noise whatever batch, position, rank or device it is computed in."""
+    generator = content_generator(seed, x_image, salt="smoothgrad")
     spread = float(x_image.max() - x_image.min()) * noise
     draws = torch.randn((n, *x_image.shape), generator=generator, dtype=torch.float32)
     return (draws * spread).to(device=x_image.device, dtype=x_image.dtype)
@@ -104,7 +105,7 @@ def noisy_moments(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, ba
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         for i in {i for i, _ in chunk} - set(noise_cache):
-            noise_cache[i] = noise_for_image(x[i], n, noise, seed, i)
+            noise_cache[i] = noise_for_image(x[i], n, noise, seed)
         inputs = torch.stack([x[i] + noise_cache[i][j] for i, j in chunk])
         images = torch.tensor([i for i, _ in chunk], device=x.device)
         values = estimate(model, inputs, target[images]).detach().double()
@@ -128,6 +129,14 @@ _SMOOTH_CITES = {
 _SMOOTH_DEFAULTS = {"base": "vanilla", "n": 50, "noise": 0.15, "seed": 0, "batch_size": 16}
 
 
+def _statistic(statistic: str, mean: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+    if statistic == "mean":
+        return mean
+    if statistic == "mean_sq":
+        return mean_sq
+    return (mean_sq - mean * mean).clamp(min=0)
+
+
 def _smooth(statistic: str, signed: bool = False):
     def fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, base: str = "vanilla",
            base_params: dict | None = None, n: int = 50, noise: float = 0.15, seed: int = 0,
@@ -135,18 +144,31 @@ def _smooth(statistic: str, signed: bool = False):
         mean, mean_sq, used = noisy_moments(
             model, x, target, base=base, base_params=base_params, n=n, noise=noise, seed=seed,
             batch_size=batch_size, average=average, signed=signed)
-        if statistic == "mean":
-            value = mean
-        elif statistic == "mean_sq":
-            value = mean_sq
-        else:
-            value = (mean_sq - mean * mean).clamp(min=0)
+        value = _statistic(statistic, mean, mean_sq)
         if used == "attribution":
             reduce = dict(base_params or {}).get("reduce", "abs_max")
             value = signed_channels(value) if signed else reduce_channels(value, reduce)
         return value.to(x.dtype)
 
     return fn
+
+
+def _smooth_raw(statistic: str):
+    """The statistic of the raw attributions ``[N, C, H, W]`` before the channel reduction (what
+    the sanity checks' reference normalisation reads), or None when maps are averaged."""
+
+    def raw(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, base: str = "vanilla",
+            base_params: dict | None = None, n: int = 50, noise: float = 0.15, seed: int = 0,
+            batch_size: int = 16, average: str | None = None) -> torch.Tensor | None:
+        if (average or ("attribution" if get_method(base).attribution is not None else "map")
+                ) != "attribution":
+            return None
+        mean, mean_sq, _ = noisy_moments(
+            model, x, target, base=base, base_params=base_params, n=n, noise=noise, seed=seed,
+            batch_size=batch_size, average=average)
+        return _statistic(statistic, mean, mean_sq).to(x.dtype)
+
+    return raw
 
 
 def _named(fn, doc: str):
@@ -157,11 +179,12 @@ def _named(fn, doc: str):
 smoothgrad_signed = _named(_smooth("mean", signed=True),
                            "SmoothGrad of the base's signed estimate (channel sum or signed map).")
 register_method("smoothgrad", kind="wrapper", citation=_SMOOTH_CITES["smoothgrad"],
-                signed=smoothgrad_signed, defaults=_SMOOTH_DEFAULTS)(_named(
+                signed=smoothgrad_signed, defaults=_SMOOTH_DEFAULTS,
+                raw=_smooth_raw("mean"))(_named(
     _smooth("mean"), "SmoothGrad: mean of the base estimate over n noisy copies of the input."))
 register_method("smoothgrad_sq", kind="wrapper", citation=_SMOOTH_CITES["smoothgrad_sq"],
-                defaults=_SMOOTH_DEFAULTS)(_named(
+                defaults=_SMOOTH_DEFAULTS, raw=_smooth_raw("mean_sq"))(_named(
     _smooth("mean_sq"), "SmoothGrad-Squared: mean of the squared base estimate over noisy copies."))
 register_method("vargrad", kind="wrapper", citation=_SMOOTH_CITES["vargrad"],
-                defaults=_SMOOTH_DEFAULTS)(_named(
+                defaults=_SMOOTH_DEFAULTS, raw=_smooth_raw("var"))(_named(
     _smooth("var"), "VarGrad: variance of the base estimate over n noisy copies of the input."))

@@ -1,4 +1,9 @@
-"""Faithfulness metrics: pure functions returning frozen results."""
+"""Metrics: pure functions returning frozen results, each registered in ``METRICS`` (see
+``harness.metrics.registry``). Every module of this package (and ``harness.sanity``) is imported
+here, so a new metric is one module: its registration runs at import, with no edit elsewhere."""
+
+import importlib
+import pkgutil
 
 from harness.metrics.causal import (
     ABPCResult,
@@ -12,9 +17,22 @@ from harness.metrics.causal import (
     perturbation_curves,
     pixel_ranks,
 )
+from harness.metrics.registry import (
+    METRICS,
+    Metric,
+    Unit,
+    get_metric,
+    list_metrics,
+    register_metric,
+)
 from harness.metrics.substrates import gkern, list_substrates, make_substrate
 
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+importlib.import_module("harness.sanity")
+
 __all__ = [
-    "ABPCResult", "CurveResult", "abpc", "auc", "deletion", "gkern", "insertion", "lerf",
-    "list_substrates", "make_substrate", "morf", "perturbation_curves", "pixel_ranks",
+    "ABPCResult", "CurveResult", "METRICS", "Metric", "Unit", "abpc", "auc", "deletion",
+    "get_metric", "gkern", "insertion", "lerf", "list_metrics", "list_substrates",
+    "make_substrate", "morf", "perturbation_curves", "pixel_ranks", "register_metric",
 ]

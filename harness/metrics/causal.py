@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.methods._core import check_finite_inputs
+from harness.metrics.registry import register_metric
 from harness.metrics.substrates import Substrate, make_substrate
 
 SCORES = ("prob", "logit")
@@ -105,6 +107,7 @@ def validate(model_input: torch.Tensor, saliency: torch.Tensor, target: torch.Te
     if tuple(saliency.shape) != (n_images, height, width):
         raise ValueError(f"saliency has shape {tuple(saliency.shape)}; x {tuple(model_input.shape)}"
                          f" needs maps [N, H, W] = {(n_images, height, width)}")
+    check_finite_inputs(model_input, ids)
     finite = torch.isfinite(saliency.reshape(n_images, -1)).all(dim=1)
     if not bool(finite.all()):
         index = int((~finite).nonzero()[0, 0])
@@ -328,3 +331,95 @@ def abpc(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, **op
     most = morf(model, x, saliency, target, **options)
     least = lerf(model, x, saliency, target, **options)
     return ABPCResult(most, least, least.auc - most.auc)
+
+
+# ----------------------------------------------------------------------------- registry entries
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """Settings of the perturbation-curve metrics (defaults: RISE's evaluation). ``substrate``:
+    what removed pixels become (None, as configs of harness 0.1 wrote it: the metric's default);
+    ``batch_size`` None: the device's default (8 on the CPU, 256 on CUDA); ``amp_dtype``
+    ``bf16``/``fp16`` autocasts the scoring (None: fp32)."""
+
+    step: int = 224
+    substrate: str | dict | None = "zero"
+    score: str = "prob"
+    batch_size: int | None = None
+    amp_dtype: str | None = None
+    methods: list | None = None
+
+    def check(self) -> None:
+        from harness.metrics.substrates import list_substrates
+
+        if self.step < 1:
+            raise ValueError(f"step: must be >= 1, got {self.step}")
+        if self.score not in SCORES:
+            raise ValueError(f"score: {self.score!r} is not one of: {', '.join(SCORES)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1 (or omitted for the device's default), "
+                             f"got {self.batch_size}")
+        if self.amp_dtype not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp_dtype: {self.amp_dtype!r} is not one of: bf16, fp16 (or "
+                             "omitted for fp32)")
+        name = self.substrate.get("name") if isinstance(self.substrate, dict) else self.substrate
+        if name is not None and name not in list_substrates():
+            raise ValueError(f"substrate: {name!r} is not one of: {', '.join(list_substrates())}")
+
+
+@dataclass(frozen=True)
+class InsertionSettings(CurveSettings):
+    """Insertion starts from RISE's blur."""
+
+    substrate: str | dict | None = "rise_blur"
+
+
+DEFAULT_SUBSTRATES = {"deletion": "zero", "morf": "zero", "lerf": "zero", "abpc": "zero",
+                      "insertion": "rise_blur"}
+
+
+def _options(metric: str, unit, settings: CurveSettings) -> dict:
+    return {"step": settings.step, "score": settings.score, "batch_size": settings.batch_size,
+            "substrate": settings.substrate or DEFAULT_SUBSTRATES[metric],
+            "amp_dtype": settings.amp_dtype, "ids": list(unit.ids)}
+
+
+def _curve_records(metric: str):
+    function = {"deletion": deletion, "insertion": insertion, "morf": morf, "lerf": lerf}[metric]
+
+    def records(unit, settings: CurveSettings) -> list[dict]:
+        result = function(unit.model, unit.x, unit.maps, unit.target,
+                          **_options(metric, unit, settings))
+        return [{"image_id": i, "value": float(v), "curve": curve}
+                for i, v, curve in zip(unit.ids, result.auc.tolist(), result.curves.tolist(),
+                                       strict=True)]
+
+    records.__doc__ = function.__doc__
+    return records
+
+
+_RISE = "Petsiuk, Das & Saenko 2018, RISE (arXiv:1806.07421), evaluation.py"
+_SAMEK = "Samek et al. 2017 (arXiv:1509.06321)"
+register_metric("deletion", settings=CurveSettings, direction="down", citation=_RISE,
+                summary="Deletion AUC: the target's score as the most salient pixels are removed")(
+    _curve_records("deletion"))
+register_metric("insertion", settings=InsertionSettings, direction="up", citation=_RISE,
+                summary="Insertion AUC: the target's score as the most salient pixels appear")(
+    _curve_records("insertion"))
+register_metric("morf", settings=CurveSettings, direction="down", citation=_SAMEK,
+                summary="MoRF AUC: most relevant pixels removed first (= deletion)")(
+    _curve_records("morf"))
+register_metric("lerf", settings=CurveSettings, direction="up", citation=_SAMEK,
+                summary="LeRF AUC: least relevant pixels removed first")(
+    _curve_records("lerf"))
+
+
+@register_metric("abpc", settings=CurveSettings, direction="up",
+                 citation="Schulz et al. 2020 (arXiv:2001.00396)")
+def _abpc_records(unit, settings: CurveSettings) -> list[dict]:
+    """Area between the LeRF and MoRF curves: AUC(LeRF) - AUC(MoRF); higher is better."""
+    result = abpc(unit.model, unit.x, unit.maps, unit.target, **_options("abpc", unit, settings))
+    return [{"image_id": i, "value": float(v), "auc_morf": float(m), "auc_lerf": float(lo)}
+            for i, v, m, lo in zip(unit.ids, result.abpc.tolist(), result.morf.auc.tolist(),
+                                   result.lerf.auc.tolist(), strict=True)]

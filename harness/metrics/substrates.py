@@ -13,7 +13,7 @@ input space. ``make_substrate(spec)`` accepts a name, ``{"name": ..., **params}`
 - ``blur``: a Gaussian blur with standard deviation ``sigma`` pixels (separable, kernel radius
   ceil(4 sigma), reflect padding).
 - ``uniform``: i.i.d. uniform noise over each image's [min, max] range, from a generator seeded with
-  ``(seed, image index)``.
+  ``seed`` and the image's values (the same draw whatever batch the image is in).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
 from harness.registry import lookup, names
+from harness.seeding import content_generator
 
 Substrate = Callable[[torch.Tensor], torch.Tensor]
 SUBSTRATES: dict[str, Callable[..., torch.Tensor]] = {}
@@ -103,8 +104,8 @@ def blur(x: torch.Tensor, sigma: float = 5.0) -> torch.Tensor:
 @_substrate("uniform")
 def uniform(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     noise = []
-    for index, image in enumerate(x):
-        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
+    for image in x:
+        generator = content_generator(seed, image, salt="uniform")
         draw = torch.rand(image.shape, generator=generator, dtype=torch.float32)
         low, high = float(image.min()), float(image.max())
         noise.append(draw * (high - low) + low)

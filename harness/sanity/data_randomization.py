@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from harness.models import attach_info, prepare
-from harness.sanity.randomization import _similarities
+from harness.sanity.randomization import _similarities, _views
 
 DIGIT_MEAN = (0.5, 0.5, 0.5)
 DIGIT_STD = (0.5, 0.5, 0.5)
@@ -132,25 +132,30 @@ def train_pair(*, n_train: int = 1000, size: int = 32, seed: int = 0,
 def data_randomization(method: str, true_model: TrainedModel, permuted_model: TrainedModel,
                        x: torch.Tensor, *, method_params: dict | None = None,
                        measures=("spearman_abs", "spearman_signed", "ssim", "hog"),
-                       ids=None, batch_size: int = 32) -> DataRandomizationResult:
+                       map_normalisation: str = "reference", ids=None,
+                       batch_size: int = 32) -> DataRandomizationResult:
     """Similarity per image of ``method``'s maps for the two models, each explaining its own
-    top-1 class on ``x`` ``[N, 3, S, S]``."""
-    from harness.methods import get_method, saliency_batched
+    top-1 class on ``x`` ``[N, 3, S, S]``; measures and ``map_normalisation`` as in
+    ``model_randomization`` (HOG is undefined below 48 x 48 pixels, e.g. on 32 x 32 digits)."""
+    from harness.methods import get_method
+    from harness.sanity.similarity import MEASURES, NORMALISATIONS
 
+    if map_normalisation not in NORMALISATIONS:
+        raise ValueError(f"map_normalisation {map_normalisation!r} is not one of: "
+                         f"{', '.join(NORMALISATIONS)}")
     params = dict(method_params or {})
     ids = list(ids) if ids is not None else [f"digit-{i}" for i in range(len(x))]
-    signed = get_method(method).signed is not None
-    maps = {}
+    needed = {MEASURES[m].view for m in measures}
+    no_signed = map_normalisation == "method" and get_method(method).signed is None
+    views = {}
     for trained in (true_model, permuted_model):
         with torch.inference_mode():
             classes = trained.model(x).argmax(1)
-        absolute = saliency_batched(method, trained.model, x, classes, batch_size=batch_size,
-                                    **params)
-        signed_maps = (saliency_batched(method, trained.model, x, classes, batch_size=batch_size,
-                                        signed=True, **params) if signed else None)
-        maps[trained.labels] = (absolute, signed_maps)
-    records = _similarities(maps["true"][0], maps["permuted"][0], maps["true"][1],
-                            maps["permuted"][1], measures, ids)
+        views[trained.labels], _ = _views(
+            method, trained.model, x, classes, params=params, normalisation=map_normalisation,
+            needed=needed, want_signed="signed" in needed and not no_signed,
+            batch_size=batch_size)
+    records = _similarities(views["true"], views["permuted"], measures, ids, no_signed)
     for record in records:
         record["method"] = method
     return DataRandomizationResult(method, true_model, permuted_model, records)

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from harness.io import atomic_save  # noqa: E402
 from harness.sanity.randomization import RandomizationResult  # noqa: E402
 from harness.stats import bootstrap_ci  # noqa: E402
 
@@ -43,7 +44,7 @@ def cascading_grid(image: np.ndarray, results: Sequence[RandomizationResult],
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    atomic_save(path, lambda temporary: figure.savefig(temporary, dpi=110))
     plt.close(figure)
     return str(path)
 
@@ -57,7 +58,26 @@ def similarity_curves(results: Sequence[RandomizationResult], path: str | os.Pat
     method. Undefined values are left out of the mean and counted in the legend."""
     figure, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.6),
                                 squeeze=False)
-    for axis, measure in zip(axes[0], measures, strict=True):
+    _draw_similarity(axes[0], results, measures, seed)
+    return _save(figure, path)
+
+
+def convention_comparison(results: dict[str, Sequence[RandomizationResult]],
+                          path: str | os.PathLike, *,
+                          measures: Sequence[str] = ("spearman_abs", "ssim", "hog"),
+                          seed: int = 0) -> str:
+    """``similarity_curves`` once per map normalisation (rows; e.g. ``{"reference": [...],
+    "method": [...]}``) on shared axes, so the two conventions can be read side by side."""
+    figure, axes = plt.subplots(len(results), len(measures),
+                                figsize=(4.2 * len(measures), 3.4 * len(results)), squeeze=False)
+    for row, chosen in zip(axes, results.values(), strict=True):
+        _draw_similarity(row, chosen, measures, seed)
+    return _save(figure, path)
+
+
+def _draw_similarity(axes, results: Sequence[RandomizationResult], measures: Sequence[str],
+                     seed: int) -> None:
+    for axis, measure in zip(axes, measures, strict=True):
         for result in results:
             table = result.table()
             table = table[table["measure"] == measure]
@@ -79,13 +99,18 @@ def similarity_curves(results: Sequence[RandomizationResult], path: str | os.Pat
             axis.plot(steps, means, marker="o", markersize=3, label=label)
             axis.fill_between(steps, lows, highs, alpha=0.2)
             axis.set_xticks(steps, result.blocks, rotation=90, fontsize=7)
-        axis.set_title(f"{measure} ({results[0].mode}, {results[0].target_mode})", fontsize=9)
+        first = results[0]
+        axis.set_title(f"{measure} ({first.mode}, {first.target_mode}, maps: "
+                       f"{first.map_normalisation})", fontsize=8)
         axis.axhline(0, color="gray", linewidth=0.5)
         axis.set_ylim(-0.5, 1.05)
-    axes[0, 0].set_ylabel("similarity to original map")
-    axes[0, -1].legend(fontsize=7)
+    axes[0].set_ylabel("similarity to original map")
+    axes[-1].legend(fontsize=7)
+
+
+def _save(figure, path: str | os.PathLike) -> str:
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    atomic_save(path, lambda temporary: figure.savefig(temporary, dpi=110))
     plt.close(figure)
     return str(path)

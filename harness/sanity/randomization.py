@@ -10,8 +10,10 @@ section 3.1; reference code ``sanity_checks_saliency``).
   caller's model is never modified.
 - ``target_mode="own_top1"`` (the paper): each randomized model explains its own top-1 class;
   ``"fixed"`` (Quantus' choice): the original target.
-- Similarity to the original map per image with the measures of ``harness.sanity.similarity``.
-  Undefined values (constant maps) are recorded with their reason, never as a silent NaN.
+- Similarity to the original map per image with the measures of ``harness.sanity.similarity``,
+  on maps normalised as the reference notebook (``map_normalisation="reference"``, default) or
+  the method's own maps (``"method"``). Undefined values (constant maps) are recorded with their
+  reason, never as a silent NaN.
 """
 
 from __future__ import annotations
@@ -20,14 +22,25 @@ import copy
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import init
 
-from harness.methods import get_method, saliency_batched
+from harness.methods import get_method, raw_attribution_batched, saliency_batched
+from harness.metrics.registry import register_metric
 from harness.models import Block, model_info
-from harness.sanity.similarity import MEASURES, SIGNED_MEASURES, UndefinedSimilarity
+from harness.sanity.similarity import (
+    MEASURE_VERSION,
+    MEASURES,
+    NORMALISATIONS,
+    UndefinedSimilarity,
+    compare_views,
+    method_views,
+    reference_views,
+)
 
 MODES = ("cascading", "independent")
 TARGET_MODES = ("own_top1", "fixed")
@@ -49,6 +62,7 @@ class RandomizationResult:
     records: list[dict]
     original: torch.Tensor | None = None
     randomized: dict[str, torch.Tensor] = field(default_factory=dict)
+    map_normalisation: str = "reference"
 
     def table(self):
         import pandas as pd
@@ -128,21 +142,46 @@ def randomize(model: nn.Module, blocks: Sequence[Block], *, seed: int,
 # ----------------------------------------------------------------------------- the test
 
 
-def _similarities(original: torch.Tensor, other: torch.Tensor, original_signed, other_signed,
-                  measures: Sequence[str], ids: Sequence[str]) -> list[dict]:
+def _views(method: str, network: nn.Module, x: torch.Tensor, classes: torch.Tensor, *,
+           params: dict, normalisation: str, needed: set[str], want_signed: bool,
+           batch_size: int) -> tuple[list[dict], torch.Tensor]:
+    """Per-image views (``harness.sanity.similarity``) of ``method`` on ``network``, and the maps
+    ``[N, H, W]`` a figure shows (the ``abs`` view under ``reference``, the method's map
+    otherwise)."""
+    if normalisation == "reference":
+        raw = raw_attribution_batched(method, network, x, classes, batch_size=batch_size, **params)
+        if raw is None:  # a 2-D map only: the notebook's three_dims copy, equivalently C = 1
+            raw = saliency_batched(method, network, x, classes, batch_size=batch_size,
+                                   **params)[:, None]
+        arrays = raw.detach().double().cpu().permute(0, 2, 3, 1).numpy()
+        views = []
+        for array in arrays:
+            views.append({name: view for name, view in reference_views(array).items()
+                          if name in needed | {"abs"}})
+        shown = torch.stack([torch.zeros(arrays.shape[1:3], dtype=torch.float64)
+                             if isinstance(v["abs"], UndefinedSimilarity)
+                             else torch.from_numpy(v["abs"]) for v in views])
+        return views, shown.float()
+    maps = saliency_batched(method, network, x, classes, batch_size=batch_size, **params)
+    signed = (saliency_batched(method, network, x, classes, batch_size=batch_size, signed=True,
+                               **params) if want_signed else None)
+    views = [method_views(maps[i].double().cpu().numpy(),
+                          None if signed is None else signed[i].double().cpu().numpy())
+             for i in range(maps.shape[0])]
+    return views, maps
+
+
+def _similarities(original: list[dict], other: list[dict], measures: Sequence[str],
+                  ids: Sequence[str], no_signed: bool) -> list[dict]:
     rows = []
     for index, image_id in enumerate(ids):
         for measure in measures:
-            if measure in SIGNED_MEASURES:
-                if original_signed is None:
-                    rows.append({"image_id": image_id, "measure": measure, "value": None,
-                                 "status": "method has no signed variant"})
-                    continue
-                a, b = original_signed[index], other_signed[index]
-            else:
-                a, b = original[index], other[index]
+            if no_signed and MEASURES[measure].view == "signed":
+                rows.append({"image_id": image_id, "measure": measure, "value": None,
+                             "status": "method has no signed variant"})
+                continue
             try:
-                value = MEASURES[measure](a.cpu().numpy(), b.cpu().numpy())
+                value = compare_views(measure, original[index], other[index])
                 rows.append({"image_id": image_id, "measure": measure, "value": value,
                              "status": "ok"})
             except UndefinedSimilarity as reason:
@@ -157,6 +196,7 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
                         method_params: dict | None = None,
                         measures: Sequence[str] = ("spearman_abs", "spearman_signed", "ssim",
                                                    "hog"),
+                        map_normalisation: str = "reference",
                         ids: Sequence[str] | None = None, batch_size: int = 16,
                         keep_maps: bool = False) -> RandomizationResult:
     """Similarity of ``method``'s maps on the trained model and on randomized copies.
@@ -164,11 +204,20 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
     ``x`` ``[N, C, H, W]``, ``target`` ``[N]`` (the original model's class to explain). Returns a
     ``RandomizationResult`` whose records hold, per image, step and measure, the similarity
     between the original map and the map after the step's randomization.
+
+    ``map_normalisation``: ``"reference"`` (default; the reference notebook's normalisation of
+    the raw attribution, so the numbers mean what the paper's numbers mean) or ``"method"`` (the
+    method's own map, as the tables report the method); see ``harness.sanity.similarity``.
+    Kept maps (``keep_maps``) are the ``abs`` views under ``reference`` (what the paper's
+    figure 2 shows), the method's maps under ``method``.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of: {', '.join(MODES)}")
     if target_mode not in TARGET_MODES:
         raise ValueError(f"target_mode {target_mode!r} is not one of: {', '.join(TARGET_MODES)}")
+    if map_normalisation not in NORMALISATIONS:
+        raise ValueError(f"map_normalisation {map_normalisation!r} is not one of: "
+                         f"{', '.join(NORMALISATIONS)}")
     for measure in measures:
         if measure not in MEASURES:
             raise ValueError(f"unknown measure {measure!r}; valid: {', '.join(MEASURES)}")
@@ -178,15 +227,13 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
     all_labels = [block.label for block in model_info(model).blocks]
     ids = list(ids) if ids is not None else [f"#{i}" for i in range(x.shape[0])]
     target = torch.as_tensor(target, device=x.device).long().reshape(-1)
-    want_signed = entry.signed is not None and any(m in SIGNED_MEASURES for m in measures)
+    needed = {MEASURES[m].view for m in measures}
+    no_signed = map_normalisation == "method" and entry.signed is None
+    views_of = partial(_views, method, params=params, normalisation=map_normalisation,
+                       needed=needed, want_signed="signed" in needed and not no_signed,
+                       batch_size=batch_size)
 
-    def maps_of(network: nn.Module, classes: torch.Tensor):
-        absolute = saliency_batched(method, network, x, classes, batch_size=batch_size, **params)
-        signed = (saliency_batched(method, network, x, classes, batch_size=batch_size,
-                                   signed=True, **params) if want_signed else None)
-        return absolute, signed
-
-    original, original_signed = maps_of(model, target)
+    original, original_maps = views_of(model, x, target)
     records: list[dict] = []
     kept: dict[str, torch.Tensor] = {}
     for step, block in enumerate(chosen, start=1):
@@ -202,14 +249,14 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
                 classes = randomized(x).argmax(dim=1)
         else:
             classes = target
-        other, other_signed = maps_of(randomized, classes)
-        rows = _similarities(original, other, original_signed, other_signed, measures, ids)
+        other, other_maps = views_of(randomized, x, classes)
+        rows = _similarities(original, other, measures, ids, no_signed)
         for row in rows:
             row.update(step=step, block=block.label,
                        target=int(classes[ids.index(row["image_id"])]))
         records += rows
         if keep_maps:
-            kept[block.label] = other.cpu()
+            kept[block.label] = other_maps.cpu()
         del randomized
     undefined = [r for r in records if r["status"].startswith("undefined")]
     if undefined:
@@ -218,4 +265,83 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
                       f"{undefined[0]['status']})", stacklevel=2)
     return RandomizationResult(method, mode, target_mode, seed,
                                tuple(block.label for block in chosen), records,
-                               original.cpu() if keep_maps else None, kept)
+                               original_maps.cpu() if keep_maps else None, kept,
+                               map_normalisation)
+
+
+# ----------------------------------------------------------------------------- registry entry
+
+
+@dataclass(frozen=True)
+class RandomizationSettings:
+    """Settings of the cascading/independent model-parameter randomization test (defaults: the
+    paper's cascading test with each model's own top-1 class and the notebook's normalisation)."""
+
+    mode: str = "cascading"
+    target_mode: str = "own_top1"
+    blocks: list | None = None
+    measures: list = field(default_factory=lambda: ["spearman_abs", "spearman_signed", "ssim",
+                                                    "hog"])
+    seed: int = 0
+    methods: list | None = None  # display names to check (default: every method)
+    map_normalisation: str = "reference"
+
+    def check(self) -> None:
+        for key, value, choices in (("mode", self.mode, MODES),
+                                    ("target_mode", self.target_mode, TARGET_MODES),
+                                    ("map_normalisation", self.map_normalisation,
+                                     NORMALISATIONS)):
+            if value not in choices:
+                raise ValueError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
+        for measure in self.measures:
+            if measure not in MEASURES:
+                raise ValueError(f"measures: {measure!r} is not one of: {', '.join(MEASURES)}")
+        if not self.measures:
+            raise ValueError("measures: name at least one measure")
+
+
+def _parts(settings: RandomizationSettings, model: nn.Module) -> list[tuple]:
+    blocks = [block.label for block in resolve_blocks(model, settings.blocks)]
+    return [(measure, block) for measure in settings.measures for block in blocks]
+
+
+def _last_step_columns(frame):
+    """``rand_<measure>``: each image's similarity after the last step (every block randomized in
+    cascading mode); lower (more sensitive to the model) is better."""
+    import pandas as pd
+
+    last = frame[frame["step"] == frame["step"].max()]
+    return pd.DataFrame({"column": "rand_" + last["measure"].astype(str), "direction": "down",
+                         "image_id": last["image_id"].to_numpy(),
+                         "value": last["value"].to_numpy(dtype=float, na_value=np.nan)})
+
+
+def _similarity_curves(frame):
+    """``rand_<measure>``: per image, the similarity after each step (x: the step)."""
+    import pandas as pd
+
+    curves = {}
+    frame = frame.assign(value=pd.to_numeric(frame["value"]))
+    for measure, rows in frame.groupby("measure", sort=False):
+        table = rows.pivot_table(index="image_id", columns="step", values="value",
+                                 aggfunc="first", dropna=False)
+        values = table.to_numpy(dtype=float, na_value=np.nan)
+        curves[f"rand_{measure}"] = (table.columns.to_numpy(dtype=float), values)
+    return curves
+
+
+@register_metric("model_randomization", settings=RandomizationSettings, direction="down",
+                 citation="Adebayo et al. 2018 (arXiv:1810.03292), sanity_checks_saliency",
+                 needs=("method",), columns=_last_step_columns, parts=_parts,
+                 curves=_similarity_curves)
+def _randomization_records(unit, settings: RandomizationSettings) -> list[dict]:
+    """Similarity of each map to the original after re-initialising the model's blocks from the
+    logits down (cascading) or one at a time; lower (more sensitive) is better."""
+    result = model_randomization(
+        unit.model, unit.method, unit.x, unit.target, mode=settings.mode,
+        blocks=settings.blocks, target_mode=settings.target_mode, seed=settings.seed,
+        method_params=unit.method_params, measures=settings.measures, ids=list(unit.ids),
+        map_normalisation=settings.map_normalisation, batch_size=unit.batch_size)
+    return [{**r, "mode": settings.mode, "target_mode": settings.target_mode,
+             "map_normalisation": settings.map_normalisation, "measure_version": MEASURE_VERSION}
+            for r in result.records]

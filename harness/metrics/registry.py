@@ -1,0 +1,214 @@
+"""The metric registry: one entry per metric, read by config validation, the runner, the tables,
+the figures and MLflow (nothing else keeps a list of metric names).
+
+A metric is registered with ``@register_metric(name, settings=..., direction=..., citation=...,
+needs=...)`` on a function ``(unit: Unit, settings) -> list[dict]`` returning per-image records:
+``image_id``, ``value`` (the per-image number the paper reports; None where undefined, with a
+``status`` saying why) and extra fields (a ``curve``, a ``measure`` naming a part of the metric,
+...). The runner adds ``method``, ``metric``, ``target`` and ``target_source``.
+
+- ``settings``: a frozen dataclass whose defaults are the paper's; an optional ``check()`` method
+  raises ``ValueError("field: why")`` for values out of range (config errors name
+  ``metrics.<name>.<field>``). A ``methods`` field (display names), where present, limits the
+  methods the metric runs for.
+- ``needs``: what the metric reads from the unit: ``maps`` (the method's maps, computed once per
+  unit and shared), ``method`` (it calls the method again, on perturbed inputs or other models),
+  ``masks`` (ground-truth masks from the dataset).
+- ``columns``: the metric's records of one method (a ``pandas.DataFrame``, one row per record,
+  curves left out) -> table cells, a frame with ``column``, ``direction``, ``image_id``,
+  ``value``; by default one column named after the metric with the metric's direction.
+- ``parts``: (settings, model) -> the ``(measure, block)`` identities each image gets (default one
+  record per image: ``[(None, None)]``); the runner resumes by them.
+- ``curves``: the metric's records of one method (a frame with a ``curve`` column) ->
+  ``{name: (x [K], curves [n, K])}`` for the mean-curve figure and MLflow's step metrics
+  (default: the ``curve`` column, x from ``curve_x`` or evenly spaced on [0, 1]).
+
+Frames rather than lists of dicts, so that a paper-scale run (hundreds of thousands of records)
+is summarised column-wise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from harness.registry import lookup, names
+
+NEEDS = frozenset({"maps", "method", "masks"})
+DIRECTIONS = ("up", "down")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One work unit: an image batch and one method, with everything a metric may read.
+
+    ``x`` ``[N, C, H, W]`` model input, ``target`` ``[N]`` the class explained, ``labels`` the
+    dataset labels (None where absent), ``masks`` ``[N, H, W]`` bool ground truth (None without),
+    ``method``/``method_params`` the registry method and its parameters, ``seed`` the experiment
+    seed, ``batch_size`` images per method call. ``maps`` and ``signed_maps`` are computed on first
+    use and shared by every metric of the unit."""
+
+    model: nn.Module
+    x: torch.Tensor
+    target: torch.Tensor
+    ids: tuple[str, ...]
+    method: str
+    method_params: dict = field(default_factory=dict)
+    labels: tuple[int | None, ...] | None = None
+    masks: torch.Tensor | None = None
+    seed: int = 0
+    batch_size: int = 8
+
+    @cached_property
+    def maps(self) -> torch.Tensor:
+        from harness.methods import saliency_batched
+
+        return saliency_batched(self.method, self.model, self.x, self.target,
+                                batch_size=self.batch_size, **self.method_params)
+
+    @cached_property
+    def signed_maps(self) -> torch.Tensor | None:
+        from harness.methods import get_method, saliency_batched
+
+        if get_method(self.method).signed is None:
+            return None
+        return saliency_batched(self.method, self.model, self.x, self.target, signed=True,
+                                batch_size=self.batch_size, **self.method_params)
+
+    @property
+    def label_tensor(self) -> torch.Tensor:
+        """Labels ``[N]`` with the target where an image has none."""
+        labels = self.labels or (None,) * len(self.ids)
+        return torch.tensor([int(t) if label is None else int(label)
+                             for label, t in zip(labels, self.target.tolist(), strict=True)],
+                            device=self.x.device)
+
+
+CELL_COLUMNS = ["column", "direction", "image_id", "value"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric (see the module docstring)."""
+
+    name: str
+    fn: Callable[[Unit, Any], list[dict]]
+    settings: type
+    direction: str
+    citation: str
+    summary: str
+    needs: frozenset[str]
+    columns: Callable[[pd.DataFrame], pd.DataFrame]
+    parts: Callable[[Any, nn.Module], list[tuple]]
+    curves: Callable[[pd.DataFrame], dict[str, tuple[np.ndarray, np.ndarray]]]
+
+    def defaults(self) -> dict:
+        return {f.name: _default(f) for f in dataclasses.fields(self.settings)}
+
+
+def _default(spec: dataclasses.Field):
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return None
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def value_column(name: str, direction: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """One table column ``name`` holding each record's ``value``."""
+
+    def columns(frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"column": name, "direction": direction,
+                             "image_id": frame["image_id"].to_numpy(),
+                             "value": frame["value"].to_numpy(dtype=float, na_value=np.nan)})
+
+    return columns
+
+
+def record_curves(name: str) -> Callable[[pd.DataFrame], dict]:
+    """The records' ``curve`` (x from ``curve_x``, else evenly spaced on [0, 1])."""
+
+    def curves(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if "curve" not in frame:
+            return {}
+        rows = frame[frame["curve"].notna()]
+        if rows.empty:
+            return {}
+        values = np.stack([np.asarray(c, dtype=float) for c in rows["curve"]])
+        first = rows["curve_x"].iloc[0] if "curve_x" in rows else None
+        x = (np.asarray(first, dtype=float) if first is not None and not _missing(first)
+             else np.linspace(0, 1, values.shape[1]))
+        return {name: (x, values)}
+
+    return curves
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def one_part(settings, model) -> list[tuple]:
+    return [(None, None)]
+
+
+def register_metric(name: str, *, settings: type, direction: str, citation: str,
+                    needs: Sequence[str] = ("maps",),
+                    columns: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                    parts: Callable[[Any, nn.Module], list[tuple]] | None = None,
+                    curves: Callable[[pd.DataFrame], dict] | None = None,
+                    summary: str | None = None) -> Callable:
+    """Decorator registering ``fn(unit, settings) -> records`` as metric ``name``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"metric {name!r}: direction {direction!r} is not one of: up, down")
+    unknown = set(needs) - NEEDS
+    if unknown:
+        raise ValueError(f"metric {name!r}: unknown needs {sorted(unknown)}; valid: "
+                         f"{', '.join(sorted(NEEDS))}")
+    if not dataclasses.is_dataclass(settings):
+        raise TypeError(f"metric {name!r}: settings must be a dataclass")
+
+    def add(fn: Callable[[Unit, Any], list[dict]]) -> Callable:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        text = " ".join((summary or (fn.__doc__ or "").strip().split("\n\n")[0]).split())
+        METRICS[name] = Metric(name, fn, settings, direction, citation, text, frozenset(needs),
+                               columns or value_column(name, direction), parts or one_part,
+                               curves or record_curves(name))
+        return fn
+
+    return add
+
+
+def list_metrics(pattern: str = "*") -> list[str]:
+    """Names of the registered metrics (fnmatch ``pattern``)."""
+    return names(METRICS, pattern)
+
+
+def get_metric(name: str) -> Metric:
+    return lookup(METRICS, "metric", name)
+
+
+def check_settings(settings) -> None:
+    """Run the settings' own ``check()`` (``ValueError("field: why")``) if it has one."""
+    check = getattr(settings, "check", None)
+    if check is not None:
+        check()
+
+
+def applies(settings, method: str) -> bool:
+    """Whether a metric with ``settings`` runs for the method with display name ``method``."""
+    chosen = getattr(settings, "methods", None)
+    return chosen is None or method in chosen
+
+
