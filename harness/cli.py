@@ -201,7 +201,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.report import render_tables
 
     config = load_config(args.config, args.set)
-    result = run_experiment(config, resume=args.resume, progress=not args.no_progress)
+    source = f"harness run {args.config}"
+    result = run_experiment(config, resume=args.resume, progress=not args.no_progress,
+                            source=source)
     summary = result["summary"]
     print()
     source = f"MLflow run {result['run_id']}" if result["run_id"] else str(result["output_dir"])
@@ -210,11 +212,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     output = result["output_dir"]
     print(f"results: {output}/results.csv, tables: {output}/tables/, figures: {output}/figures/")
     if result["run_id"]:
-        uri = config.tracking.uri
-        print(f"MLflow: parent run {result['run_id']} in experiment "
-              f"'{config.tracking.experiment}' ({uri}).")
+        from harness.tracking import resolve_tracking
+
+        uri, experiment, _ = resolve_tracking(config.tracking.uri, config.tracking.experiment)
+        print(f"MLflow: parent run {result['run_id']} in experiment '{experiment}' ({uri}).")
         for line in run_hints(result["run_id"], uri, Path(sys.executable).parent):
             print(line)
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from harness.pipeline import log_folder
+
+    log_folder(args.run_dir)
     return 0
 
 
@@ -288,9 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--no-progress", action="store_true")
     runner.set_defaults(func=cmd_run)
 
+    logger = sub.add_parser("log", help="upload a finished run folder to MLflow (what a lost "
+                                        "tracking server missed); nothing is duplicated")
+    logger.add_argument("run_dir", help="an output folder of `harness run`")
+    logger.set_defaults(func=cmd_log)
+
     table = sub.add_parser("table", help="LaTeX/Markdown/CSV table of a run")
     table.add_argument("run", help="an output folder of `harness run` or an MLflow run id")
-    table.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    table.add_argument("--tracking-uri", default=None,
+                       help="MLflow store of a run id (default: MLFLOW_TRACKING_URI, else "
+                            "sqlite:///mlflow.db)")
     table.add_argument("--reference", default=None, help="method for the paired tests")
     table.add_argument("--out", default=None, help="folder for table.tex/.md/.csv")
     table.add_argument("--ci", default=None, choices=("bca", "percentile"),

@@ -55,8 +55,9 @@ class MethodConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "harness"
+    uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str | None = None  # None: MLFLOW_EXPERIMENT_NAME, else harness
+    update_seconds: float = 60.0  # live metrics at most this often
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,16 @@ def check_device(device: str, key: str = "device") -> None:
                           f"{', '.join(DEVICE_TYPES)}")
 
 
+def _default_base(method_name: str) -> str | None:
+    """The default ``base`` of a wrapper method (``smoothgrad``: ``vanilla``), else None."""
+    from harness.methods import get_method
+
+    parameter = inspect.signature(get_method(method_name).fn).parameters.get("base")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
 def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig, ...]:
     from harness.methods import list_methods
 
@@ -273,7 +284,7 @@ def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig,
                 raise ConfigError(f"{key}.params.{param}: not a parameter of "
                                   f"{method.registry_name!r}; valid: {', '.join(sorted(allowed))}")
         _check_param_types(method.registry_name, method.params, f"{key}.params")
-        base = method.params.get("base")
+        base = method.params.get("base", _default_base(method.registry_name))
         if base is not None and base not in list_methods():
             raise ConfigError(f"{key}.params.base: unknown method {base!r}; "
                               f"valid: {', '.join(list_methods())}")

@@ -106,6 +106,8 @@ def prepare_run(config: ExperimentConfig, *, resume: bool = False) -> Prepared:
                                   f" vs {config.hash()[:12]}); resume needs the same settings")
         else:
             state = {}
+        for orphan in output_dir.rglob(".*.tmp*"):  # left by a write a kill interrupted
+            orphan.unlink(missing_ok=True)
         if resume:
             for note in RecordStore(records_path).repair():
                 warnings.warn(note, stacklevel=2)

@@ -7,17 +7,29 @@ import dataclasses
 import json
 import platform
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from shlex import quote
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
 
 import harness
 from harness.config import ExperimentConfig, from_dict
-from harness.experiment import RESOLVED, STATE, figure_maps, load_records, prepare_run, run
-from harness.io import atomic_write
+from harness.experiment import (
+    RECORDS,
+    RESOLVED,
+    STATE,
+    figure_maps,
+    load_records,
+    prepare_run,
+    run,
+)
+from harness.io import RunLock, atomic_write
 from harness.report import (
+    metric_curves,
     per_image_table,
     plot_mean_curves,
     plot_randomization,
@@ -47,9 +59,10 @@ def table_meta(config: ExperimentConfig, weights: str, run_label: str) -> dict:
             "ci_method": config.ci_method}
 
 
-def saliency_figure(prepared, path: Path) -> Path | None:
+def figure_inputs(prepared) -> tuple[np.ndarray, list[str], dict[str, torch.Tensor]] | None:
+    """The figure images (cropped pixels), their titles and every method's maps: kept by the
+    runner, computed here only for a method whose maps it did not keep."""
     from harness.data import crop_pixels, preprocess, resolve_targets
-    from harness.figures import saliency_grid
     from harness.methods import saliency_batched
 
     config = prepared.config
@@ -64,90 +77,258 @@ def saliency_figure(prepared, path: Path) -> Path | None:
     ids = [s.id for s in samples]
     target = resolve_targets(prepared.model, x, [s.label for s in samples], ids, mode=config.target)
     maps = {}
-    for m in config.methods:  # kept by the runner; computed here only when it kept none
+    for m in config.methods:
         kept = figure_maps(prepared.output_dir, m.name, ids)
         maps[m.name] = kept if kept is not None else saliency_batched(
             m.registry_name, prepared.model, x, target, batch_size=config.batch_size, **m.params)
     names = prepared.dataset.class_names or info.categories
     titles = [names[int(t)] if int(t) < len(names) else str(int(t)) for t in target]
-    saliency_grid(crop_pixels(images, info), titles, maps, path)
-    return path
+    return crop_pixels(images, info), titles, maps
+
+
+def write_outputs(config: ExperimentConfig, prepared, records, run_label: str) -> dict:
+    """Everything a finished run writes besides its records: per-image CSVs (all, and one per
+    method), tables, figures (the saliency grid, one grid per method, mean curves, randomization).
+    Returns the summary and what MLflow logs."""
+    from harness.figures import saliency_grid
+
+    output = prepared.output_dir
+    info = prepared.model.harness_info
+    summary = summarize(records, reference=config.reference, seed=config.seed,
+                        ci_method=config.ci_method)
+    table = per_image_table(records)
+    atomic_write(output / "results.csv", table.to_csv(index=False))
+    figures = output / "figures"
+    method_files: dict[str, list[Path]] = {}
+    for method in dict.fromkeys(table["method"]):
+        path = output / "methods" / f"{method}.csv"
+        atomic_write(path, table[table["method"] == method].to_csv(index=False))
+        method_files[method] = [path]
+    inputs = figure_inputs(prepared)
+    if inputs is not None:
+        images, titles, maps = inputs
+        saliency_grid(images, titles, maps, figures / "saliency_grid.png")
+        for method, values in maps.items():
+            path = figures / "methods" / f"{method}.png"
+            saliency_grid(images, titles, {method: values}, path)
+            method_files.setdefault(method, []).append(path)
+    plot_mean_curves(records, figures / "curves.png", seed=config.seed)
+    plot_randomization(records, figures / "randomization.png", seed=config.seed)
+    note = similarity_note(records)
+    write_tables(summary, {**table_meta(config, info.weights, run_label), "similarity": note},
+                 output / "tables")
+    curves = {}
+    for name, by_method in metric_curves(records).items():
+        for method, (_, values) in by_method.items():
+            curves.setdefault(method, {})[name] = np.nanmean(values, axis=0)
+    return {"summary": summary, "method_files": method_files, "curves": curves,
+            "similarity": note, "artifacts": [output / RESOLVED, output / RECORDS,
+                                              output / "results.csv", figures, output / "tables"]}
+
+
+class RunningMeans:
+    """Per method and table column, the running mean and n of the per-image values, for the
+    live MLflow metrics (fed each unit's records)."""
+
+    def __init__(self):
+        self.sums: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, records: list[dict]) -> None:
+        if not records:
+            return
+        table = per_image_table(records).dropna(subset=["value"])
+        for (method, column), values in table.groupby(["method", "metric"])["value"]:
+            entry = self.sums.setdefault(method, {}).setdefault(column, [0.0, 0])
+            entry[0] += float(values.sum())
+            entry[1] += int(values.size)
+
+    def snapshot(self) -> dict[str, dict[str, tuple[float, int]]]:
+        return {method: {column: (total / n, n) for column, (total, n) in columns.items() if n}
+                for method, columns in self.sums.items()}
+
+
+def describe_metrics(config: ExperimentConfig) -> tuple[str, str]:
+    """(A Markdown description of the run for ``mlflow.note.content``: each metric's direction,
+    definition and source; the ``metric=direction`` list for the ``harness.metric_directions``
+    tag)."""
+    from harness.metrics import get_metric
+
+    lines = [f"**{config.name}**: {config.model.name} on {config.data.name}, targets: "
+             f"{config.target}. Per-image values; ↑ higher is better, ↓ lower is better.", ""]
+    directions = []
+    for name, settings in config.metrics.items():
+        entry = get_metric(name)
+        arrow = "↑" if entry.direction == "up" else "↓"
+        lines.append(f"- `{name}` {arrow} {entry.summary} ({entry.citation}). Settings: "
+                     f"{', '.join(f'{k}={v}' for k, v in vars(settings).items() if v is not None)}")
+        directions.append(f"{name}={entry.direction}")
+    return "\n".join(lines), ",".join(directions)
+
+
+def tracking_payload(config: ExperimentConfig, prepared, source: str) -> dict:
+    """What the parent and child runs are created with (kept in the run's state, so that
+    ``harness log`` can create them later without the model)."""
+    from harness.tracking import flat_params, git_commit, standard_tags
+
+    info = prepared.model.harness_info
+    description, directions = describe_metrics(config)
+    commit = git_commit()
+    tags = {
+        **standard_tags(commit, source),
+        "harness.git_commit": commit, "harness.config_hash": config.hash(),
+        "harness.model": config.model.name, "harness.weights": info.weights,
+        "harness.version": harness.__version__, "torch.version": torch.__version__,
+        "harness.device": config.device if config.device != "cpu" else
+        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "harness.target": config.target, "harness.n_images": str(len(prepared.dataset)),
+        "harness.metric_directions": directions,
+    }
+    params = flat_params("", {k: v for k, v in config.to_dict().items() if k != "tracking"}, {})
+    methods = {m.name: {"registry_name": m.registry_name, **m.params} for m in config.methods}
+    return {"run_name": config.name, "params": params, "tags": tags, "methods": methods,
+            "description": description}
+
+
+def _save_state(output: Path) -> Callable[[dict], None]:
+    return lambda state: atomic_write(output / STATE, json.dumps(state, indent=2))
 
 
 def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
-                   log=print) -> dict:
-    """Run ``config``: records, per-image CSV, tables, figures, then MLflow (when enabled).
-    Returns a dict with the summary DataFrame, the output folder and the MLflow run id."""
+                   log=print, source: str = "harness run") -> dict:
+    """Run ``config``: records (streamed to disk), then per-image CSVs, tables and figures; with
+    tracking, the MLflow runs live from start to end (``harness.tracking``). Returns a dict with
+    the summary DataFrame, the output folder and the MLflow run id."""
+    tracking = None
     if config.tracking.enabled:
-        from harness.tracking import check_tracking
+        from harness.tracking import check_tracking, resolve_tracking
 
-        check_tracking(config.tracking.uri)
+        uri, experiment, where = resolve_tracking(config.tracking.uri, config.tracking.experiment)
+        log(f"MLflow: {uri} (from {where}), experiment {experiment!r}")
+        check_tracking(uri)
+        tracking = (uri, experiment)
     prepared = prepare_run(config, resume=resume)
     try:
-        return _finish(config, prepared, resume=resume, progress=progress, log=log)
+        return _execute(config, prepared, tracking, progress=progress, log=log, source=source)
     finally:
         prepared.release()
 
 
-def _finish(config: ExperimentConfig, prepared, *, resume: bool, progress: bool, log) -> dict:
+def _execute(config: ExperimentConfig, prepared, tracking, *, progress: bool, log,
+             source: str) -> dict:
     output = prepared.output_dir
-    computed = sum(1 for _ in run(config, resume=resume, progress=progress, prepared=prepared))
-    records = load_records(output)
-    log(f"{computed} records computed, {len(records)} in {output / 'records.jsonl'}")
-    summary = summarize(records, reference=config.reference, seed=config.seed,
-                        ci_method=config.ci_method)
-    info = prepared.model.harness_info
-    atomic_write(output / "results.csv", per_image_table(records).to_csv(index=False))
-    figures = output / "figures"
-    saliency_figure(prepared, figures / "saliency_grid.png")
-    plot_mean_curves(records, figures / "curves.png", seed=config.seed)
-    plot_randomization(records, figures / "randomization.png", seed=config.seed)
     state = json.loads((output / STATE).read_text())
+    state["output_dir"] = str(output)
+    live = None
+    if tracking is not None:
+        from harness.tracking import LiveRun
+
+        payload = tracking_payload(config, prepared, source)
+        state["tracking_payload"] = payload
+        state.pop("complete", None)
+        _save_state(output)(state)
+        live = LiveRun(*tracking, state=state, save_state=_save_state(output), log=log,
+                       update_seconds=config.tracking.update_seconds)
+        live.start(**payload, long_params_folder=output / "tracking")
+    running = RunningMeans()
+    computed = 0
+    try:
+        if live is not None and (output / RECORDS).exists():  # resuming: what is on disk counts
+            running.add(load_records(output))
+        for record in run(config, prepared=prepared, progress=progress):
+            computed += 1
+            if live is not None:
+                running.add([record])
+                live.progress(running.snapshot)
+    except KeyboardInterrupt:
+        if live is not None:
+            live.finish(summary=None, curves={}, artifacts=[], method_artifacts={},
+                        status="KILLED", error="interrupted (Ctrl-C)")
+        raise
+    except BaseException as error:
+        if live is not None:
+            live.finish(summary=None, curves={}, artifacts=[], method_artifacts={},
+                        status="FAILED", error=f"{type(error).__name__}: {error}")
+        raise
+    records = load_records(output)
+    log(f"{computed} records computed, {len(records)} in {output / RECORDS}")
+    info = prepared.model.harness_info
     state["weights"] = info.weights
-    atomic_write(output / STATE, json.dumps(state, indent=2))
-    run_id = None
-    if config.tracking.enabled:
+    run_id = live.parent_id if live is not None else None
+    outputs = write_outputs(config, prepared, records,
+                            f"MLflow run {run_id}" if run_id else str(output))
+    state["complete"] = True
+    if live is not None:
         from harness.models import weights_fingerprint
-        from harness.tracking import git_commit, log_run
 
-        tags = {
-            "harness.git_commit": git_commit(), "harness.config_hash": config.hash(),
-            "harness.dataset_fingerprint": prepared.dataset.fingerprint(),
-            "harness.model": config.model.name, "harness.weights": info.weights,
-            "harness.weights_sha256": weights_fingerprint(prepared.model),
-            "harness.version": harness.__version__, "torch.version": torch.__version__,
-            "harness.device": config.device if config.device != "cpu" else
-            f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-            "harness.target": config.target, "harness.n_images": str(len(prepared.dataset)),
-        }
-        if similarity_note(records):
-            tags["harness.similarity"] = similarity_note(records)
-        run_id = log_run(
-            uri=config.tracking.uri, experiment=config.tracking.experiment, run_name=config.name,
-            params=config.to_dict(), tags=tags, summary=summary,
-            method_params={m.name: {"registry_name": m.registry_name, **m.params}
-                           for m in config.methods},
-            artifacts=[output / RESOLVED, output / "records.jsonl", output / "results.csv",
-                       figures],
-            parent_run_id=state.get("mlflow_run_id") if resume else None)
-        state["mlflow_run_id"] = run_id
-        atomic_write(output / STATE, json.dumps(state, indent=2))
-    label = f"MLflow run {run_id}" if run_id else str(output)
-    write_tables(summary, {**table_meta(config, info.weights, label),
-                           "similarity": similarity_note(records)}, output / "tables")
-    if run_id:  # the caption names the run id, so the tables are logged after the run exists
-        from harness.tracking import log_tables
+        final_tags = {"harness.dataset_fingerprint": prepared.dataset.fingerprint(),
+                      "harness.weights_sha256": weights_fingerprint(prepared.model)}
+        if outputs["similarity"]:
+            final_tags["harness.similarity"] = outputs["similarity"]
+        state["tracking_final_tags"] = final_tags
+        _save_state(output)(state)
+        live.finish(summary=outputs["summary"], curves=outputs["curves"],
+                    artifacts=outputs["artifacts"], method_artifacts=outputs["method_files"],
+                    tags=final_tags)
+        if live.offline:
+            log(f"MLflow did not get everything ({live.offline}); the results are complete in "
+                f"{output}; log them with: harness log {quote(str(output))}")
+    else:
+        _save_state(output)(state)
+    return {"summary": outputs["summary"], "output_dir": output, "run_id": run_id,
+            "weights": info.weights, "similarity": outputs["similarity"],
+            "tracking_offline": live.offline if live is not None else None}
 
-        log_tables(config.tracking.uri, run_id, output / "tables")
-    return {"summary": summary, "output_dir": output, "run_id": run_id, "weights": info.weights,
-            "similarity": similarity_note(records)}
+
+def log_folder(folder: str | Path, *, log=print) -> str:
+    """Upload a finished run folder to MLflow (``harness log``): reopen its parent and child runs
+    (or create them), log what is missing, end them FINISHED. Nothing is duplicated."""
+    from harness.tracking import LiveRun, check_tracking
+
+    output = Path(folder)
+    if not (output / RECORDS).exists() or not (output / STATE).exists():
+        raise ValueError(f"{folder} is not a harness run folder (no {RECORDS} / {STATE})")
+    state = json.loads((output / STATE).read_text())
+    if not state.get("complete"):
+        raise ValueError(f"{folder}: the run did not finish; complete it first with harness run "
+                         "CONFIG --resume (which logs it)")
+    payload = state.get("tracking_payload")
+    if not payload or not state.get("mlflow_uri"):
+        raise ValueError(f"{folder}: the run had tracking disabled; nothing to log")
+    uri, experiment = state["mlflow_uri"], state["mlflow_experiment"]
+    check_tracking(uri)
+    with RunLock(output):
+        config = from_dict(yaml.safe_load((output / RESOLVED).read_text()))
+        records = load_records(output)
+        summary = summarize(records, reference=config.reference, seed=config.seed,
+                            ci_method=config.ci_method)
+        table = per_image_table(records)
+        curves = {}
+        for name, by_method in metric_curves(records).items():
+            for method, (_, values) in by_method.items():
+                curves.setdefault(method, {})[name] = np.nanmean(values, axis=0)
+        method_files = {m: [p for p in (output / "methods" / f"{m}.csv",
+                                        output / "figures" / "methods" / f"{m}.png")
+                            if p.exists()] for m in dict.fromkeys(table["method"])}
+        live = LiveRun(uri, experiment, state=state, save_state=_save_state(output), log=log,
+                       update_seconds=0)
+        live.start(**payload, long_params_folder=output / "tracking")
+        live.finish(summary=summary, curves=curves, method_artifacts=method_files,
+                    artifacts=[output / RESOLVED, output / RECORDS, output / "results.csv",
+                               output / "figures", output / "tables"],
+                    tags=state.get("tracking_final_tags", {}))
+    if live.offline:
+        from harness.tracking import TrackingUnavailableError
+
+        raise TrackingUnavailableError(f"logging {folder} to {uri} failed: {live.offline}")
+    log(f"logged {folder} to {uri}: parent run {live.parent_id}")
+    return live.parent_id
 
 
 def _looks_like_run_id(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text.lower())
 
 
-def table_for(run: str, *, tracking_uri: str = "sqlite:///mlflow.db",
+def table_for(run: str, *, tracking_uri: str | None = None,
               reference: str | None = None, out: str | Path | None = None,
               seed: int | None = None, ci_method: str | None = None
               ) -> tuple[pd.DataFrame, list[Path]]:
@@ -164,8 +345,9 @@ def table_for(run: str, *, tracking_uri: str = "sqlite:///mlflow.db",
         raise ValueError(f"{run!r} is neither a run folder (no such folder) nor an MLflow run id "
                          "(32 hexadecimal characters)")
     if not (folder / "records.jsonl").exists():
-        from harness.tracking import download_run
+        from harness.tracking import download_run, resolve_tracking
 
+        tracking_uri = resolve_tracking(tracking_uri, None)[0]
         folder, tags = download_run(run, tracking_uri, Path(out or ".") / f"mlflow-{run[:8]}")
         run_label = f"MLflow run {run}"
         weights = tags.get("harness.weights", "?")

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -112,32 +111,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
+    from .test_tracking import start_server, stop
+
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as reply:
-                if reply.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
-    yield uri
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    process = start_server(folder, port)
+    yield f"http://127.0.0.1:{port}"
+    stop(process, port)
 
 
 def check_logged_run(uri: str, run_id: str, tmp_path: Path) -> None:
@@ -190,7 +170,8 @@ def test_mlflow_tracking_server(tmp_path, mlflow_server, monkeypatch):
 def test_mlflow_embedded_sqlite_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = from_dict(tiny_raw(tmp_path, tracking={"experiment": "sqlite-test"}))
-    assert config.tracking.uri == "sqlite:///mlflow.db"
+    assert config.tracking.uri is None  # resolved at run time: environment, else the default
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     result = run_experiment(config, progress=False, log=lambda *a: None)
     assert (tmp_path / "mlflow.db").exists()
     check_logged_run("sqlite:///mlflow.db", result["run_id"], tmp_path)
@@ -206,7 +187,7 @@ def test_unreachable_tracking_server_fails_fast_with_uri(tmp_path, monkeypatch):
     uri = f"http://127.0.0.1:{free_port()}"
     config = from_dict(tiny_raw(tmp_path, tracking={"uri": uri}))
     began = time.time()
-    with pytest.raises(TrackingUnavailableError, match=f"cannot reach the MLflow tracking server "
+    with pytest.raises(TrackingUnavailableError, match=f"cannot use the MLflow tracking store "
                                                        f"at {uri}"):
         run_experiment(config, progress=False)
     assert time.time() - began < 15

@@ -183,7 +183,8 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_records(tmp_path, 
 
 
 def test_an_unreadable_kept_maps_file_is_recomputed_not_fatal(tmp_path):
-    raw = tiny_raw(tmp_path, methods=["vanilla"], metrics={"deletion": {"step": 12544}})
+    raw = tiny_raw(tmp_path, methods=["vanilla"], metrics={"deletion": {"step": 12544}},
+                   figure_images=3)  # rocket, alone in the last batch, is a figure image too
     config = from_dict(raw)
     list(run(config, progress=False))
     kept = tmp_path / "run" / "maps" / "vanilla.npz"
@@ -244,7 +245,7 @@ def test_one_run_per_folder(tmp_path, capsys):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from harness.io import RunLock
-        RunLock({str(tmp_path / "run2")!r}).acquire()
+        lock = RunLock({str(tmp_path / "run2")!r}).acquire()
         print("locked", flush=True)
         time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)

@@ -1,0 +1,245 @@
+"""MLflow as users live in it: runs visible while they compute, honest metrics, curves as step
+metrics, a lost server that costs no record, idempotent re-logging, the ecosystem's conventions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from harness.config import from_dict
+from harness.pipeline import run_experiment
+from harness.tracking import TrackingUnavailableError, check_tracking, resolve_tracking
+
+from .test_experiment import free_port, tiny_raw
+
+SLOW_METHODS = ["vanilla", {"name": "smoothgrad", "params": {"n": 12}}, "sobel"]
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    log = (folder / f"server-{port}.log").open("a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port)], cwd=folder, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)  # its workers in its process group
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    pytest.fail("mlflow server did not start")
+
+
+def stop(process: subprocess.Popen, port: int) -> None:
+    """Kill the server and its worker processes, and wait until its port is free."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+        except OSError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the server on port {port} did not stop")
+
+
+def write_config(folder: Path, raw: dict) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def runs_of(client: MlflowClient, experiment: str) -> tuple[list, list]:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return [], []
+    runs = client.search_runs([found.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("harness.role") == "experiment"]
+    children = [r for r in runs if r.data.tags.get("harness.role") == "method"]
+    return parents, children
+
+
+def assert_honest(client: MlflowClient, child) -> None:
+    """Every logged ``<column>.<stat>`` has ``<column>.n`` >= 1 behind it."""
+    metrics = child.data.metrics
+    for key in metrics:
+        if key.startswith("curve."):
+            continue
+        column = key.rsplit(".", 1)[0]
+        assert metrics.get(f"{column}.n", 0) >= 1, (child.info.run_name, key)
+
+
+def test_live_run_then_lost_server_then_harness_log(tmp_path):
+    port = free_port()
+    server = start_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    raw = tiny_raw(tmp_path, batch_size=1, methods=SLOW_METHODS,
+                   metrics={"deletion": {"step": 12544}, "insertion": {"step": 12544}},
+                   tracking={"uri": uri, "experiment": "live", "update_seconds": 0})
+    config = write_config(tmp_path, raw)
+    records = tmp_path / "run" / "records.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(config),
+                                "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(uri)
+    seen_running = False
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        parents, children = runs_of(client, "live")
+        partial = [c for c in children if c.data.metrics.get("deletion.n", 0) >= 1]
+        if parents and parents[0].info.status == "RUNNING" and partial:
+            seen_running = True
+            break
+        time.sleep(0.2)
+    assert seen_running, "the run is visible as RUNNING with partial metrics while it computes"
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["mlflow_run_id"] == parents[0].info.run_id, "the parent id is stored at once"
+    stop(server, port)  # the tracking server goes away mid-run
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-3000:]
+    assert "harness log" in output and "records are safe" in output
+    assert len(records.read_text().splitlines()) == 3 * 3 * 2, "no record lost"
+    assert (tmp_path / "run" / "tables" / "table.md").exists()
+    server = start_server(tmp_path, port)  # back, with the same store
+    try:
+        for _ in range(2):  # logging twice duplicates nothing
+            logged = subprocess.run([sys.executable, "-m", "harness.cli", "log",
+                                     str(tmp_path / "run")], cwd=tmp_path, capture_output=True,
+                                    text=True, timeout=600)
+            assert logged.returncode == 0, logged.stderr[-3000:]
+        parents, children = runs_of(client, "live")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert sorted(c.data.tags["harness.method"] for c in children) == ["smoothgrad", "sobel",
+                                                                           "vanilla"]
+        for child in children:
+            assert child.info.status == "FINISHED"
+            assert child.data.metrics["deletion.n"] == 3 and "deletion.ci_low" in child.data.metrics
+            assert_honest(client, child)
+            curve = client.get_metric_history(child.info.run_id, "curve.deletion")
+            assert sorted(p.step for p in curve) == [0, 1, 2, 3, 4], "one point per step"
+            final = [p for p in client.get_metric_history(child.info.run_id, "deletion.ci_low")]
+            assert len(final) == 1, "re-logging did not duplicate the final value"
+            artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+            name = child.data.tags["harness.method"]
+            assert {f"{name}.csv", f"{name}.png"} <= artifacts
+        tags = parents[0].data.tags
+        assert tags["mlflow.source.name"].startswith("harness run ")
+        assert tags.get("mlflow.user") and "harness.dataset_fingerprint" in tags
+        assert "deletion=down" in tags["harness.metric_directions"]
+        assert "↓" in tags["mlflow.note.content"]
+        assert "model.name" in parents[0].data.params
+        assert not any(k.startswith("metrics.") for c in children for k in c.data.params)
+    finally:
+        stop(server, port)
+
+
+KILL_IN_FINAL_LOGGING = textwrap.dedent("""
+    import os, signal, sys
+    import harness.tracking
+    original = harness.tracking.LiveRun._final
+
+    def final(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    harness.tracking.LiveRun._final = final
+    from harness.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_kill_during_final_logging_then_resume_leaves_one_parent(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = tiny_raw(tmp_path, methods=["vanilla", "sobel"], metrics={"deletion": {"step": 12544}},
+                   tracking={"uri": uri, "experiment": "killed"})
+    config = write_config(tmp_path, raw)
+    (tmp_path / "killer.py").write_text(KILL_IN_FINAL_LOGGING)
+    killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "run", str(config),
+                             "--no-progress"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    client = MlflowClient(uri)
+    parents, _ = runs_of(client, "killed")
+    assert len(parents) == 1 and parents[0].info.status == "RUNNING"
+    resumed = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(config),
+                              "--no-progress", "--resume"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    parents, children = runs_of(client, "killed")
+    assert len(parents) == 1 and len(children) == 2, "the same runs, reopened"
+    assert {r.info.status for r in parents + children} == {"FINISHED"}, "no RUNNING leftover"
+
+
+def test_failed_run_is_marked_failed_with_its_error(tmp_path, monkeypatch):
+    import harness.experiment
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the method broke")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = from_dict(tiny_raw(tmp_path, methods=["vanilla"],
+                                metrics={"deletion": {"step": 12544}},
+                                tracking={"uri": uri, "experiment": "failing"}))
+    monkeypatch.setattr(harness.experiment, "unit_records", broken)
+    with pytest.raises(RuntimeError, match="the method broke"):
+        run_experiment(config, progress=False, log=lambda *a: None)
+    parents, children = runs_of(MlflowClient(uri), "failing")
+    assert [r.info.status for r in parents + children] == ["FAILED", "FAILED"]
+    assert parents[0].data.tags["harness.error"] == "RuntimeError: the method broke"
+
+
+def test_environment_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert resolve_tracking(None, None) == ("sqlite:///mlflow.db", "harness", "default")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
+    assert resolve_tracking(None, None) == (f"sqlite:///{tmp_path / 'env.db'}", "from-env",
+                                            "MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME")
+    assert resolve_tracking("http://x", "mine") == ("http://x", "mine", "config")
+    monkeypatch.chdir(tmp_path)
+    config = from_dict(tiny_raw(tmp_path, methods=["sobel"], metrics={"deletion": {"step": 12544}},
+                                reference=None, tracking={"enabled": True}))
+    lines = []
+    result = run_experiment(config, progress=False, log=lines.append)
+    assert f"MLflow: sqlite:///{tmp_path / 'env.db'} (from MLFLOW_TRACKING_URI, " \
+           f"MLFLOW_EXPERIMENT_NAME), experiment 'from-env'" in lines
+    parents, _ = runs_of(MlflowClient(f"sqlite:///{tmp_path / 'env.db'}"), "from-env")
+    assert [p.info.run_id for p in parents] == [result["run_id"]]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_every_scheme_is_checked_before_compute():
+    with pytest.raises(TrackingUnavailableError, match="the driver 'psycopg.*' is not installed"):
+        check_tracking("postgresql://user@127.0.0.1:1/db")
+    began = time.time()
+    with pytest.raises(TrackingUnavailableError, match="cannot use the MLflow tracking store at "
+                                                       "http://127.0.0.1:1"):
+        check_tracking("http://127.0.0.1:1")
+    assert time.time() - began < 30, "a lost server costs a bounded wait"
+
+
+def test_concurrent_first_runs_do_not_race_on_a_new_store(tmp_path):
+    for attempt in range(2):
+        uri = f"sqlite:///{tmp_path / f'new-{attempt}.db'}"
+        code = f"from harness.tracking import check_tracking; check_tracking({uri!r})"
+        processes = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE,
+                                      text=True, env={**os.environ}) for _ in range(3)]
+        for process in processes:
+            _, error = process.communicate(timeout=300)
+            assert process.returncode == 0, error[-2000:]
