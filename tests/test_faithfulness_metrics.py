@@ -126,11 +126,12 @@ def test_infidelity_squares_follow_the_reference_enumeration():
 
 
 def test_infidelity_square_equals_a_reference_loop(tiny_cnn):
-    x = torch.randn(2, 3, 6, 6)
-    saliency = torch.randn(2, 6, 6)
+    tiny_cnn = tiny_cnn.double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    saliency = torch.randn(2, 6, 6, dtype=torch.float64)
     target = torch.tensor([1, 4])
     ours = metrics.infidelity(tiny_cnn, x, saliency, target, perturbation="square", batch_size=7)
-    mean, std = (t.float() for t in scale_of(tiny_cnn))
+    mean, std = scale_of(tiny_cnn)
     black = (-mean / std)[0]
     for image in range(2):
         drops, sums = [], []
@@ -146,9 +147,9 @@ def test_infidelity_square_equals_a_reference_loop(tiny_cnn):
         drops, sums = np.array(drops), np.array(sums)
         beta = np.mean(drops * sums) / np.mean(sums * sums)
         assert float(ours.values[image]) == pytest.approx(np.mean((drops - beta * sums) ** 2),
-                                                          rel=1e-4)
+                                                          rel=1e-9)
         assert float(ours.unscaled[image]) == pytest.approx(np.mean((drops - sums) ** 2),
-                                                            rel=1e-4)
+                                                            rel=1e-9)
 
 
 def test_infidelity_gaussian_equals_captum_on_the_reference_noise(tiny_cnn):
@@ -244,8 +245,9 @@ def test_correlation_is_one_for_a_linear_model_and_its_contributions(baseline):
 
 
 def test_correlation_equals_an_independent_loop(tiny_cnn):
-    x = torch.randn(2, 3, 8, 8)
-    saliency = torch.randn(2, 8, 8)
+    tiny_cnn = tiny_cnn.double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    saliency = torch.randn(2, 8, 8, dtype=torch.float64)
     target = torch.tensor([3, 1])
     ids = ["p", "q"]
     ours = metrics.faithfulness_correlation(tiny_cnn, x, saliency, target, subset_size=9,
@@ -265,7 +267,7 @@ def test_correlation_equals_an_independent_loop(tiny_cnn):
             drops.append(clean - float(score))
             sums.append(float(saliency[image].flatten()[chosen].double().sum()))
         expected = np.corrcoef(sums, drops)[0, 1]
-        assert float(ours.values[image]) == pytest.approx(expected, abs=1e-6)
+        assert float(ours.values[image]) == pytest.approx(expected, abs=1e-9)
 
 
 def test_correlation_defaults_seed_and_batch_independence(tiny_cnn):

@@ -31,7 +31,8 @@ Settings and defaults:
 - ``score``: ``prob`` (default), the softmax probability (Quantus' IROF default ``softmax=True``;
   the paper's class score); ``logit`` is allowed when f(x) > 0 (else an error names the image).
 - Quantus PR #221 fixed its IROF to accumulate removals and to count segments by their labels
-  (``len(np.unique(segments))``); both are part of our definition.
+  (``len(np.unique(segments))``); both are part of our definition. (PR #357, "batched metrics",
+  changed Quantus' Infidelity and RandomLogit, not IROF.)
 
 Batched: SLIC runs on the CPU per image (it is not a torch operation); the K perturbed inputs of
 every image are built on the model's device from one per-pixel "removal rank" map and scored
