@@ -3,6 +3,8 @@ random-logit test: closed forms, independent computations, failing maps, seeds, 
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -180,6 +182,86 @@ def test_infidelity_gaussian_equals_captum_on_the_reference_noise(tiny_cnn):
         assert float(ours_value[0]) == pytest.approx(float(theirs[0]), rel=1e-9)
 
 
+@pytest.mark.parametrize("baseline", ["black", "zero", "mean"])
+def test_infidelity_gaussian_baselines_equal_an_independent_loop(tiny_cnn, baseline):
+    """The perturbed image is clip(b - noise z, 0, 1) in pixels, b the baseline's pixels: black
+    (0), zero (the normalisation's mean colour) or the image's own channel means."""
+    model = tiny_cnn.double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    saliency = torch.randn(2, 6, 6, dtype=torch.float64)
+    target, count, ids = torch.tensor([0, 3]), 9, ["i", "j"]
+    ours = metrics.infidelity(model, x, saliency, target, n_perturbations=count, ids=ids,
+                              baseline=baseline, batch_size=4)
+    info = model.harness_info
+    mean, std = scale_of(model)
+    pixels = deprocess(x, info)
+    base = {"black": torch.zeros(2, 3, 1, 1, dtype=torch.float64),
+            "zero": mean.expand(2, 3, 1, 1),
+            "mean": pixels.mean(dim=(2, 3), keepdim=True)}[baseline]
+    for image in range(2):
+        generator = image_generator(0, ids[image], salt="infidelity")
+        with torch.no_grad():
+            clean = float(model(x[image:image + 1])[0, target[image]])
+        drops, sums = [], []
+        for _ in range(count):
+            z = torch.randn((3, 6, 6), dtype=torch.float32, generator=generator).double()
+            perturbed = normalize((base[image] - 0.2 * z).clamp(0, 1)[None], info)
+            with torch.no_grad():
+                drops.append(clean - float(model(perturbed)[0, target[image]]))
+            sums.append(float(((x[image] - perturbed[0]).sum(0) * saliency[image]).sum()))
+        drops, sums = np.array(drops), np.array(sums)
+        beta = np.mean(drops * sums) / np.mean(sums * sums)
+        assert float(ours.values[image]) == pytest.approx(np.mean((drops - beta * sums) ** 2),
+                                                          rel=1e-9)
+        assert float(ours.unscaled[image]) == pytest.approx(np.mean((drops - sums) ** 2),
+                                                            rel=1e-9)
+    # the baselines differ (the test can tell them apart)
+    other = metrics.infidelity(model, x, saliency, target, n_perturbations=count, ids=ids,
+                               baseline="zero" if baseline != "zero" else "mean")
+    assert not torch.allclose(other.unscaled, ours.unscaled)
+
+
+@pytest.mark.parametrize("baseline", ["zero", "mean"])
+def test_infidelity_gaussian_zero_and_mean_baselines_keep_the_closed_form(baseline):
+    model = described(ChannelFree(), 3, 8)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    target = torch.tensor([1, 0])
+    gradient = harness.saliency("vanilla", model, x, target, signed=True)
+    result = metrics.infidelity(model, x, gradient, target, n_perturbations=30,
+                                baseline=baseline)
+    assert result.baseline == baseline and float(result.values.max()) < 1e-9
+    wrong = metrics.infidelity(model, x, torch.rand(2, 8, 8, dtype=torch.float64), target,
+                               n_perturbations=30, baseline=baseline)
+    assert bool((wrong.values > 1e-3).all())
+
+
+def test_infidelity_memory_is_bounded_by_the_batch_not_the_images(tiny_cnn, monkeypatch):
+    """Images are scored in passes of max(1, batch_size // count) whole images: no call holds
+    more than max(batch_size, count) perturbations, and the passes change no value."""
+    module = importlib.import_module("harness.metrics.infidelity")  # the package's name is the
+    # function
+    sizes = []
+    original = module.score_stream
+
+    def counted(model, owners, *args, **kwargs):
+        sizes.append(int(owners.shape[0]))
+        return original(model, owners, *args, **kwargs)
+
+    monkeypatch.setattr(module, "score_stream", counted)
+    x = torch.randn(5, 3, 8, 8)
+    saliency = torch.randn(5, 8, 8)
+    target = torch.tensor([0, 1, 2, 3, 4])
+    for options, batch_size in (({"n_perturbations": 3}, 7), ({"perturbation": "square"}, 16)):
+        sizes.clear()
+        passes = metrics.infidelity(tiny_cnn, x, saliency, target, batch_size=batch_size,
+                                    **options)
+        count, scored = passes.n_perturbations, list(sizes)
+        assert max(scored) <= max(batch_size, count) and sum(scored) == 5 * count
+        one_by_one = metrics.infidelity(tiny_cnn, x, saliency, target, batch_size=1, **options)
+        torch.testing.assert_close(passes.values, one_by_one.values, rtol=1e-5, atol=1e-8)
+    assert scored == [204] * 5  # every square of an 8 x 8 image, one image per pass
+
+
 def test_infidelity_seeded_and_independent_of_the_batch(tiny_cnn):
     x = torch.randn(3, 3, 8, 8)
     saliency = torch.randn(3, 8, 8)
@@ -277,10 +359,15 @@ def test_correlation_defaults_seed_and_batch_independence(tiny_cnn):
     batch = metrics.faithfulness_correlation(tiny_cnn, x, saliency, target, n_subsets=6,
                                              batch_size=4)
     assert (batch.subset_size, batch.baseline, batch.score) == (224, "black", "logit")
-    for i in range(3):
-        alone = metrics.faithfulness_correlation(tiny_cnn, x[i:i + 1], saliency[i:i + 1],
-                                                 target[i:i + 1], n_subsets=6, batch_size=5)
-        assert alone.values.shape == (1,)
+    # without ids an image's key is its index: the scoring chunks change nothing, and the first
+    # image (key 0 in both calls) scores the same alone
+    rechunked = metrics.faithfulness_correlation(tiny_cnn, x, saliency, target, n_subsets=6,
+                                                 batch_size=1)
+    torch.testing.assert_close(rechunked.values, batch.values, rtol=1e-4, atol=1e-5)
+    first = metrics.faithfulness_correlation(tiny_cnn, x[:1], saliency[:1], target[:1],
+                                             n_subsets=6, batch_size=5)
+    torch.testing.assert_close(first.values, batch.values[:1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(first.score_drops, batch.score_drops[:1], rtol=1e-6, atol=1e-7)
     ids = ["u", "v", "w"]
     keyed = metrics.faithfulness_correlation(tiny_cnn, x, saliency, target, n_subsets=6, ids=ids)
     for i in range(3):
@@ -525,6 +612,39 @@ def test_random_logit_other_class_is_uniform_seeded_and_batch_free():
     for i in range(3):
         alone = random_logit(model, "vanilla", x[i:i + 1], [i], ids=ids[i:i + 1])
         assert float(alone.values[0]) == pytest.approx(float(batch.values[i]), abs=1e-9)
+
+
+def test_random_logit_of_smoothgrad_does_not_depend_on_the_batch(tiny_cnn):
+    """SmoothGrad's noise is seeded by the image's values, not its batch position: an image's
+    value is the same in a batch of 3 and alone (with position seeding it was not)."""
+    x = torch.randn(3, 3, 16, 16)
+    target = torch.tensor([0, 3, 1])
+    ids = ["r", "s", "t"]
+    params = {"n": 3}
+    batch = random_logit(tiny_cnn, "smoothgrad", x, target, method_params=params, ids=ids,
+                         batch_size=3)
+    assert batch.status == ("ok",) * 3
+    for i in range(3):
+        alone = random_logit(tiny_cnn, "smoothgrad", x[i:i + 1], target[i:i + 1],
+                             method_params=params, ids=ids[i:i + 1], batch_size=1)
+        torch.testing.assert_close(alone.maps[0], batch.maps[i], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(alone.other_maps[0], batch.other_maps[i], rtol=1e-5,
+                                   atol=1e-7)
+        assert float(alone.values[0]) == pytest.approx(float(batch.values[i]), abs=1e-6)
+    # the noise matters: another smoothing seed gives other maps
+    reseeded = random_logit(tiny_cnn, "smoothgrad", x, target, method_params={**params, "seed": 1},
+                            ids=ids, batch_size=3)
+    assert not torch.allclose(reseeded.maps, batch.maps)
+
+
+def test_random_logit_reuses_given_maps(tiny_cnn):
+    x = torch.randn(2, 3, 16, 16)
+    target = torch.tensor([2, 4])
+    computed = random_logit(tiny_cnn, "vanilla", x, target)
+    given = random_logit(tiny_cnn, "vanilla", x, target, maps=computed.maps)
+    assert torch.equal(given.values, computed.values)
+    with pytest.raises(ValueError, match=r"maps has shape \(2, 8, 8\)"):
+        random_logit(tiny_cnn, "vanilla", x, target, maps=torch.rand(2, 8, 8))
 
 
 def test_random_logit_undefined_and_bad_input(tiny_cnn):

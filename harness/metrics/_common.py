@@ -7,6 +7,10 @@ under ``torch.inference_mode``, so memory is bounded by ``batch_size`` and not b
 perturbations or images. Inputs go to the model channels_last, the causal engine's ``auto``
 layout (``resolve_memory_format``: measured faster for convnets on CPUs, preferred by cuDNN).
 Which image an input belongs to (``owners``) picks its target class.
+
+For the registry entries (see ``harness.metrics.registry``): the checks of settings fields
+(``ValueError("field: why")``), the map a metric reads from a work unit (``unit_map``) and
+JSON-safe values (``defined``: NaN becomes None).
 """
 
 from __future__ import annotations
@@ -152,3 +156,53 @@ def clean_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, sco
     owners = torch.arange(x.shape[0])
     return score_stream(model, owners, lambda begin, end: x[begin:end], target, score=score,
                         batch_size=batch_size, ids=ids)
+
+
+# ----------------------------------------------------------------------------- registry helpers
+
+MAPS = ("signed", "absolute")
+
+
+def setting_choice(field: str, value, choices: Sequence[str]) -> None:
+    """``ValueError("field: ...")`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{field}: {value!r} is not one of: {', '.join(choices)}")
+
+
+def setting_int(field: str, value, low: int, *, optional: bool = False) -> None:
+    """``ValueError("field: ...")`` unless ``value`` is an integer >= ``low`` (or None when
+    ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        hint = " (or omitted for the default)" if optional else ""
+        raise ValueError(f"{field}: must be an integer >= {low}{hint}, got {value!r}")
+
+
+def setting_number(field: str, value, *, low: float, inclusive: bool) -> None:
+    """``ValueError("field: ...")`` unless ``value`` is a finite number > ``low`` (>= when
+    ``inclusive``)."""
+    ok = (isinstance(value, int | float) and not isinstance(value, bool)
+          and float(value) < float("inf") and (value >= low if inclusive else value > low))
+    if not ok:
+        raise ValueError(f"{field}: must be a finite number {'>=' if inclusive else '>'} {low}, "
+                         f"got {value!r}")
+
+
+def unit_map(unit, which: str) -> tuple[torch.Tensor, str]:
+    """The maps ``[N, H, W]`` a metric reads from a work unit and their kind: under ``signed``
+    the method's signed variant (``unit.signed_maps``: the channel sum of a pixel-space
+    attribution, Grad-CAM before its ReLU, ...) where the method has one, else (and under
+    ``absolute``) the method's own map ``unit.maps`` (non-negative for most methods: e.g. the max
+    over channels of |gradient|), recorded as ``absolute``."""
+    if which == "signed":
+        signed = unit.signed_maps
+        if signed is not None:
+            return signed, "signed"
+    return unit.maps, "absolute"
+
+
+def defined(value: float) -> float | None:
+    """``value`` as a float, None where it is NaN (records are JSON: undefined is None)."""
+    value = float(value)
+    return None if value != value else value

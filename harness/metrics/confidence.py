@@ -7,8 +7,9 @@ its confidence for c on the "explanation map" E = image * M, the image multiplie
 map M scaled to [0, 1].
 
 - Average Drop % = 100/N sum_i max(0, Y_i - O_i) / Y_i (lower is better). ``average_drop`` returns
-  the per-image fraction max(0, Y - O) / Y in [0, 1] as ``values``: the paper's number is 100 x
-  their mean.
+  the per-image fraction max(0, Y - O) / Y as ``values``: the paper's number is 100 x their mean.
+  With ``score="prob"`` (the paper's) it lies in [0, 1]; with ``score="logit"`` it is >= 0 but
+  exceeds 1 whenever O < 0 (a logit can be negative), so logit drops are not percentages.
 - % Increase in Confidence = 100/N sum_i 1[Y_i < O_i] (higher is better). ``increase_in_confidence``
   returns the per-image indicator 1[O > Y] (0.0 or 1.0); the paper's number is 100 x the mean.
 
@@ -34,6 +35,11 @@ probability), on the normalised-tensor product; its ``IncreaseInConfidence`` is 
 ours. We follow the paper (the division, so images of different confidence
 weigh the same, and the pixel-space product).
 
+Registered as ``average_drop`` (down) and ``increase_in_confidence`` (up), both reading the
+method's own map (``unit.maps``: the map the tables report, as deletion and insertion read; the
+paper scales CAM maps, which are non-negative). Records carry Y (``clean_score``) and O
+(``masked_score``).
+
 No randomness: ``seed`` and ``ids`` are taken for the common metric signature (``ids`` names
 images in errors).
 """
@@ -54,8 +60,11 @@ from harness.metrics._common import (
     pixel_scale,
     resolve_batch_size,
     score_stream,
+    setting_choice,
+    setting_int,
     validate_maps,
 )
+from harness.metrics.registry import register_metric
 
 METRICS = ("average_drop", "increase_in_confidence")
 
@@ -136,3 +145,47 @@ def increase_in_confidence(model: nn.Module, x: torch.Tensor, saliency: torch.Te
     better; the paper reports 100 x the mean."""
     return confidence_change(model, x, saliency, target, score=score, ids=ids,
                              batch_size=batch_size, metric="increase_in_confidence")
+
+
+# ----------------------------------------------------------------------------- registry entries
+
+
+@dataclass(frozen=True)
+class ConfidenceSettings:
+    """Settings of ``average_drop`` and ``increase_in_confidence`` (default: the paper's softmax
+    probability; ``logit`` needs a positive logit, else the image is an error).
+    ``batch_size`` None: the device's default."""
+
+    score: str = "prob"
+    batch_size: int | None = None
+    methods: list | None = None
+
+    def check(self) -> None:
+        setting_choice("score", self.score, SCORES)
+        setting_int("batch_size", self.batch_size, 1, optional=True)
+
+
+def _confidence_records(metric: str):
+    def records(unit, settings: ConfidenceSettings) -> list[dict]:
+        result = confidence_change(unit.model, unit.x, unit.maps, unit.target,
+                                   score=settings.score, ids=list(unit.ids),
+                                   batch_size=settings.batch_size, metric=metric)
+        return [{"image_id": i, "value": float(v), "clean_score": float(y),
+                 "masked_score": float(o)}
+                for i, v, y, o in zip(unit.ids, result.values.tolist(), result.clean.tolist(),
+                                      result.explained.tolist(), strict=True)]
+
+    return records
+
+
+_GRADCAM_PP = "Chattopadhay et al. 2018, Grad-CAM++ (arXiv:1710.11063)"
+register_metric("average_drop", settings=ConfidenceSettings, direction="down",
+                citation=_GRADCAM_PP,
+                summary="Average Drop: max(0, Y - O) / Y, the target's confidence Y on the image "
+                        "and O on the image times the min-max scaled map; lower is better")(
+    _confidence_records("average_drop"))
+register_metric("increase_in_confidence", settings=ConfidenceSettings, direction="up",
+                citation=_GRADCAM_PP,
+                summary="Increase in Confidence: 1 if the confidence on the image times the "
+                        "min-max scaled map exceeds that on the image; higher is better")(
+    _confidence_records("increase_in_confidence"))

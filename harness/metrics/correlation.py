@@ -28,6 +28,11 @@ Undefined values: when the attribution sums or the drops are the same for every 
 constant map, or a model that ignores the pixels), Pearson's r is undefined: the value is NaN and
 ``status`` says why ("ok" otherwise), never a silent NaN.
 
+Which map the registered metric (``faithfulness_correlation`` in ``METRICS``) reads: as
+infidelity, the method's signed map where it has one, else its own map (records say which in
+``map``; ``map: absolute`` in the settings for the method's own map): the subset sums predict a
+signed score change, which a non-negative map cannot do for subsets that raise the score.
+
 Determinism: image i draws its subsets from ``image_generator(seed, ids[i] or i,
 salt="faithfulness_correlation")`` (one ``randperm`` per subset, on the CPU) before any scoring,
 so values do not depend on the batch or the device. Perturbed inputs are built on the model's
@@ -43,17 +48,23 @@ import torch
 from torch import nn
 
 from harness.metrics._common import (
+    MAPS,
     SCORES,
     baseline_fill,
     check_choice,
     check_int,
     clean_scores,
+    defined,
     image_key,
     pixel_scale,
     resolve_batch_size,
     score_stream,
+    setting_choice,
+    setting_int,
+    unit_map,
     validate_maps,
 )
+from harness.metrics.registry import register_metric
 from harness.seeding import image_generator
 
 BASELINES = ("black", "zero", "mean", "min")
@@ -138,3 +149,46 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, saliency: torch.
     values, status = pearson(sums, drops)
     return CorrelationResult(values, tuple(status), sums, drops, subset_size, n_subsets, baseline,
                              score)
+
+
+# ----------------------------------------------------------------------------- registry entry
+
+
+@dataclass(frozen=True)
+class CorrelationSettings:
+    """Settings of ``faithfulness_correlation`` (defaults: Quantus' ``FaithfulnessCorrelation``:
+    100 subsets of 224 pixels set to black, the target's logit). ``n_subsets`` is one forward pass
+    per image each. ``map``: ``signed`` (default; the method's signed map where it has one) or
+    ``absolute`` (its own map). ``batch_size`` None: the device's default. The subsets use the
+    experiment's seed and each image's id."""
+
+    subset_size: int = 224
+    n_subsets: int = 100
+    baseline: str = "black"
+    score: str = "logit"
+    map: str = "signed"
+    batch_size: int | None = None
+    methods: list | None = None
+
+    def check(self) -> None:
+        setting_int("subset_size", self.subset_size, 1)
+        setting_int("n_subsets", self.n_subsets, 3)
+        setting_choice("baseline", self.baseline, BASELINES)
+        setting_choice("score", self.score, SCORES)
+        setting_choice("map", self.map, MAPS)
+        setting_int("batch_size", self.batch_size, 1, optional=True)
+
+
+@register_metric("faithfulness_correlation", settings=CorrelationSettings, direction="up",
+                 citation="Bhatt, Weller & Moura 2020 (arXiv:2005.00631); Quantus "
+                          "FaithfulnessCorrelation")
+def _correlation_records(unit, settings: CorrelationSettings) -> list[dict]:
+    """Faithfulness correlation: Pearson r between the map's sums over random pixel subsets and
+    the score drops when the subsets are removed; higher is better."""
+    saliency, used = unit_map(unit, settings.map)
+    result = faithfulness_correlation(
+        unit.model, unit.x, saliency, unit.target, subset_size=settings.subset_size,
+        n_subsets=settings.n_subsets, baseline=settings.baseline, score=settings.score,
+        seed=unit.seed, ids=list(unit.ids), batch_size=settings.batch_size)
+    return [{"image_id": i, "value": defined(v), "status": status, "map": used}
+            for i, v, status in zip(unit.ids, result.values.tolist(), result.status, strict=True)]

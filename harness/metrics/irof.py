@@ -11,9 +11,12 @@ evidence first, so the score falls fast):
     IROF = 1 - (sum_k c_k - c_0 / 2 - c_K / 2) / K,
 
 the trapezoid on x in [0, 1] (the fraction of segments removed), as the harness's AUC; K differs
-between images, so the normalised area is what makes images comparable. Quantus' ``IROF`` reports
-the unnormalised ``K - np.trapz(c_1..c_K, dx=1)`` (its curve has no c_0 point): that number is
-``unnormalised`` here, and unnormalised = K * IROF + (1 + c_1) / 2.
+between images, so the normalised area is what makes images comparable. ``unnormalised`` is
+K - np.trapz(c_1..c_K, dx=1) (no c_0 point) = K * IROF + (1 + c_1) / 2: what Quantus' ``IROF``
+(0.6) reports, but only for the images of its batch with the batch's largest K. Quantus pads the
+curves of images with fewer segments with zeros up to the batch's largest K and integrates the
+padded curve, which adds the trapezoid from c_K down to 0: those images come out lower by
+c_K / 2 than ``unnormalised``, and an image's Quantus value depends on its batch mates.
 
 Settings and defaults:
 
@@ -33,6 +36,11 @@ Settings and defaults:
 - Quantus PR #221 fixed its IROF to accumulate removals and to count segments by their labels
   (``len(np.unique(segments))``); both are part of our definition. (PR #357, "batched metrics",
   changed Quantus' Infidelity and RandomLogit, not IROF.)
+
+Registered as ``irof`` (up), reading the method's own map (``unit.maps``, as deletion does).
+Each record carries the image's curve (``curve``: c_0..c_K, ``curve_x``: k / K) and
+``unnormalised``; as K differs between images, the mean-curve figure interpolates every curve
+linearly onto 101 evenly spaced fractions (the records keep the exact points).
 
 Batched: SLIC runs on the CPU per image (it is not a torch operation); the K perturbed inputs of
 every image are built on the model's device from one per-pixel "removal rank" map and scored
@@ -59,8 +67,12 @@ from harness.metrics._common import (
     pixel_scale,
     resolve_batch_size,
     score_stream,
+    setting_choice,
+    setting_int,
+    setting_number,
     validate_maps,
 )
+from harness.metrics.registry import register_metric
 
 BASELINES = ("mean", "zero", "black")
 
@@ -161,3 +173,65 @@ def irof(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     settings = {"n_segments": n_segments, "compactness": float(compactness), "sigma": float(sigma)}
     return IROFResult(values, unnormalised, curves, counts, ranks.cpu(), baseline, score,
                       settings)
+
+
+# ----------------------------------------------------------------------------- registry entry
+
+
+@dataclass(frozen=True)
+class IROFSettings:
+    """Settings of ``irof`` (defaults: SLIC with scikit-image's defaults as Quantus calls it,
+    removed segments set to the image's channel means, the softmax probability). K + 1 forward
+    passes per image (K about ``n_segments``). ``batch_size`` None: the device's default."""
+
+    n_segments: int = 100
+    compactness: float = 10.0
+    sigma: float = 0.0
+    baseline: str = "mean"
+    score: str = "prob"
+    batch_size: int | None = None
+    methods: list | None = None
+
+    def check(self) -> None:
+        setting_int("n_segments", self.n_segments, 1)
+        setting_number("compactness", self.compactness, low=0, inclusive=False)
+        setting_number("sigma", self.sigma, low=0, inclusive=True)
+        setting_choice("baseline", self.baseline, BASELINES)
+        setting_choice("score", self.score, SCORES)
+        setting_int("batch_size", self.batch_size, 1, optional=True)
+
+
+CURVE_GRID = 101
+
+
+def _irof_curves(frame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``irof``: each image's curve c_k against k / K, interpolated linearly onto
+    ``CURVE_GRID`` evenly spaced fractions of the segments removed (K differs between images)."""
+    if "curve" not in frame:
+        return {}
+    rows = frame[frame["curve"].notna()]
+    if rows.empty:
+        return {}
+    grid = np.linspace(0.0, 1.0, CURVE_GRID)
+    values = np.stack([np.interp(grid, np.asarray(x, dtype=float), np.asarray(c, dtype=float))
+                       for x, c in zip(rows["curve_x"], rows["curve"], strict=True)])
+    return {"irof": (grid, values)}
+
+
+@register_metric("irof", settings=IROFSettings, direction="up",
+                 citation="Rieger & Hansen 2020 (arXiv:2003.08747)", curves=_irof_curves)
+def _irof_records(unit, settings: IROFSettings) -> list[dict]:
+    """IROF: area over the curve of the target's relative score as SLIC superpixels are removed
+    in order of mean relevance; higher is better."""
+    result = irof(unit.model, unit.x, unit.maps, unit.target, n_segments=settings.n_segments,
+                  compactness=settings.compactness, sigma=settings.sigma,
+                  baseline=settings.baseline, score=settings.score, ids=list(unit.ids),
+                  batch_size=settings.batch_size)
+    records = []
+    for index, image_id in enumerate(unit.ids):
+        k = int(result.n_segments[index])
+        records.append({"image_id": image_id, "value": float(result.values[index]),
+                        "unnormalised": float(result.unnormalised[index]), "segments": k,
+                        "curve": result.curves[index, : k + 1].tolist(),
+                        "curve_x": (torch.arange(k + 1, dtype=torch.float64) / k).tolist()})
+    return records

@@ -20,6 +20,15 @@ Choices, stated:
   default 7-sample window on a 1-D signal, data range from both maps' joint extremes). We compare
   the 2-D maps with the harness's SSIM, as the paper compares images.
 - Undefined values (a constant map) are NaN with the reason in ``status``, never a silent NaN.
+- Stochastic methods: both maps of an image are computed with the method's own seed; SmoothGrad
+  and the other noise-based methods draw from a generator seeded by the image's values
+  (``harness.seeding.content_generator``), so the target's and the other class's maps see the
+  same noise, and an image's value does not depend on its batch.
+
+Registered as ``random_logit`` (down; needs the method, which it calls again for the other
+class, and the unit's maps, reused as the target's maps: the signed variant for a signed measure,
+where a method without one gets None with the reason). Records carry ``other_target``, the
+measure (``similarity``) and ``measure_version``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import torch
 from torch import nn
 
 from harness.methods import get_method, saliency_batched
+from harness.metrics._common import defined, setting_choice
+from harness.metrics.registry import register_metric
 from harness.sanity import similarity
 from harness.seeding import image_generator
 
@@ -65,10 +76,13 @@ def other_classes(target: torch.Tensor, n_classes: int, *, seed: int = 0,
 
 def random_logit(model: nn.Module, method: str, x: torch.Tensor, target, *,
                  method_params: dict | None = None, measure: str = "ssim", seed: int = 0,
-                 ids: Sequence[str] | None = None, batch_size: int = 16) -> RandomLogitResult:
+                 ids: Sequence[str] | None = None, batch_size: int = 16,
+                 maps: torch.Tensor | None = None) -> RandomLogitResult:
     """Random-logit test of saliency method ``method`` (a registered name) on inputs ``x``
     ``[N, C, H, W]`` with classes ``target`` ``[N]``: ``values`` ``[N]``, the similarity between
-    the maps for the target and for a seeded random other class; lower is better."""
+    the maps for the target and for a seeded random other class; lower is better. ``maps``: the
+    method's maps ``[N, H, W]`` for ``target`` (its signed maps for a signed measure) when they
+    are already computed with the same parameters; computed here otherwise."""
     if measure not in similarity.MEASURES:
         raise ValueError(f"measure {measure!r} is not one of: {', '.join(similarity.MEASURES)}")
     get_method(method)  # unknown names are named with the valid choices
@@ -93,9 +107,13 @@ def random_logit(model: nn.Module, method: str, x: torch.Tensor, target, *,
         raise ValueError("the random-logit test needs a model with at least 2 classes")
     other = other_classes(target, n_classes, seed=seed, ids=ids)
     params = dict(method_params or {})
-    signed = measure in similarity.SIGNED_MEASURES
-    maps = saliency_batched(method, model, x, target, batch_size=batch_size, signed=signed,
-                            **params)
+    signed = similarity.MEASURES[measure].view == "signed"
+    if maps is None:
+        maps = saliency_batched(method, model, x, target, batch_size=batch_size, signed=signed,
+                                **params)
+    elif tuple(maps.shape) != (n_images, *x.shape[2:]):
+        raise ValueError(f"maps has shape {tuple(maps.shape)}; x {tuple(x.shape)} needs maps "
+                         f"[N, H, W] = {(n_images, *x.shape[2:])}")
     other_maps = saliency_batched(method, model, x, other, batch_size=batch_size, signed=signed,
                                   **params)
     compare = similarity.MEASURES[measure]
@@ -110,3 +128,41 @@ def random_logit(model: nn.Module, method: str, x: torch.Tensor, target, *,
             status.append(f"undefined: {reason}")
     return RandomLogitResult(torch.tensor(values, dtype=torch.float64), tuple(status),
                              other.cpu(), maps.cpu(), other_maps.cpu(), method, measure)
+
+
+# ----------------------------------------------------------------------------- registry entry
+
+
+@dataclass(frozen=True)
+class RandomLogitSettings:
+    """Settings of ``random_logit`` (default: the paper's SSIM; any measure of
+    ``harness.sanity.similarity.MEASURES``). The other class is drawn with the experiment's seed
+    and each image's id."""
+
+    measure: str = "ssim"
+    methods: list | None = None
+
+    def check(self) -> None:
+        setting_choice("measure", self.measure, tuple(similarity.MEASURES))
+
+
+@register_metric("random_logit", settings=RandomLogitSettings, direction="down",
+                 citation="Sixt, Granz & Landgraf 2020 (arXiv:1912.09818)",
+                 needs=("maps", "method"))
+def _random_logit_records(unit, settings: RandomLogitSettings) -> list[dict]:
+    """Random-logit test: similarity between the map of the target and the map of a random other
+    class; lower (more class-sensitive) is better."""
+    signed = similarity.MEASURES[settings.measure].view == "signed"
+    maps = unit.signed_maps if signed else unit.maps
+    common = {"similarity": settings.measure, "measure_version": similarity.MEASURE_VERSION}
+    if maps is None:
+        return [{"image_id": i, "value": None, "status": "method has no signed variant",
+                 **common} for i in unit.ids]
+    result = random_logit(unit.model, unit.method, unit.x, unit.target,
+                          method_params=unit.method_params, measure=settings.measure,
+                          seed=unit.seed, ids=list(unit.ids), batch_size=unit.batch_size,
+                          maps=maps)
+    return [{"image_id": i, "value": defined(v), "status": status, "other_target": int(other),
+             **common}
+            for i, v, status, other in zip(unit.ids, result.values.tolist(), result.status,
+                                           result.other_target.tolist(), strict=True)]
