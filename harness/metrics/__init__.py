@@ -17,6 +17,16 @@ from harness.metrics.causal import (
     perturbation_curves,
     pixel_ranks,
 )
+from harness.metrics.confidence import (
+    ConfidenceResult,
+    average_drop,
+    confidence_change,
+    increase_in_confidence,
+    masked_image,
+)
+from harness.metrics.correlation import CorrelationResult, faithfulness_correlation
+from harness.metrics.infidelity import InfidelityResult, infidelity
+from harness.metrics.irof import IROFResult, irof
 from harness.metrics.registry import (
     METRICS,
     Metric,
@@ -35,4 +45,7 @@ __all__ = [
     "ABPCResult", "CurveResult", "METRICS", "Metric", "Unit", "abpc", "auc", "deletion",
     "get_metric", "gkern", "insertion", "lerf", "list_metrics", "list_substrates",
     "make_substrate", "morf", "perturbation_curves", "pixel_ranks", "register_metric",
+    "ConfidenceResult", "CorrelationResult", "InfidelityResult", "IROFResult", "average_drop",
+    "confidence_change", "faithfulness_correlation", "increase_in_confidence", "infidelity",
+    "irof", "masked_image",
 ]

@@ -7,6 +7,7 @@ from harness.sanity.data_randomization import (
     render_digits,
     train_pair,
 )
+from harness.sanity.random_logit import RandomLogitResult, other_classes, random_logit
 from harness.sanity.randomization import (
     RandomizationResult,
     model_randomization,
@@ -19,4 +20,5 @@ __all__ = [
     "MEASURES", "DataRandomizationResult", "RandomizationResult", "UndefinedSimilarity",
     "data_randomization", "model_randomization", "randomize", "render_digits", "resolve_blocks",
     "train_pair",
+    "RandomLogitResult", "other_classes", "random_logit",
 ]

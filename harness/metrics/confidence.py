@@ -1,0 +1,191 @@
+"""Average Drop and Increase in Confidence (Chattopadhay, Sarkar, Howlader & Balasubramanian,
+WACV 2018, "Grad-CAM++: Generalized Gradient-based Visual Explanations for Deep Convolutional
+Networks").
+
+Definitions, per image i with target class c: Y = the model's confidence for c on the image, O =
+its confidence for c on the "explanation map" E = image * M, the image multiplied pixel-wise by the
+map M scaled to [0, 1].
+
+- Average Drop % = 100/N sum_i max(0, Y_i - O_i) / Y_i (lower is better). ``average_drop`` returns
+  the per-image fraction max(0, Y - O) / Y as ``values``: the paper's number is 100 x their mean.
+  With ``score="prob"`` (the paper's) it lies in [0, 1]; with ``score="logit"`` it is >= 0 but
+  exceeds 1 whenever O < 0 (a logit can be negative), so logit drops are not percentages.
+- % Increase in Confidence = 100/N sum_i 1[Y_i < O_i] (higher is better). ``increase_in_confidence``
+  returns the per-image indicator 1[O > Y] (0.0 or 1.0); the paper's number is 100 x the mean.
+
+Both functions return the same ``ConfidenceResult`` (``drop``, ``increase``, ``clean`` = Y,
+``explained`` = O); only ``values`` and ``metric`` differ.
+
+Choices, stated:
+
+- Confidence: ``score="prob"`` (default), the softmax probability of the target; ``"logit"`` is
+  allowed, but the ratio needs Y > 0, so an image whose logit is not positive is an error naming it.
+- M = (s - min s) / (max s - min s) per image (min-max, as pytorch-grad-cam's ``scale_cam_image``
+  without its 1e-7). A constant map ranks no pixel above another; we take M = 1 everywhere for it
+  (the image unchanged: drop 0, no increase), where pytorch-grad-cam's epsilon gives M = 0.
+- The product is taken on pixels, as the paper multiplies the image: x is the model's normalised
+  input, so E = normalise(deprocess(x) * M) = ((x * std + mean) * M - mean) / std with the model's
+  ``model_info(model).mean/std`` (``masked_image``). Multiplying the normalised tensor instead
+  (pytorch-grad-cam's ``multiply_tensor_with_cam``: ``input_tensor * cam``) sends a pixel with
+  M = 0 to the mean colour instead of black, and scales around the mean colour.
+
+Peers: pytorch-grad-cam's ``DropInConfidence`` (``metrics/cam_mult_image.py``) returns
+max(0, Y - O) without the division, in the units of the target callable it is given (logit or
+probability), on the normalised-tensor product; its ``IncreaseInConfidence`` is 1[O - Y > 0] as
+ours. We follow the paper (the division, so images of different confidence
+weigh the same, and the pixel-space product).
+
+Registered as ``average_drop`` (down) and ``increase_in_confidence`` (up), both reading the
+method's own map (``unit.maps``: the map the tables report, as deletion and insertion read; the
+paper scales CAM maps, which are non-negative). Records carry Y (``clean_score``) and O
+(``masked_score``).
+
+No randomness: ``seed`` and ``ids`` are taken for the common metric signature (``ids`` names
+images in errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.metrics._common import (
+    SCORES,
+    check_choice,
+    clean_scores,
+    image_name,
+    pixel_scale,
+    resolve_batch_size,
+    score_stream,
+    setting_choice,
+    setting_int,
+    validate_maps,
+)
+from harness.metrics.registry import register_metric
+
+METRICS = ("average_drop", "increase_in_confidence")
+
+
+@dataclass(frozen=True)
+class ConfidenceResult:
+    """``values`` ``[N]`` of ``metric`` (``average_drop`` or ``increase_in_confidence``), both
+    per-image quantities ``drop`` and ``increase``, Y = ``clean`` and O = ``explained`` ``[N]``
+    (float64), and the score used."""
+
+    metric: str
+    values: torch.Tensor
+    drop: torch.Tensor
+    increase: torch.Tensor
+    clean: torch.Tensor
+    explained: torch.Tensor
+    score: str
+
+
+def scale_map(saliency: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max scaling of maps ``[N, H, W]`` to [0, 1]; a constant map becomes 1."""
+    flat = saliency.reshape(saliency.shape[0], -1)
+    low = flat.amin(1).view(-1, 1, 1)
+    span = (flat.amax(1) - flat.amin(1)).view(-1, 1, 1)
+    return torch.where(span > 0, (saliency - low) / span.where(span > 0, 1), 1.0)
+
+
+def masked_image(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    """The Grad-CAM++ explanation map as model input ``[N, C, H, W]``: the image's pixels
+    ``x * std + mean`` multiplied by ``scale_map(saliency)``, normalised back."""
+    mean, std = pixel_scale(model, x)
+    weights = scale_map(saliency.to(x.device, x.dtype))[:, None]
+    return ((x * std + mean) * weights - mean) / std
+
+
+def confidence_change(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
+                      score: str = "prob", ids: Sequence[str] | None = None,
+                      batch_size: int | None = None,
+                      metric: str = "average_drop") -> ConfidenceResult:
+    """Y, O, the drop fraction and the increase indicator for every image (see the module
+    docstring); ``values`` is the ``metric``'s per-image quantity."""
+    target = validate_maps(x, saliency, target, ids)
+    check_choice("score", score, SCORES)
+    check_choice("metric", metric, METRICS)
+    batch_size = resolve_batch_size(batch_size, x.device)
+    x = x.detach()
+    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
+    if not bool((clean > 0).all()):
+        index = int((clean <= 0).nonzero()[0, 0])
+        raise ValueError(f"image {image_name(ids, index)}: the {score} of class "
+                         f"{int(target[index])} is {float(clean[index])!r}; Average Drop divides "
+                         "by it and needs it > 0 (use score='prob')")
+    maps = saliency.detach()
+    explained = score_stream(
+        model, torch.arange(x.shape[0]),
+        lambda begin, end: masked_image(model, x[begin:end], maps[begin:end]), target,
+        score=score, batch_size=batch_size, ids=ids)
+    drop = (clean - explained).clamp(min=0) / clean
+    increase = (explained > clean).double()
+    values = drop if metric == "average_drop" else increase
+    return ConfidenceResult(metric, values, drop, increase, clean, explained, score)
+
+
+def average_drop(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
+                 score: str = "prob", seed: int = 0, ids: Sequence[str] | None = None,
+                 batch_size: int | None = None) -> ConfidenceResult:
+    """Average Drop (Grad-CAM++): ``values`` ``[N]`` = max(0, Y - O) / Y per image, lower is
+    better; the paper reports 100 x the mean. ``x`` ``[N, C, H, W]`` normalised model input,
+    ``saliency`` ``[N, H, W]``, ``target`` ``[N]``."""
+    return confidence_change(model, x, saliency, target, score=score, ids=ids,
+                             batch_size=batch_size, metric="average_drop")
+
+
+def increase_in_confidence(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
+                           score: str = "prob", seed: int = 0, ids: Sequence[str] | None = None,
+                           batch_size: int | None = None) -> ConfidenceResult:
+    """Increase in Confidence (Grad-CAM++): ``values`` ``[N]`` = 1[O > Y] per image, higher is
+    better; the paper reports 100 x the mean."""
+    return confidence_change(model, x, saliency, target, score=score, ids=ids,
+                             batch_size=batch_size, metric="increase_in_confidence")
+
+
+# ----------------------------------------------------------------------------- registry entries
+
+
+@dataclass(frozen=True)
+class ConfidenceSettings:
+    """Settings of ``average_drop`` and ``increase_in_confidence`` (default: the paper's softmax
+    probability; ``logit`` needs a positive logit, else the image is an error).
+    ``batch_size`` None: the device's default."""
+
+    score: str = "prob"
+    batch_size: int | None = None
+    methods: list | None = None
+
+    def check(self) -> None:
+        setting_choice("score", self.score, SCORES)
+        setting_int("batch_size", self.batch_size, 1, optional=True)
+
+
+def _confidence_records(metric: str):
+    def records(unit, settings: ConfidenceSettings) -> list[dict]:
+        result = confidence_change(unit.model, unit.x, unit.maps, unit.target,
+                                   score=settings.score, ids=list(unit.ids),
+                                   batch_size=settings.batch_size, metric=metric)
+        return [{"image_id": i, "value": float(v), "clean_score": float(y),
+                 "masked_score": float(o)}
+                for i, v, y, o in zip(unit.ids, result.values.tolist(), result.clean.tolist(),
+                                      result.explained.tolist(), strict=True)]
+
+    return records
+
+
+_GRADCAM_PP = "Chattopadhay et al. 2018, Grad-CAM++ (arXiv:1710.11063)"
+register_metric("average_drop", settings=ConfidenceSettings, direction="down",
+                citation=_GRADCAM_PP,
+                summary="Average Drop: max(0, Y - O) / Y, the target's confidence Y on the image "
+                        "and O on the image times the min-max scaled map; lower is better")(
+    _confidence_records("average_drop"))
+register_metric("increase_in_confidence", settings=ConfidenceSettings, direction="up",
+                citation=_GRADCAM_PP,
+                summary="Increase in Confidence: 1 if the confidence on the image times the "
+                        "min-max scaled map exceeds that on the image; higher is better")(
+    _confidence_records("increase_in_confidence"))

@@ -1,0 +1,194 @@
+"""Faithfulness correlation (Bhatt, Weller & Moura, IJCAI 2020, "Evaluating and Aggregating
+Feature-based Model Explanations").
+
+Definition: for ``n_subsets`` random subsets S of ``subset_size`` pixels of an image, the Pearson
+correlation, over the subsets, between the attribution summed over S, sum_{p in S} phi_p, and the
+drop of the target's score when the pixels of S (all channels) are set to a baseline,
+f(x) - f(x with x_S = baseline_S). Higher is better (a faithful map's sums predict the drops).
+
+Settings and defaults: those of Quantus' ``FaithfulnessCorrelation`` (0.6), the peer
+implementation in common use, except where stated:
+
+- ``n_subsets`` = 100 and ``subset_size`` = 224 (Quantus' ``nr_runs`` and ``subset_size``);
+  subsets are drawn without replacement within a subset, independently across subsets.
+- ``score`` = ``"logit"`` (Quantus calls the model with ``softmax=False``); ``"prob"`` for the
+  softmax probability.
+- ``baseline``: ``black`` (pixel value 0 in every channel: (0 - mean) / std in the model's input
+  space; default, Quantus' name), ``zero`` (0 in the model's input space, the normalisation's mean
+  colour), ``mean`` (the image's own channel means), ``min`` (the image's minimum over all channels
+  and pixels: what Quantus' ``perturb_baseline="black"`` computes, which is black only for [0, 1]
+  inputs that contain a black pixel).
+- Units: we choose whole pixels (the subset is a set of positions, every channel set to the
+  baseline), as the issue and the paper's "features" of an image map; Quantus broadcasts the map
+  over channels and draws 224 of the C*H*W values, so it perturbs single channels of pixels.
+- The map is used as given (Quantus' default ``normalise=True`` divides by the maximum absolute
+  value, which Pearson correlation ignores; ``abs=False`` as ours).
+
+Undefined values: when the attribution sums or the drops are the same for every subset (e.g. a
+constant map, or a model that ignores the pixels), Pearson's r is undefined: the value is NaN and
+``status`` says why ("ok" otherwise), never a silent NaN.
+
+Which map the registered metric (``faithfulness_correlation`` in ``METRICS``) reads: as
+infidelity, the method's signed map where it has one, else its own map (records say which in
+``map``; ``map: absolute`` in the settings for the method's own map): the subset sums predict a
+signed score change, which a non-negative map cannot do for subsets that raise the score.
+
+Determinism: image i draws its subsets from ``image_generator(seed, ids[i] or i,
+salt="faithfulness_correlation")`` (one ``randperm`` per subset, on the CPU) before any scoring,
+so values do not depend on the batch or the device. Perturbed inputs are built on the model's
+device and scored ``batch_size`` at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.metrics._common import (
+    MAPS,
+    SCORES,
+    baseline_fill,
+    check_choice,
+    check_int,
+    clean_scores,
+    defined,
+    image_key,
+    pixel_scale,
+    resolve_batch_size,
+    score_stream,
+    setting_choice,
+    setting_int,
+    unit_map,
+    validate_maps,
+)
+from harness.metrics.registry import register_metric
+from harness.seeding import image_generator
+
+BASELINES = ("black", "zero", "mean", "min")
+
+
+@dataclass(frozen=True)
+class CorrelationResult:
+    """Per-image Pearson ``values`` ``[N]`` (NaN where ``status`` says undefined), the attribution
+    sums and score drops per subset ``[N, n_subsets]`` (float64), and the settings."""
+
+    values: torch.Tensor
+    status: tuple[str, ...]
+    attribution_sums: torch.Tensor
+    score_drops: torch.Tensor
+    subset_size: int
+    n_subsets: int
+    baseline: str
+    score: str
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """Row-wise Pearson correlation of ``a``, ``b`` ``[N, K]`` (float64) and a status per row:
+    NaN with the reason where a row is constant."""
+    a = a.double() - a.double().mean(1, keepdim=True)
+    b = b.double() - b.double().mean(1, keepdim=True)
+    norm_a, norm_b = a.norm(dim=1), b.norm(dim=1)
+    values = (a * b).sum(1) / (norm_a * norm_b)
+    status = []
+    for row in range(a.shape[0]):
+        if float(norm_a[row]) == 0:
+            status.append("undefined: the attribution sums are equal for every subset")
+        elif float(norm_b[row]) == 0:
+            status.append("undefined: the score drops are equal for every subset")
+        else:
+            status.append("ok")
+    values = torch.where((norm_a > 0) & (norm_b > 0), values.clamp(-1, 1), float("nan"))
+    return values, status
+
+
+def faithfulness_correlation(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
+                             subset_size: int = 224, n_subsets: int = 100,
+                             baseline: str = "black", score: str = "logit", seed: int = 0,
+                             ids: Sequence[str] | None = None,
+                             batch_size: int | None = None) -> CorrelationResult:
+    """Faithfulness correlation of maps ``saliency`` ``[N, H, W]`` for inputs ``x`` ``[N, C, H, W]``
+    (the model's normalised input) and classes ``target`` ``[N]``: ``values`` ``[N]`` in [-1, 1],
+    higher is better. See the module docstring for the definition and the defaults' sources."""
+    target = validate_maps(x, saliency, target, ids)
+    n_images, _, height, width = x.shape
+    n_pixels = height * width
+    check_int("subset_size", subset_size, 1, n_pixels - 1)
+    check_int("n_subsets", n_subsets, 3)  # with 2 subsets Pearson's r is always +-1
+    check_choice("score", score, SCORES)
+    batch_size = resolve_batch_size(batch_size, x.device)
+    x = x.detach()
+    maps = saliency.detach().to(x.device).reshape(n_images, n_pixels)
+    mean, std = pixel_scale(model, x)
+    fill = baseline_fill(baseline, x, mean, std, BASELINES)
+    subsets = torch.stack([
+        torch.stack([torch.randperm(n_pixels, generator=generator)[:subset_size]
+                     for _ in range(n_subsets)])
+        for generator in (image_generator(seed, image_key(ids, i), salt="faithfulness_correlation")
+                          for i in range(n_images))
+    ]).to(x.device)  # [N, n_subsets, subset_size]
+    sums = maps.double().gather(1, subsets.reshape(n_images, -1)).view(
+        n_images, n_subsets, subset_size).sum(2)
+
+    def build(begin: int, end: int) -> torch.Tensor:
+        flat = torch.arange(begin, end, device=x.device)
+        images, runs = flat // n_subsets, flat % n_subsets
+        inside = torch.zeros((end - begin, n_pixels), dtype=torch.bool, device=x.device)
+        inside.scatter_(1, subsets[images, runs], True)
+        inside = inside.view(-1, 1, height, width)
+        return torch.where(inside, fill[images], x[images])
+
+    owners = torch.arange(n_images).repeat_interleave(n_subsets)
+    perturbed = score_stream(model, owners, build, target, score=score, batch_size=batch_size,
+                             ids=ids).view(n_images, n_subsets)
+    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
+    drops = clean[:, None] - perturbed
+    sums = sums.cpu()
+    values, status = pearson(sums, drops)
+    return CorrelationResult(values, tuple(status), sums, drops, subset_size, n_subsets, baseline,
+                             score)
+
+
+# ----------------------------------------------------------------------------- registry entry
+
+
+@dataclass(frozen=True)
+class CorrelationSettings:
+    """Settings of ``faithfulness_correlation`` (defaults: Quantus' ``FaithfulnessCorrelation``:
+    100 subsets of 224 pixels set to black, the target's logit). ``n_subsets`` is one forward pass
+    per image each. ``map``: ``signed`` (default; the method's signed map where it has one) or
+    ``absolute`` (its own map). ``batch_size`` None: the device's default. The subsets use the
+    experiment's seed and each image's id."""
+
+    subset_size: int = 224
+    n_subsets: int = 100
+    baseline: str = "black"
+    score: str = "logit"
+    map: str = "signed"
+    batch_size: int | None = None
+    methods: list | None = None
+
+    def check(self) -> None:
+        setting_int("subset_size", self.subset_size, 1)
+        setting_int("n_subsets", self.n_subsets, 3)
+        setting_choice("baseline", self.baseline, BASELINES)
+        setting_choice("score", self.score, SCORES)
+        setting_choice("map", self.map, MAPS)
+        setting_int("batch_size", self.batch_size, 1, optional=True)
+
+
+@register_metric("faithfulness_correlation", settings=CorrelationSettings, direction="up",
+                 citation="Bhatt, Weller & Moura 2020 (arXiv:2005.00631); Quantus "
+                          "FaithfulnessCorrelation")
+def _correlation_records(unit, settings: CorrelationSettings) -> list[dict]:
+    """Faithfulness correlation: Pearson r between the map's sums over random pixel subsets and
+    the score drops when the subsets are removed; higher is better."""
+    saliency, used = unit_map(unit, settings.map)
+    result = faithfulness_correlation(
+        unit.model, unit.x, saliency, unit.target, subset_size=settings.subset_size,
+        n_subsets=settings.n_subsets, baseline=settings.baseline, score=settings.score,
+        seed=unit.seed, ids=list(unit.ids), batch_size=settings.batch_size)
+    return [{"image_id": i, "value": defined(v), "status": status, "map": used}
+            for i, v, status in zip(unit.ids, result.values.tolist(), result.status, strict=True)]

@@ -1,0 +1,366 @@
+"""Infidelity (Yeh, Hsieh, Suggala, Inouye & Ravikumar, NeurIPS 2019, "On the (In)fidelity and
+Sensitivity of Explanations"; reference code ``chihkuanyeh/saliency_evaluation``,
+``infid_sen_utils.py``: ``get_exp_infid``, ``set_zero_infid``, ``get_imageset``).
+
+Definition: INFD(phi, f, x) = E_I[(I^T phi - (f(x) - f(x - I)))^2], the mean squared error between
+the explanation's prediction of the score change, I^T phi, and the actual change, over random
+perturbations I. Lower is better. ``f`` is the target's logit (the reference scores ``out[:,
+label]``, the model's raw output; ``score="prob"`` for the softmax probability).
+
+Optimal scaling (the reference, "performs optimal scaling for each explanation before calculating
+the infidelity score"): with e = I^T phi and d = f(x) - f(x - I) over the drawn perturbations,
+beta = mean(d * e) / mean(e^2) and the value is mean((d - beta * e)^2), so an explanation is not
+penalised for its scale (a map and 3 x the map score the same). ``scaling=False`` gives the plain
+mean((d - e)^2): that is Captum's ``infidelity`` default (``normalize=False``; ``normalize=True``
+is this scaling). Both are returned (``scaled``, ``unscaled``) with ``beta``; ``values`` is the
+one ``scaling`` selects. We follow the reference (scaling on): saliency maps have no common unit,
+so without the scaling infidelity mostly measures a map's scale. When mean(e^2) = 0 (a zero map)
+beta is 0 and the value is mean(d^2) (Captum's ``safe_div`` gives the same; the reference divides
+0 by 0).
+
+Perturbations, as the reference draws them (its MNIST images are pixels in [0, 1]; ours are the
+model's normalised input x, so pixels p = x * std + mean, ``model_info(model)``):
+
+- ``gaussian`` (reference default, ``config.py``): every pixel of every channel is perturbed, with
+  z ~ N(0, 1): I_pix = clip(p - b + noise * z, p - 1, p) (``set_zero_infid``: ``randd = normal *
+  0.2 + x``, clipped to [x - 1, x]; the reference's baseline b is 0), so the perturbed image
+  p - I_pix = clip(b - noise * z, 0, 1) is noise around the baseline, clipped to valid pixels,
+  whatever the image. ``noise`` = 0.2 (reference) in pixel units; I = I_pix / std in the model's
+  units. Reference count: 10000 per image (``num = 10000``).
+- ``square``: a square of side s at (top, left) is set to the baseline in all channels, I is its
+  binary indicator (the reference's ``binary_I=True``). The reference uses every square of side
+  1..10 at every position (``get_imageset``: for side, for top, for left, row-major), one
+  perturbation each, equally weighted (its SHAP-kernel weights are computed and then overwritten
+  by ones). ``n_perturbations=None`` does exactly that; an integer draws that many distinct
+  squares uniformly from the same set (seeded; 224 x 224 has 481,885 squares of side 1..10).
+  Sampled estimates: the unscaled mean((d - e)^2) over a uniform sample without replacement is
+  an unbiased estimate of its value over all squares, but the scaled value is only consistent
+  (it converges as the count grows and equals it at the full count): beta is fitted on the same
+  draws it is scored on, so the estimate minimises the sampled mean and is biased low, by more
+  for small counts. The same holds for the Gaussian draws (the reference's 10000 make the bias
+  small). Compare scaled values only at equal counts.
+
+Caveat of the Gaussian perturbation on natural images: the perturbed image clip(b - noise z, 0,
+1) does not depend on the image, so d = f(x) - f(x - I) is nearly the same for every draw (one
+ImageNet photo, EfficientNet-Lite0, logit: mean 8.26, standard deviation 0.08). Any map whose e is
+nearly constant across draws (every non-negative map: e ~ sum phi * (p - b)) fits d's mean through
+beta and is left with d's variance, so Grad-CAM, |gradient|, a random map and an all-ones map
+all score about 0.006 on the sample photos, while the signed gradient (e: mean 2.7, standard
+deviation 4.8) cannot fit d's mean and scores 51-120. ``square`` perturbations are the ones that
+tell maps apart there.
+
+``baseline``: ``black`` (pixel value 0, the reference's zero on [0, 1] images; default), ``zero``
+(0 in the model's input space, the normalisation's mean colour: the harness's deletion substrate)
+or ``mean`` (the image's own channel means).
+
+I^T phi for our channel-reduced maps phi ``[N, H, W]``: ``gaussian``: sum over pixels of phi times
+the perturbation summed over channels, sum_hw phi_hw sum_c I_chw (Quantus broadcasts a 2-D map
+over channels, the same product); ``square``: the sum of phi over the square (binary I).
+
+Which map makes infidelity exactly 0 for an exactly linear model f(x) = sum W_chw x_chw + b:
+
+- ``square``: d = sum over the square of sum_c W_chw (x_chw - beta_c) (beta the baseline in model
+  space) and e = sum over the square of phi_hw; equal for every square (1x1 squares included) iff
+  phi_hw = sum_c W_chw (x_chw - beta_c): the signed channel sum of gradient x (input - baseline).
+  With ``baseline="zero"`` that is the signed channel sum of gradient x input (the method
+  ``grad_x_input``, ``signed=True``); with ``black`` it is gradient x input computed in pixel space,
+  which is what the reference pairs with squares (``expl * image`` on its pixel-space model).
+- ``gaussian``: d = sum W_chw I_chw and e = sum_hw phi_hw sum_c I_chw agree for every I only if
+  W_chw = k * phi_hw for all c: exact for models whose weights do not depend on the channel (phi
+  the gradient of any channel, or their sum); for other linear models no [H, W] map is exact (the
+  reference's MNIST has one channel, where the plain gradient is exact).
+
+Which map the registered metric (``infidelity`` in ``METRICS``) reads: the method's signed map
+where it has one (``unit.signed_maps``), else its own map, and each record says which (``map``:
+``signed`` / ``absolute``). I^T phi predicts a signed score change, and every exact map above is
+signed; a non-negative map (|gradient|) predicts no score increase, so it is penalised for the
+lost signs (the test with the channel-free model shows it). ``map: absolute`` in the settings
+scores the method's own map instead.
+
+Peers: Captum ``infidelity`` takes a user ``perturb_func``, attributions shaped like the input, 10
+perturbations by default and no scaling by default. Quantus ``Infidelity`` (0.6): the
+non-overlapping 4 x 4 blocks of a fixed grid (``perturb_patch_sizes=[4]``) in raster order, set
+to ``black`` (the input's minimum) cumulatively (perturbation j has blocks 1..j removed), I^T phi
+= the map broadcast over channels times x - x', 10 samples (identical with its deterministic
+default baseline), softmax off, no scaling. We follow the reference: its perturbations, its
+counts, its scaling, the logit.
+
+Determinism: image i draws from ``image_generator(seed, ids[i] or i, salt="infidelity")`` on the
+CPU, one perturbation at a time in order (Gaussian noise ``[C, H, W]`` in float32; for sampled
+squares one ``randperm`` first), so its value does not depend on the batch, the chunking or the
+device. Perturbed inputs are built on the model's device and scored ``batch_size`` at a time.
+
+Memory: images are scored in passes of max(1, batch_size // count) whole images, and only the
+pass's e and f(x - I) (float64, ``[images in the pass, count]``) are kept, so memory grows with
+``batch_size`` and the count, not with the number of images (every square of a 224 x 224 image:
+481,885 perturbations, about 8 MB per pass; no full permutation is kept for sampled squares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from harness.metrics._common import (
+    MAPS,
+    SCORES,
+    baseline_fill,
+    check_choice,
+    check_int,
+    clean_scores,
+    image_key,
+    pixel_scale,
+    resolve_batch_size,
+    score_stream,
+    setting_choice,
+    setting_int,
+    setting_number,
+    unit_map,
+    validate_maps,
+)
+from harness.metrics.registry import register_metric
+from harness.seeding import image_generator
+
+PERTURBATIONS = ("gaussian", "square")
+BASELINES = ("black", "zero", "mean")
+REFERENCE_GAUSSIAN_COUNT = 10_000
+REFERENCE_SQUARE_SIZES = tuple(range(1, 11))
+
+
+@dataclass(frozen=True)
+class InfidelityResult:
+    """Per-image infidelity ``values`` ``[N]`` (``scaled`` if ``scaling`` else ``unscaled``),
+    both forms ``[N]``, the optimal scale ``beta`` ``[N]``, and the settings used."""
+
+    values: torch.Tensor
+    scaled: torch.Tensor
+    unscaled: torch.Tensor
+    beta: torch.Tensor
+    n_perturbations: int
+    perturbation: str
+    baseline: str
+    noise: float
+    square_sizes: tuple[int, ...]
+    score: str
+    scaling: bool
+
+
+def square_count(height: int, width: int, sizes: Sequence[int] = REFERENCE_SQUARE_SIZES) -> int:
+    """Number of squares of the given sides at every position: sum (H - s + 1) (W - s + 1) over
+    the sides that fit in the image (a larger side has no position)."""
+    return sum(max(height - s + 1, 0) * max(width - s + 1, 0) for s in sizes)
+
+
+def squares(index: torch.Tensor, height: int, width: int,
+            sizes: Sequence[int] = REFERENCE_SQUARE_SIZES
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(side, top, left) ``[K]`` of squares by their index in the reference's enumeration order
+    (``get_imageset``: for each side, for each top row, for each left column)."""
+    sides = torch.tensor(list(sizes), dtype=torch.long, device=index.device)
+    counts = (height - sides + 1).clamp(min=0) * (width - sides + 1).clamp(min=0)
+    ends = counts.cumsum(0)
+    which = torch.searchsorted(ends, index, right=True)
+    local = index - (ends - counts)[which]
+    columns = width - sides[which] + 1
+    return sides[which], local // columns, local % columns
+
+
+def _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline, score,
+                    height, width) -> tuple[int, tuple[int, ...]]:
+    check_choice("perturbation", perturbation, PERTURBATIONS)
+    check_choice("baseline", baseline, BASELINES)
+    check_choice("score", score, SCORES)
+    if not isinstance(noise, int | float) or not 0 < float(noise) < float("inf"):
+        raise ValueError(f"noise must be a finite number > 0, got {noise!r}")
+    sizes = tuple(square_sizes)
+    for side in sizes:
+        check_int("square_sizes entry", side, 1)
+    if not sizes or len(set(sizes)) != len(sizes) or min(sizes) > min(height, width):
+        raise ValueError(f"square_sizes must be distinct sides, at least one fitting the "
+                         f"{height} x {width} image, got {square_sizes!r}")
+    if perturbation == "gaussian":
+        count = REFERENCE_GAUSSIAN_COUNT if n_perturbations is None else n_perturbations
+        return check_int("n_perturbations", count, 1), sizes
+    total = square_count(height, width, sizes)
+    count = total if n_perturbations is None else n_perturbations
+    return check_int("n_perturbations", count, 1, total), sizes
+
+
+def _integral(saliency: torch.Tensor) -> torch.Tensor:
+    """Zero-padded summed-area tables ``[N, H + 1, W + 1]`` (float64) of the maps."""
+    table = saliency.double().cumsum(1).cumsum(2)
+    return torch.nn.functional.pad(table, (1, 0, 1, 0))
+
+
+def infidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
+               perturbation: str = "gaussian", n_perturbations: int | None = None,
+               noise: float = 0.2, square_sizes: Sequence[int] = REFERENCE_SQUARE_SIZES,
+               baseline: str = "black", score: str = "logit", scaling: bool = True,
+               seed: int = 0, ids: Sequence[str] | None = None,
+               batch_size: int | None = None) -> InfidelityResult:
+    """Infidelity of maps ``saliency`` ``[N, H, W]`` for inputs ``x`` ``[N, C, H, W]`` (the model's
+    normalised input) and classes ``target`` ``[N]``; lower is better. See the module docstring
+    for the definition, the perturbations and the peers.
+
+    ``n_perturbations``: None = the reference's count (10000 Gaussian draws; every square of the
+    ``square_sizes``), or an integer. ``batch_size`` perturbed inputs per forward (default 8 on the
+    CPU, 256 on accelerators)."""
+    target = validate_maps(x, saliency, target, ids)
+    n_images, _, height, width = x.shape
+    count, sizes = _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline,
+                                   score, height, width)
+    batch_size = resolve_batch_size(batch_size, x.device)
+    x = x.detach()
+    maps = saliency.detach().to(x.device)
+    mean, std = pixel_scale(model, x)
+    fill = baseline_fill(baseline, x, mean, std, BASELINES)  # [N, C, 1, 1]
+    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
+    setting = _Setting(perturbation, count, float(noise), sizes, score, batch_size, mean, std)
+    scaled = torch.empty(n_images, dtype=torch.float64)
+    unscaled = torch.empty(n_images, dtype=torch.float64)
+    beta = torch.empty(n_images, dtype=torch.float64)
+    group = max(1, batch_size // count)  # whole images per scoring pass: memory O(batch + count)
+    for start in range(0, n_images, group):
+        images = range(start, min(start + group, n_images))
+        explained, perturbed = _group_scores(model, x, maps, target, fill, images, setting, seed,
+                                             ids)
+        drop = clean[start:images.stop, None] - perturbed  # d = f(x) - f(x - I)
+        power = (explained ** 2).mean(1)
+        fitted = torch.where(power > 0, (drop * explained).mean(1) / power.where(power > 0, 1.0),
+                             0.0)
+        beta[start:images.stop] = fitted
+        scaled[start:images.stop] = ((drop - fitted[:, None] * explained) ** 2).mean(1)
+        unscaled[start:images.stop] = ((drop - explained) ** 2).mean(1)
+    return InfidelityResult(scaled if scaling else unscaled, scaled, unscaled, beta, count,
+                            perturbation, baseline, float(noise), sizes, score, bool(scaling))
+
+
+@dataclass(frozen=True)
+class _Setting:
+    perturbation: str
+    count: int
+    noise: float
+    sizes: tuple[int, ...]
+    score: str
+    batch_size: int
+    mean: torch.Tensor  # [1, C, 1, 1]
+    std: torch.Tensor
+
+
+def _group_scores(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
+                  fill: torch.Tensor, images: range, setting: _Setting, seed: int,
+                  ids: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """e = I^T phi and f(x - I) ``[len(images), count]`` (float64, CPU) for the images of one
+    scoring pass, each image's perturbations drawn from its own generator, in order."""
+    _, channels, height, width = x.shape
+    count, mean, std = setting.count, setting.mean, setting.std
+    generators = {i: image_generator(seed, image_key(ids, i), salt="infidelity") for i in images}
+    explained = torch.empty(len(images), count, dtype=torch.float64)
+    if setting.perturbation == "square":
+        total = square_count(height, width, setting.sizes)
+        # every square in the reference's order, or a seeded sample of distinct squares (the
+        # slice is cloned so the full permutation is not kept alive)
+        chosen = {i: None if count == total else
+                  torch.randperm(total, generator=generators[i])[:count].clone() for i in images}
+        tables = {i: _integral(maps[i:i + 1])[0] for i in images}
+
+    def build(begin: int, end: int) -> torch.Tensor:
+        inputs = []
+        for local in range(begin // count, (end - 1) // count + 1):
+            image = images[local]
+            first = max(begin, local * count) - local * count
+            last = min(end, (local + 1) * count) - local * count
+            if setting.perturbation == "gaussian":
+                z = torch.stack([torch.randn((channels, height, width), dtype=torch.float32,
+                                             generator=generators[image])
+                                 for _ in range(first, last)]).to(x.device, x.dtype)
+                pixels = x[image] * std + mean
+                base_pixels = fill[image] * std + mean
+                removed = torch.minimum(pixels, torch.maximum(pixels - 1, pixels - base_pixels
+                                                              + setting.noise * z))
+                perturbation_model = removed / std  # I in the model's input space
+                chunk = x[image] - perturbation_model
+                e = (perturbation_model.sum(1).double() * maps[image].double()).sum((1, 2))
+            else:
+                index = (torch.arange(first, last) if chosen[image] is None
+                         else chosen[image][first:last]).to(x.device)
+                side, top, left = squares(index, height, width, setting.sizes)
+                rows = torch.arange(height, device=x.device)
+                cols = torch.arange(width, device=x.device)
+                in_rows = (rows >= top[:, None]) & (rows < (top + side)[:, None])
+                in_cols = (cols >= left[:, None]) & (cols < (left + side)[:, None])
+                inside = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+                chunk = torch.where(inside, fill[image], x[image])
+                table = tables[image]
+                e = (table[top + side, left + side] - table[top, left + side]
+                     - table[top + side, left] + table[top, left])
+            explained[local, first:last] = e.cpu()
+            inputs.append(chunk)
+        return torch.cat(inputs)
+
+    owners = torch.arange(images.start, images.stop).repeat_interleave(count)
+    perturbed = score_stream(model, owners, build, target, score=setting.score,
+                             batch_size=setting.batch_size, ids=ids)
+    return explained, perturbed.view(len(images), count)
+
+
+# ----------------------------------------------------------------------------- registry entry
+
+
+@dataclass(frozen=True)
+class InfidelitySettings:
+    """Settings of ``infidelity`` (defaults: the reference's: 10000 Gaussian draws of noise 0.2
+    around a black baseline, the target's logit, optimal scaling). ``n_perturbations`` None: the
+    reference's count (10000 Gaussian draws; every square of ``square_sizes``); a smaller integer
+    is the practical setting for large runs (each perturbation is one forward pass per image).
+    ``map``: ``signed`` (default) reads the method's signed map where it has one, else its own
+    map; ``absolute`` always its own map (see ``harness.metrics._common.unit_map``). Each record
+    says which (``map``). ``batch_size`` None: the device's default (8 on the CPU, 256 on CUDA).
+    The random draws use the experiment's seed and each image's id."""
+
+    perturbation: str = "gaussian"
+    n_perturbations: int | None = None
+    noise: float = 0.2
+    square_sizes: list = field(default_factory=lambda: list(REFERENCE_SQUARE_SIZES))
+    baseline: str = "black"
+    score: str = "logit"
+    scaling: bool = True
+    map: str = "signed"
+    batch_size: int | None = None
+    methods: list | None = None
+
+    def check(self) -> None:
+        setting_choice("perturbation", self.perturbation, PERTURBATIONS)
+        setting_int("n_perturbations", self.n_perturbations, 1, optional=True)
+        setting_number("noise", self.noise, low=0, inclusive=False)
+        sides = list(self.square_sizes)
+        if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                            for s in sides) or len(set(sides)) != len(sides):
+            raise ValueError(f"square_sizes: must be distinct integer sides >= 1, got "
+                             f"{self.square_sizes!r}")
+        setting_choice("baseline", self.baseline, BASELINES)
+        setting_choice("score", self.score, SCORES)
+        setting_choice("map", self.map, MAPS)
+        setting_int("batch_size", self.batch_size, 1, optional=True)
+
+
+@register_metric("infidelity", settings=InfidelitySettings, direction="down",
+                 citation="Yeh et al. 2019 (arXiv:1901.09392), chihkuanyeh/saliency_evaluation")
+def _infidelity_records(unit, settings: InfidelitySettings) -> list[dict]:
+    """Infidelity: mean squared error between the map's prediction of the score change under
+    random perturbations and the actual change (optimally scaled); lower is better."""
+    saliency, used = unit_map(unit, settings.map)
+    result = infidelity(unit.model, unit.x, saliency, unit.target,
+                        perturbation=settings.perturbation,
+                        n_perturbations=settings.n_perturbations, noise=settings.noise,
+                        square_sizes=settings.square_sizes, baseline=settings.baseline,
+                        score=settings.score, scaling=settings.scaling, seed=unit.seed,
+                        ids=list(unit.ids), batch_size=settings.batch_size)
+    return [{"image_id": i, "value": float(v), "scaled": float(a), "unscaled": float(b),
+             "beta": float(beta), "map": used, "n_perturbations": result.n_perturbations}
+            for i, v, a, b, beta in zip(unit.ids, result.values.tolist(), result.scaled.tolist(),
+                                        result.unscaled.tolist(), result.beta.tolist(),
+                                        strict=True)]
