@@ -17,6 +17,30 @@ from harness.metrics.causal import (
     perturbation_curves,
     pixel_ranks,
 )
+from harness.metrics.complexity import (
+    ComplexityResult,
+    complexity,
+    effective_complexity,
+    sparseness,
+)
+from harness.metrics.localisation import (
+    LocalisationResult,
+    PointingGameResult,
+    PointingGameSummary,
+    attribution_localisation,
+    pointing_game,
+    pointing_game_summary,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
+from harness.metrics.robustness import (
+    RobustnessResult,
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
+)
 from harness.metrics.registry import (
     METRICS,
     Metric,
@@ -35,4 +59,11 @@ __all__ = [
     "ABPCResult", "CurveResult", "METRICS", "Metric", "Unit", "abpc", "auc", "deletion",
     "get_metric", "gkern", "insertion", "lerf", "list_metrics", "list_substrates",
     "make_substrate", "morf", "perturbation_curves", "pixel_ranks", "register_metric",
+]
+__all__ += [  # robustness, localisation, complexity
+    "ComplexityResult", "LocalisationResult", "PointingGameResult", "PointingGameSummary",
+    "RobustnessResult", "attribution_localisation", "avg_sensitivity", "complexity",
+    "effective_complexity", "local_lipschitz_estimate", "max_sensitivity", "pointing_game",
+    "pointing_game_summary", "relative_input_stability", "relevance_mass_accuracy",
+    "relevance_rank_accuracy", "sparseness", "top_k_intersection",
 ]
