@@ -561,7 +561,7 @@ def imagefolder(*, root: str | os.PathLike, labels_file: str | os.PathLike | Non
 def pasted_objects(*, size: int = 24, paste_seed: int = 0,
                    model: str | torch.nn.Module | None = "efficientnet_lite0",
                    objects: Sequence[str] | None = None, backgrounds: Sequence[str] | None = None,
-                   canvas: int = 224, scale: Sequence[float] = (0.5, 1.0),
+                   canvas: int = 224, scale: Sequence[float] = (0.3, 0.7),
                    max_candidates: int | None = None) -> Dataset:
     """Objects cut from the bundled photos (cat, espresso, motorcycle, tripod, uniform)
     pasted at seeded positions and scales onto crops of bundled textures and photos; the object

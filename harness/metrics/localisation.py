@@ -28,11 +28,14 @@ Every metric returns float64 values ``[N]``, higher is better:
   "Towards Best Practice in Explaining Neural Network Decisions with LRP", IJCNN): mu = R_in /
   R_tot over positive relevance, i.e. the same quotient as relevance mass accuracy;
   ``weighted=True`` gives mu * (H*W) / |mask| (relevance density inside the mask relative to the
-  whole image: 1 for a uniform map). Quantus' ``weighted`` multiplies by |mask| / (H*W) instead,
-  uses ``abs=True`` by default and adds 1e-9 to the denominator.
+  whole image: 1 for a uniform map), our reading of the paper's size-weighted variant (the paper's
+  text was not at hand when this was written: check it before citing weighted numbers). Quantus'
+  ``weighted`` multiplies by |mask| / (H*W) instead, uses ``abs=True`` by default and adds 1e-9 to
+  the denominator.
 - Top-k intersection (Theiner, Müller-Budack & Ewerth 2022, "Interpretable Semantic Photo
-  Geolocation", WACV; Quantus ``TopKIntersection``): the fraction of the k highest-ranked pixels
-  (the binarised explanation) that lie in the mask, default k = 1000 (Quantus'); ties as above.
+  Geolocation", WACV, arXiv:2104.14995; Quantus ``TopKIntersection``): the fraction of the k
+  highest-ranked pixels (the binarised explanation) that lie in the mask, default k = 1000
+  (Quantus'); ties as above.
   ``concept_influence=True`` multiplies by (H*W) / |mask| (Quantus' option of that name).
 
 Bad input raises ``ValueError``: maps and masks of different shapes, a mask that is not boolean
