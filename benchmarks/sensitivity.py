@@ -33,7 +33,8 @@ def per_sample_loop(model, method, x, target, n_samples, radius, seed) -> torch.
     values = []
     for i in range(x.shape[0]):
         original = harness.saliency(method, model, x[i:i + 1], target[i:i + 1]).double()
-        deltas = draw_perturbations(x[i], n_samples, radius=radius, seed=seed, key=i)
+        deltas = draw_perturbations(x[i], n_samples, radius=radius, seed=seed, key=i,
+                                    pixel_std=model.harness_info.std)  # the default pixel units
         worst = -float("inf")
         for j in range(n_samples):
             perturbed = harness.saliency(method, model, x[i:i + 1] + deltas[j:j + 1],

@@ -68,9 +68,13 @@ class Sample:
 
 @dataclass(frozen=True)
 class Dataset:
+    """A named sequence of samples. ``filter_model``: the model whose predictions chose the images
+    (``pasted_objects`` keeps only what its filter model recognises), None if none did."""
+
     name: str
     samples: tuple[Sample, ...]
     class_names: tuple[str, ...] | None = None
+    filter_model: str | None = None
 
     def __post_init__(self) -> None:
         ids = [sample.id for sample in self.samples]
@@ -138,7 +142,7 @@ def subset(dataset: Dataset, *, limit: int | None, seed: int | None) -> Dataset:
     else:
         chosen = sorted(np.random.default_rng(seed).choice(len(dataset), limit, replace=False))
     samples = tuple(dataset.samples[i] for i in chosen)
-    return Dataset(dataset.name, samples, dataset.class_names)
+    return Dataset(dataset.name, samples, dataset.class_names, dataset.filter_model)
 
 
 # ----------------------------------------------------------------------------- image I/O
@@ -567,15 +571,22 @@ def pasted_objects(*, size: int = 24, paste_seed: int = 0,
     pasted at seeded positions and scales onto crops of bundled textures and photos; the object
     mask is known by construction. With ``model`` (default the bundled EfficientNet-Lite0) only
     images whose top-1 prediction is one of the object's classes are kept (label = that class),
-    until ``size`` images (from at most ``max_candidates``, default 10 * size). ``paste_seed``
+    until ``size`` images (from at most ``max_candidates``, default 10 * size); the dataset's
+    ``filter_model`` names it (the runner warns if it evaluates another model). ``paste_seed``
     fixes every draw. How it is made and its limits: ``harness.ground_truth``."""
     from harness import ground_truth
 
-    kept = ground_truth.pasted_samples(
+    kept, filter_model = ground_truth.pasted_samples(
         size=size, seed=paste_seed, model=model, canvas=canvas, scale=scale,
         objects=tuple(objects or ground_truth.OBJECTS), max_candidates=max_candidates,
         backgrounds=tuple(backgrounds or ground_truth.BACKGROUNDS))
-    return Dataset("pasted_objects", tuple(Sample(*item) for item in kept))
+    return Dataset("pasted_objects", tuple(Sample(*item) for item in kept),
+                   filter_model=filter_model)
+
+
+# ground truth for localisation metrics: pasted objects always, an image folder with ``boxes``
+MASKED_DATASETS["pasted_objects"] = lambda options: True
+MASKED_DATASETS["imagefolder"] = lambda options: options.get("boxes") is not None
 
 
 # ------------------------------------------------------------------------ saliency maps on disk

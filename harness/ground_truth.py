@@ -39,9 +39,12 @@ edges are hard (the model can see the seam); few objects (five) and backgrounds 
 non-object photos), so it tests localisation on a handful of appearances, not a distribution; the
 filter makes the kept set depend on the model (the default is the bundled EfficientNet-Lite0) and
 rejects the placements where that model does not recognise the object (some objects survive far
-more often than others); the filter runs on the CPU in fixed chunks of 8 candidates, so the kept
-set is reproducible on one machine, but a candidate whose top two classes are within float
-rounding of each other could flip on another BLAS.
+more often than others): the dataset records it (``Dataset.filter_model``, e.g.
+``efficientnet_lite0 (default)``) and the runner warns when the evaluated model differs, since
+then the images were chosen by another model's predictions; the filter runs on the CPU (a model
+on another device is copied there) in fixed chunks of 8 candidates, so the kept set is
+reproducible on one machine whatever the model's device, but a candidate whose top two classes
+are within float rounding of each other could flip on another BLAS.
 """
 
 from __future__ import annotations
@@ -304,14 +307,39 @@ def check_options(objects: Sequence[str], backgrounds: Sequence[str], canvas: in
 FILTER_CHUNK = 8
 
 
+def filter_model_name(model: torch.nn.Module) -> str:
+    """How a filter model is recorded in the dataset (``Dataset.filter_model``): its
+    ``harness_info`` name and weights, e.g. ``efficientnet_lite0 (default)``."""
+    from harness.models import model_info
+
+    info = model_info(model)
+    return f"{info.name} ({info.weights})"
+
+
+def _on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` if its parameters and buffers are on the CPU, else a CPU copy (the caller's model
+    is left where it is)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    import copy
+
+    return copy.deepcopy(model).cpu()
+
+
 def recognised(model: torch.nn.Module, images: Sequence[np.ndarray],
                classes: Sequence[tuple[int, ...]]) -> list[tuple[bool, int]]:
-    """(top-1 in the object's classes, top-1) per image, on the CPU in chunks of 8."""
+    """(top-1 in the object's classes, top-1) per image. Always on the CPU in chunks of 8 (a model
+    on another device is copied to the CPU for this), so that the kept set does not depend on
+    the device the model lives on."""
     from harness.data import preprocess
+    from harness.models import model_info
 
+    info = model_info(model)
+    model = _on_cpu(model)
     results = []
     for start in range(0, len(images), FILTER_CHUNK):
-        x = preprocess(images[start:start + FILTER_CHUNK], model.harness_info)
+        x = preprocess(images[start:start + FILTER_CHUNK], info)
         with torch.inference_mode():
             top = model(x).argmax(dim=1).tolist()
         results += [(label in accepted, label)
@@ -322,8 +350,10 @@ def recognised(model: torch.nn.Module, images: Sequence[np.ndarray],
 
 def pasted_samples(*, size: int, seed: int, model, objects: Sequence[str],
                    backgrounds: Sequence[str], canvas: int, scale: Sequence[float],
-                   max_candidates: int | None) -> list[tuple[str, int, Callable, Callable]]:
-    """(id, label, image loader, mask loader) of the first ``size`` kept candidates."""
+                   max_candidates: int | None
+                   ) -> tuple[list[tuple[str, int, Callable, Callable]], str | None]:
+    """(id, label, image loader, mask loader) of the first ``size`` kept candidates, and the
+    filter model's name (None without one)."""
     check_options(objects, backgrounds, canvas, scale, size)
     settings = (int(seed), tuple(objects), tuple(backgrounds), canvas, tuple(map(float, scale)))
     max_candidates = max_candidates or 10 * size
@@ -331,6 +361,7 @@ def pasted_samples(*, size: int, seed: int, model, objects: Sequence[str],
         from harness.models import load_model
 
         model = load_model(model)
+    filter_name = None if model is None else filter_model_name(model)
     kept = []
     for start in range(0, max_candidates, FILTER_CHUNK):
         indices = range(start, min(start + FILTER_CHUNK, max_candidates))
@@ -345,7 +376,7 @@ def pasted_samples(*, size: int, seed: int, model, objects: Sequence[str],
                 kept.append((f"{k:04d}-{name}-on-{background}", label,
                              partial(_part, settings, k, 0), partial(_part, settings, k, 1)))
         if len(kept) == size:
-            return kept
+            return kept, filter_name
     raise ValueError(f"pasted_objects: only {len(kept)} of {max_candidates} candidates were "
                      f"recognised by the model; lower size or raise max_candidates")
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 from scipy.stats import entropy as scipy_entropy
+from torch import nn
 
 import harness
 from harness import ground_truth, metrics
 from harness.data import load_masks, preprocess, preprocess_masks
-from harness.metrics.robustness import draw_perturbations
+from harness.metrics.robustness import draw_perturbations, max_normalised
 from harness.models import attach_info, prepare
 from tests.conftest import LinearModel, TinyCNN
 
@@ -48,13 +49,14 @@ def test_input_independent_map_has_zero_sensitivity(linear, cnn):
     assert torch.equal(result.values, torch.zeros(2, dtype=torch.float64))
 
 
-def expected_quotients(model, x, target, *, n_samples, radius, seed):
+def expected_quotients(model, x, target, *, n_samples, radius, seed, pixel_std):
     """Independent per-sample quotients for the signed gradient x input of the linear model:
     phi(x) = sum_c W[t, c] * x_c, so phi(x + d) - phi(x) = sum_c W[t, c] * d_c."""
     rows = []
     for i in range(x.shape[0]):
         weight = model.weight[target[i]].double()
-        deltas = draw_perturbations(x[i], n_samples, radius=radius, seed=seed, key=i).double()
+        deltas = draw_perturbations(x[i], n_samples, radius=radius, seed=seed, key=i,
+                                    pixel_std=pixel_std).double()
         base = (weight * x[i].double()).sum(0)
         change = (weight * deltas).sum(1)  # [n, H, W]
         sens = change.flatten(1).norm(dim=1) / base.norm()
@@ -67,11 +69,14 @@ def expected_quotients(model, x, target, *, n_samples, radius, seed):
     return [torch.stack(column) for column in zip(*rows, strict=True)]
 
 
-def test_robustness_closed_forms_on_a_linear_model(linear):
+@pytest.mark.parametrize("units", ["pixel", "input"])
+def test_robustness_closed_forms_on_a_linear_model(linear, units):
     x, target = inputs(2, 8), torch.tensor([2, 0])
     params = {"signed": True}
-    sens, lipschitz, ris = expected_quotients(linear, x, target, n_samples=5, radius=0.2, seed=3)
-    common = dict(method_params=params, n_samples=5, seed=3, batch_size=3)
+    std = linear.harness_info.std if units == "pixel" else None
+    sens, lipschitz, _ = expected_quotients(linear, x, target, n_samples=5, radius=0.2, seed=3,
+                                            pixel_std=std)
+    common = dict(method_params=params, n_samples=5, seed=3, batch_size=3, radius_units=units)
     result = metrics.max_sensitivity(linear, "grad_x_input", x, target, **common)
     torch.testing.assert_close(result.samples, sens, rtol=1e-5, atol=0)
     torch.testing.assert_close(result.values, sens.amax(1), rtol=1e-5, atol=0)
@@ -80,11 +85,37 @@ def test_robustness_closed_forms_on_a_linear_model(linear):
     estimate = metrics.local_lipschitz_estimate(linear, "grad_x_input", x, target, **common)
     torch.testing.assert_close(estimate.values, lipschitz.amax(1), rtol=1e-5, atol=0)
     stability = metrics.relative_input_stability(linear, "grad_x_input", x, target,
-                                                 radius=0.01, **common)
-    _, _, ris_small = expected_quotients(linear, x, target, n_samples=5, radius=0.01, seed=3)
+                                                 **{**common, "radius": 0.002})
+    _, _, ris_small = expected_quotients(linear, x, target, n_samples=5, radius=0.002, seed=3,
+                                         pixel_std=std)
     assert bool(stability.included.all())  # a radius this small keeps the predictions
     torch.testing.assert_close(stability.values, ris_small.amax(1), rtol=1e-5, atol=0)
     assert result.values.dtype == torch.float64 and result.settings["norm"] == "fro"
+    assert result.settings["radius_units"] == units
+    assert result.settings["pixel_std"] == (None if std is None else tuple(std))
+
+
+def test_the_default_radius_is_in_pixel_units_as_the_reference(linear):
+    """The reference perturbs [0, 1] pixels (ToTensor only): r = 0.2 there is r / std_c in the
+    normalised input, about 4.4 times the input-space ball for ImageNet's std."""
+    x, target = inputs(1, 8), torch.tensor([1])
+    common = dict(method_params={"signed": True}, n_samples=3)
+    pixel = metrics.local_lipschitz_estimate(linear, "grad_x_input", x, target, **common)
+    scaled = metrics.max_sensitivity(linear, "grad_x_input", x, target, **common)
+    std = torch.tensor(linear.harness_info.std)
+    inside = metrics.max_sensitivity(linear, "grad_x_input", x, target, radius_units="input",
+                                     **common)
+    # the same uniform draws, scaled per channel: the linear map's change scales likewise
+    deltas = draw_perturbations(x[0], 3, radius=0.2, seed=0, key=0)
+    weight = linear.weight[1].double()
+    base = (weight * x[0].double()).sum(0).norm()
+    expected = ((weight * deltas.double() / std.view(1, 3, 1, 1).double()).sum(1)
+                .flatten(1).norm(dim=1) / base)
+    torch.testing.assert_close(scaled.samples[0], expected, rtol=1e-5, atol=0)
+    assert float(scaled.values[0]) > 3 * float(inside.values[0])
+    assert pixel.settings["radius_units"] == "pixel"
+    with pytest.raises(ValueError, match="radius_units 'pixels' is not one of: pixel, input"):
+        metrics.max_sensitivity(linear, "vanilla", x, target, radius_units="pixels", n_samples=1)
 
 
 def test_perturbations_fill_the_linf_ball_in_input_or_pixel_units():
@@ -127,17 +158,71 @@ def test_robustness_is_seeded_and_independent_of_batch(linear, metric):
     assert not torch.equal(other.samples, batch.samples)
 
 
+@pytest.mark.parametrize("method, params", [("random", {}),
+                                            ("smoothgrad", {"n": 3, "batch_size": 4})])
+def test_stochastic_methods_give_the_same_values_at_any_batch_size(cnn, method, params):
+    """The review's finding: the random map had Max-Sensitivity 0 at batch_size 1 and 0.80 at 16
+    when its noise was seeded by batch position (sample 0 reused the clean map's noise). Seeded by
+    the image's values, every perturbed input gets noise of its own, at any batch size."""
+    x, target, ids = inputs(3, 16), torch.tensor([1, 4, 0]), ["a", "b", "c"]
+    common = dict(method_params=params, n_samples=4, ids=ids)
+    for metric in (metrics.max_sensitivity, metrics.avg_sensitivity):
+        one = metric(cnn, method, x, target, batch_size=1, **common)
+        many = metric(cnn, method, x, target, batch_size=16, **common)
+        torch.testing.assert_close(one.samples, many.samples, rtol=1e-6, atol=0)
+        torch.testing.assert_close(one.values, many.values, rtol=1e-6, atol=0)
+        assert bool((one.samples > 0).all())  # no sample reuses the clean map's noise
+    if method == "random":  # two independent U[0, 1) maps: ||r1 - r2|| / ||r1|| ~ sqrt(1/2)
+        assert bool((one.values > 0.6).all())
+
+
 def test_relative_input_stability_drops_samples_that_change_the_prediction(linear):
     x = inputs(3, 8)
     with torch.no_grad():
         target = linear(x).argmax(1)
-    result = metrics.relative_input_stability(linear, "grad_x_input", x, target, radius=2.0,
+    result = metrics.relative_input_stability(linear, "grad_x_input", x, target, radius=0.5,
                                               n_samples=8)
     assert 0 < int(result.kept.sum()) < 24  # a large ball changes some predictions
     for i in range(3):
         kept = result.samples[i][result.included[i]]
         expected = kept.max() if len(kept) else torch.tensor(float("nan"), dtype=torch.float64)
         torch.testing.assert_close(result.values[i], expected, equal_nan=True)
+    same = metrics.avg_sensitivity(linear, "grad_x_input", x, target, radius=0.5, n_samples=8,
+                                   same_prediction=True)  # Bhatt et al.'s neighbourhood N_r
+    assert torch.equal(same.included, result.included)
+    every = metrics.avg_sensitivity(linear, "grad_x_input", x, target, radius=0.5, n_samples=8)
+    assert bool(every.included.all()) and torch.equal(every.samples, same.samples)
+
+
+class SqrtBarrier(nn.Module):
+    """A linear model plus sqrt(x[:, 0, 0, 0] - 1): its gradient is NaN where that pixel < 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = LinearModel()
+
+    def forward(self, x):
+        return self.linear(x) + torch.sqrt(x[:, 0, 0, 0] - 1).unsqueeze(1)
+
+
+def test_nan_maps_name_the_image_and_sample():
+    model = prepare(attach_info(SqrtBarrier(), num_classes=4, input_size=8, cam_layer="linear"))
+    x = inputs(2, 8)
+    x[:, 0, 0, 0] = torch.tensor([3.0, 1.05])  # the clean maps are finite
+    with pytest.raises(ValueError, match=r"NaN/inf map for image b perturbed by sample \d"):
+        metrics.max_sensitivity(model, "vanilla", x, [0, 1], ids=["a", "b"], n_samples=8,
+                                radius_units="input")
+    x[1, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="NaN/inf map for image b$"):
+        metrics.max_sensitivity(model, "vanilla", x, [0, 1], ids=["a", "b"], n_samples=2)
+
+
+def test_max_normalisation_leaves_an_all_zero_map_unchanged():
+    maps = torch.zeros(2, 3, 3, dtype=torch.float64)
+    maps[1, 0, 0] = -4.0
+    normalised = max_normalised(maps)
+    assert torch.equal(normalised[0], maps[0])  # no 0 / 0 = NaN
+    assert float(normalised[1, 0, 0]) == -1.0 and torch.isfinite(normalised).all()
 
 
 def test_robustness_bad_input_is_named(linear):
@@ -149,7 +234,7 @@ def test_robustness_bad_input_is_named(linear):
     with pytest.raises(ValueError, match="norm 'l3'.*fro"):
         metrics.max_sensitivity(linear, "vanilla", x, target, norm="l3", n_samples=2)
     with pytest.raises(ValueError, match="pixel_std must hold 3"):
-        metrics.max_sensitivity(linear, "vanilla", x, target, pixel_std=(0.2, 0.2), n_samples=2)
+        draw_perturbations(x[0], 2, radius=0.2, pixel_std=(0.2, 0.2))
     with pytest.raises(ValueError, match="ids has 1 entries"):
         metrics.avg_sensitivity(linear, "vanilla", x, target, ids=["a"], n_samples=2)
     with pytest.raises(ValueError, match="radius"):

@@ -34,13 +34,6 @@ from harness.metrics.localisation import (
     relevance_rank_accuracy,
     top_k_intersection,
 )
-from harness.metrics.robustness import (
-    RobustnessResult,
-    avg_sensitivity,
-    local_lipschitz_estimate,
-    max_sensitivity,
-    relative_input_stability,
-)
 from harness.metrics.registry import (
     METRICS,
     Metric,
@@ -48,6 +41,13 @@ from harness.metrics.registry import (
     get_metric,
     list_metrics,
     register_metric,
+)
+from harness.metrics.robustness import (
+    RobustnessResult,
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
 )
 from harness.metrics.substrates import gkern, list_substrates, make_substrate
 

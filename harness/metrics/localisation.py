@@ -20,7 +20,9 @@ Every metric returns float64 values ``[N]``, higher is better:
   ground truth evaluation of neural network explanations", Information Fusion 81): R_within /
   R_total, the positive relevance inside the mask over the positive relevance in the image
   (negative values are set to 0; our maps are non-negative unless signed). Quantus'
-  ``RelevanceMassAccuracy`` divides the raw sums of max-normalised maps without clipping.
+  ``RelevanceMassAccuracy`` divides the raw sums without clipping, after ``normalise_by_max``
+  (on by default), which divides by the max |value| over the whole batch (all axes, batch
+  included); the quotient does not depend on that scale.
 - Relevance rank accuracy (Arras et al. 2022): with K = |mask|, the fraction of the K
   highest-ranked pixels that lie in the mask. Ties: lower flat index first (a stable sort, the
   harness' rule everywhere); Quantus uses ``np.argsort(-a)`` (not stable).
@@ -30,8 +32,13 @@ Every metric returns float64 values ``[N]``, higher is better:
   ``weighted=True`` gives mu * (H*W) / |mask| (relevance density inside the mask relative to the
   whole image: 1 for a uniform map), our reading of the paper's size-weighted variant (the paper's
   text was not at hand when this was written: check it before citing weighted numbers). Quantus'
-  ``weighted`` multiplies by |mask| / (H*W) instead, uses ``abs=True`` by default and adds 1e-9 to
-  the denominator.
+  ``AttributionLocalisation(weighted=True)`` multiplies mu by
+  ``size_bbox / x_batch[2:].size``: |mask| over the number of elements of the input batch from
+  its THIRD image on ((N - 2) * C * H * W: the slice is over the batch axis, not the spatial
+  ones), a factor that depends on the batch size and divides by zero for batches of one or two
+  images; it also uses ``abs=True`` and ``normalise=True`` (division by the batch's max |value|)
+  by default, clips negative values only with ``positive_attributions=True``, adds 1e-9 to the
+  denominator and returns NaN where mu > 1. We do not reproduce that factor.
 - Top-k intersection (Theiner, Müller-Budack & Ewerth 2022, "Interpretable Semantic Photo
   Geolocation", WACV, arXiv:2104.14995; Quantus ``TopKIntersection``): the fraction of the k
   highest-ranked pixels (the binarised explanation) that lie in the mask, default k = 1000
@@ -45,12 +52,14 @@ positive relevance gives NaN for the mass-based metrics (0 / 0).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from harness.metrics.causal import pixel_ranks
+from harness.metrics.registry import register_metric
 
 
 @dataclass(frozen=True)
@@ -226,3 +235,132 @@ def top_k_intersection(saliency: torch.Tensor, mask: torch.Tensor, *, k: int = 1
         values = values * n_pixels / mask.reshape(mask.shape[0], -1).sum(dim=1).double()
     return LocalisationResult("top_k_intersection", values.cpu(),
                               {"k": k, "concept_influence": concept_influence})
+
+
+# ----------------------------------------------------------------------------- registry entries
+#
+# Each entry reads the unit's maps and its ground-truth masks (``needs=("maps", "masks")``: config
+# validation refuses these metrics on a dataset without masks, ``harness.data.has_masks``; the
+# runner loads the masks with ``harness.data.load_masks``). Records are per image.
+
+
+def _unit_masks(unit) -> torch.Tensor:
+    if unit.masks is None:
+        raise ValueError("localisation metrics need ground-truth masks; datasets with masks: "
+                         "pasted_objects, imagefolder with boxes=FOLDER")
+    return unit.masks
+
+
+def _value_records(unit, values: torch.Tensor, reason: str) -> list[dict]:
+    records = []
+    for image_id, value in zip(unit.ids, values.tolist(), strict=True):
+        record = {"image_id": image_id, "value": value if math.isfinite(value) else None}
+        if not math.isfinite(value):
+            record["status"] = f"undefined: {reason}"
+        records.append(record)
+    return records
+
+
+@dataclass(frozen=True)
+class PointingGameSettings:
+    """``tolerance`` in pixels of the maps' resolution (TorchRay's 15; 0: the maximum itself must
+    lie in the mask)."""
+
+    tolerance: int = 15
+    methods: list | None = None
+
+    def check(self) -> None:
+        if not isinstance(self.tolerance, int) or self.tolerance < 0:
+            raise ValueError(f"tolerance: must be an integer >= 0 (pixels), got "
+                             f"{self.tolerance!r}")
+
+
+@register_metric("pointing_game", settings=PointingGameSettings, direction="up",
+                 citation="Zhang et al. 2016 (ECCV, arXiv:1608.00507); TorchRay "
+                          "benchmark/pointing_game.py", needs=("maps", "masks"))
+def _pointing_records(unit, settings: PointingGameSettings) -> list[dict]:
+    """Pointing game: 1 if the map's maximum lies within ``tolerance`` pixels of the object mask,
+    else 0.
+
+    Each record carries the image's ``class`` (its dataset label, else the class explained) and
+    the ``point`` (row, column). The table's column is the hit rate over IMAGES; TorchRay reports
+    the mean over classes of the per-class hit rate, which ``pointing_game_summary(values,
+    classes)`` computes from these records (the two agree when every class has as many images).
+    """
+    result = pointing_game(unit.maps, _unit_masks(unit), tolerance=settings.tolerance,
+                           ids=list(unit.ids))
+    classes = unit.label_tensor.tolist()
+    return [{"image_id": image_id, "value": float(value), "class": int(label),
+             "point": [int(v) for v in point]}
+            for image_id, value, label, point in zip(unit.ids, result.values.tolist(), classes,
+                                                     result.points.tolist(), strict=True)]
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """No parameters beyond the methods to score (the metric's definition has none)."""
+
+    methods: list | None = None
+
+
+_ARRAS = "Arras, Osman & Samek 2022 (Information Fusion 81, arXiv:2003.07258)"
+
+
+@register_metric("relevance_mass_accuracy", settings=MaskSettings, direction="up",
+                 citation=_ARRAS, needs=("maps", "masks"))
+def _mass_records(unit, settings: MaskSettings) -> list[dict]:
+    """Relevance mass accuracy: the share of the map's positive relevance inside the mask."""
+    result = relevance_mass_accuracy(unit.maps, _unit_masks(unit), ids=list(unit.ids))
+    return _value_records(unit, result.values, "the map has no positive relevance")
+
+
+@register_metric("relevance_rank_accuracy", settings=MaskSettings, direction="up",
+                 citation=_ARRAS, needs=("maps", "masks"))
+def _rank_records(unit, settings: MaskSettings) -> list[dict]:
+    """Relevance rank accuracy: the share of the |mask| highest-ranked pixels inside the mask."""
+    result = relevance_rank_accuracy(unit.maps, _unit_masks(unit), ids=list(unit.ids))
+    return _value_records(unit, result.values, "not finite")
+
+
+@dataclass(frozen=True)
+class AttributionLocalisationSettings:
+    """``weighted``: multiply by (H*W) / |mask| (our reading of the size-weighted variant; off by
+    default, Kohlbrenner et al.'s mu)."""
+
+    weighted: bool = False
+    methods: list | None = None
+
+
+@register_metric("attribution_localisation", settings=AttributionLocalisationSettings,
+                 direction="up", citation="Kohlbrenner et al. 2020 (IJCNN, arXiv:1910.09840)",
+                 needs=("maps", "masks"))
+def _attribution_records(unit, settings: AttributionLocalisationSettings) -> list[dict]:
+    """Attribution localisation: positive relevance inside the mask over the positive relevance
+    in the image."""
+    result = attribution_localisation(unit.maps, _unit_masks(unit), weighted=settings.weighted,
+                                      ids=list(unit.ids))
+    return _value_records(unit, result.values, "the map has no positive relevance")
+
+
+@dataclass(frozen=True)
+class TopKSettings:
+    """``k`` highest-ranked pixels (Quantus' 1000; at most H*W, checked against the model's input
+    before the run); ``concept_influence`` multiplies by (H*W) / |mask| (Quantus' option)."""
+
+    k: int = 1000
+    concept_influence: bool = False
+    methods: list | None = None
+
+    def check(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k: must be an integer >= 1 (pixels), got {self.k!r}")
+
+
+@register_metric("top_k_intersection", settings=TopKSettings, direction="up",
+                 citation="Theiner, Müller-Budack & Ewerth 2022 (WACV, arXiv:2104.14995); "
+                          "Quantus TopKIntersection", needs=("maps", "masks"))
+def _top_k_records(unit, settings: TopKSettings) -> list[dict]:
+    """Top-k intersection: the share of the k highest-ranked pixels inside the mask."""
+    result = top_k_intersection(unit.maps, _unit_masks(unit), k=settings.k,
+                                concept_influence=settings.concept_influence, ids=list(unit.ids))
+    return _value_records(unit, result.values, "not finite")
