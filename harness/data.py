@@ -3,7 +3,9 @@
 Registered datasets (``load_dataset(name, **options)``):
 - ``samples``: real photos that ship offline with scikit-image and matplotlib;
 - ``cs231n_npz``: the cs231n ``imagenet_val_25.npz`` file the seed notebook used;
-- ``imagefolder``: an ImageNet-val-style folder (class subfolders, or a flat folder + labels file).
+- ``imagefolder``: an ImageNet-val-style folder (class subfolders, or a flat folder + labels file),
+  optionally with per-image VOC-format bounding boxes as ground-truth masks;
+- ``pasted_objects``: bundled objects pasted onto bundled backgrounds, masks known by construction.
 
 Every dataset is a sorted, deterministic sequence of ``Sample``s; ``limit`` and ``seed`` pick a
 subset (the first ``limit``, or a seeded random choice kept in sorted order). Images load lazily.
@@ -36,11 +38,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: a stable ``id``, its ``label`` (class index or None) and a lazy loader."""
+    """One image: a stable ``id``, its ``label`` (class index or None) and a lazy loader; where
+    the dataset has ground truth, a lazy ``mask_loader`` of the object mask."""
 
     id: str
     label: int | None
     loader: Callable[[], np.ndarray]
+    mask_loader: Callable[[], np.ndarray] | None = None
 
     def load(self) -> np.ndarray:
         """The image as uint8 ``[H, W, 3]`` RGB; a loading error names the image."""
@@ -51,12 +55,26 @@ class Sample:
                 raise
             raise ValueError(f"image {self.id!r}: {error}") from None
 
+    def mask(self) -> np.ndarray | None:
+        """The ground-truth object mask as bool ``[H, W]`` (the image's size), or None."""
+        if self.mask_loader is None:
+            return None
+        mask = np.asarray(self.mask_loader())
+        if mask.ndim != 2 or mask.dtype != bool:
+            raise ValueError(f"mask of image {self.id!r} must be bool [H, W], got {mask.dtype} "
+                             f"{mask.shape}")
+        return mask
+
 
 @dataclass(frozen=True)
 class Dataset:
+    """A named sequence of samples. ``filter_model``: the model whose predictions chose the images
+    (``pasted_objects`` keeps only what its filter model recognises), None if none did."""
+
     name: str
     samples: tuple[Sample, ...]
     class_names: tuple[str, ...] | None = None
+    filter_model: str | None = None
 
     def __post_init__(self) -> None:
         ids = [sample.id for sample in self.samples]
@@ -124,7 +142,7 @@ def subset(dataset: Dataset, *, limit: int | None, seed: int | None) -> Dataset:
     else:
         chosen = sorted(np.random.default_rng(seed).choice(len(dataset), limit, replace=False))
     samples = tuple(dataset.samples[i] for i in chosen)
-    return Dataset(dataset.name, samples, dataset.class_names)
+    return Dataset(dataset.name, samples, dataset.class_names, dataset.filter_model)
 
 
 # ----------------------------------------------------------------------------- image I/O
@@ -258,6 +276,52 @@ def preprocess(images: Sequence[np.ndarray], info: ModelInfo, *,
 def crop_pixels(images: Sequence[np.ndarray], info: ModelInfo) -> np.ndarray:
     """The resized, centre-cropped uint8 images ``[N, S, S, 3]`` the model sees (for figures)."""
     return np.stack([resize_and_crop(image, info.resize_size, info.input_size) for image in images])
+
+
+def resize_and_crop_mask(mask: np.ndarray, resize_size: int, crop_size: int) -> np.ndarray:
+    """The geometry of ``resize_and_crop`` applied to a bool mask ``[H, W]`` with nearest-neighbour
+    resampling (PIL ``NEAREST``): the mask lands on the pixels of the preprocessed image."""
+    mask = np.asarray(mask, dtype=bool)
+    pil = Image.fromarray(mask.astype(np.uint8) * 255)
+    width, height = pil.size
+    if min(width, height) != resize_size:  # the same sizes as resize_and_crop
+        if width <= height:
+            new = (resize_size, int(resize_size * height / width))
+        else:
+            new = (int(resize_size * width / height), resize_size)
+        pil = pil.resize(new, Image.NEAREST)
+    width, height = pil.size
+    if width < crop_size or height < crop_size:
+        raise ValueError(f"mask of {width}x{height} is smaller than the crop {crop_size}")
+    left = int(round((width - crop_size) / 2.0))
+    top = int(round((height - crop_size) / 2.0))
+    return np.asarray(pil.crop((left, top, left + crop_size, top + crop_size))) > 127
+
+
+def preprocess_masks(masks: Sequence[np.ndarray], info: ModelInfo, *,
+                     device: str | torch.device = "cpu") -> torch.Tensor:
+    """bool masks ``[H, W]`` (each its image's size) -> ``[N, S, S]`` bool on ``device``, resized
+    and centre-cropped exactly as ``preprocess`` does the images (nearest-neighbour)."""
+    crops = [resize_and_crop_mask(mask, info.resize_size, info.input_size) for mask in masks]
+    return torch.from_numpy(np.stack(crops)).to(device)
+
+
+def load_masks(samples: Sequence[Sample], info: ModelInfo, *,
+               device: str | torch.device = "cpu") -> torch.Tensor:
+    """The ground-truth masks of ``samples`` in the model's input geometry, bool ``[N, S, S]``.
+    A sample without a mask, or whose mask is cropped away, raises ``ValueError`` naming it
+    before any mask is preprocessed (localisation metrics need ground truth for every image)."""
+    missing = [sample.id for sample in samples if sample.mask_loader is None]
+    if missing:
+        raise ValueError(f"image {missing[0]!r} ({len(missing)} of {len(samples)}) has no "
+                         "ground-truth mask; datasets with masks: pasted_objects, imagefolder "
+                         "with boxes=FOLDER")
+    masks = preprocess_masks([sample.mask() for sample in samples], info, device=device)
+    empty = (~masks.flatten(1).any(dim=1)).nonzero()
+    if len(empty):
+        raise ValueError(f"the mask of image {samples[int(empty[0, 0])].id!r} is empty after "
+                         "resizing and centre-cropping to the model's input")
+    return masks
 
 
 def resolve_targets(model: torch.nn.Module, x: torch.Tensor, labels: Sequence[int | None],
@@ -456,11 +520,16 @@ def first_line(path: Path) -> int:
 
 
 @register(DATASETS, "dataset", "imagefolder")
-def imagefolder(*, root: str | os.PathLike,
-                labels_file: str | os.PathLike | None = None) -> Dataset:
+def imagefolder(*, root: str | os.PathLike, labels_file: str | os.PathLike | None = None,
+                boxes: str | os.PathLike | None = None, box_classes: str = "label") -> Dataset:
     """An image folder. With class subfolders (ImageNet's ``val/n01440764/*.JPEG`` layout) the
     label is the subfolder's index in sorted order (the standard ImageNet index for WordNet ids).
-    A flat folder takes labels from ``labels_file`` (``filename label`` lines) or has none."""
+    A flat folder takes labels from ``labels_file`` (``filename label`` lines) or has none.
+
+    ``boxes``: a folder of PASCAL-VOC-format XML files, one per image with the image's file stem
+    (ImageNet's official validation boxes, ``ILSVRC2012_val_00000001.xml``); each sample's mask is
+    the union of the boxes of its class (``box_classes="label"``: the box ``<name>`` equals the
+    class subfolder's WordNet id) or of all its boxes (``"all"``). See ``harness.ground_truth``."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"imagefolder: root {str(root)!r} is not a folder")
@@ -482,9 +551,42 @@ def imagefolder(*, root: str | os.PathLike,
     if not items:
         raise ValueError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                          f"under {str(root)!r}")
-    chosen = tuple(Sample(image_id, label, partial(read_image, path))
-                   for image_id, path, label in items)
+    masks = [None] * len(items)
+    if boxes is not None:
+        from harness.ground_truth import box_mask_loaders
+
+        masks = box_mask_loaders(boxes, items, class_names, box_classes)
+    chosen = tuple(Sample(image_id, label, partial(read_image, path), mask)
+                   for (image_id, path, label), mask in zip(items, masks, strict=True))
     return Dataset("imagefolder", chosen, class_names)
+
+
+@register(DATASETS, "dataset", "pasted_objects")
+def pasted_objects(*, size: int = 24, paste_seed: int = 0,
+                   model: str | torch.nn.Module | None = "efficientnet_lite0",
+                   objects: Sequence[str] | None = None, backgrounds: Sequence[str] | None = None,
+                   canvas: int = 224, scale: Sequence[float] = (0.3, 0.7),
+                   max_candidates: int | None = None) -> Dataset:
+    """Objects cut from the bundled photos (cat, espresso, motorcycle, tripod, uniform)
+    pasted at seeded positions and scales onto crops of bundled textures and photos; the object
+    mask is known by construction. With ``model`` (default the bundled EfficientNet-Lite0) only
+    images whose top-1 prediction is one of the object's classes are kept (label = that class),
+    until ``size`` images (from at most ``max_candidates``, default 10 * size); the dataset's
+    ``filter_model`` names it (the runner warns if it evaluates another model). ``paste_seed``
+    fixes every draw. How it is made and its limits: ``harness.ground_truth``."""
+    from harness import ground_truth
+
+    kept, filter_model = ground_truth.pasted_samples(
+        size=size, seed=paste_seed, model=model, canvas=canvas, scale=scale,
+        objects=tuple(objects or ground_truth.OBJECTS), max_candidates=max_candidates,
+        backgrounds=tuple(backgrounds or ground_truth.BACKGROUNDS))
+    return Dataset("pasted_objects", tuple(Sample(*item) for item in kept),
+                   filter_model=filter_model)
+
+
+# ground truth for localisation metrics: pasted objects always, an image folder with ``boxes``
+MASKED_DATASETS["pasted_objects"] = lambda options: True
+MASKED_DATASETS["imagefolder"] = lambda options: options.get("boxes") is not None
 
 
 # ------------------------------------------------------------------------ saliency maps on disk

@@ -30,7 +30,15 @@ import torch
 import yaml
 
 from harness.config import ConfigError, ExperimentConfig
-from harness.data import Dataset, load_dataset, load_maps, preprocess, resolve_targets, save_maps
+from harness.data import (
+    Dataset,
+    load_dataset,
+    load_maps,
+    load_masks,
+    preprocess,
+    resolve_targets,
+    save_maps,
+)
 from harness.io import RecordStore, RunLock, atomic_write, record_key
 from harness.metrics.registry import Unit, applies, get_metric
 from harness.models import load_model, model_info
@@ -76,13 +84,29 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def check_steps(config: ExperimentConfig, model: torch.nn.Module) -> None:
-    """Every metric ``step`` within the pixels of the model's input (known once it is loaded)."""
+    """Every metric ``step`` (and top-k ``k``) within the pixels of the model's input (known once
+    it is loaded)."""
     side = model_info(model).input_size
     for name, settings in config.metrics.items():
-        step = getattr(settings, "step", None)
-        if step is not None and step > side * side:
-            raise ConfigError(f"metrics.{name}.step: {step} is more than the {side * side} pixels "
-                              f"of {config.model.name}'s {side}x{side} input")
+        for key in ("step", "k"):
+            count = getattr(settings, key, None)
+            if isinstance(count, int) and count > side * side:
+                raise ConfigError(f"metrics.{name}.{key}: {count} is more than the {side * side} "
+                                  f"pixels of {config.model.name}'s {side}x{side} input")
+
+
+def check_filter_model(dataset: Dataset, model: torch.nn.Module) -> None:
+    """Warn when the dataset's images were chosen by another model's predictions
+    (``pasted_objects`` keeps what its filter model recognises)."""
+    chosen_by = getattr(dataset, "filter_model", None)
+    info = model_info(model)
+    evaluated = f"{info.name} ({info.weights})"
+    if chosen_by is not None and chosen_by != evaluated:
+        warnings.warn(f"dataset {dataset.name!r} kept the images that {chosen_by} recognised, but "
+                      f"the model evaluated is {evaluated}: its accuracy on them is not that of "
+                      "a random sample, and localisation scores describe images another model "
+                      "chose (set data.options.model to the evaluated model to filter with it)",
+                      stacklevel=3)
 
 
 def prepare_run(config: ExperimentConfig, *, resume: bool = False) -> Prepared:
@@ -122,6 +146,7 @@ def prepare_run(config: ExperimentConfig, *, resume: bool = False) -> Prepared:
         check_steps(config, model)
         dataset = load_dataset(config.data.name, limit=config.data.limit, seed=config.data.seed,
                                **config.data.options)
+        check_filter_model(dataset, model)
         parts = {name: get_metric(name).parts(settings, model)
                  for name, settings in config.metrics.items()}
     except BaseException:
@@ -181,6 +206,7 @@ def _run_units(config: ExperimentConfig, prepared: Prepared, progress: bool) -> 
                for i in range(0, len(samples), config.batch_size)]
     bar = tqdm(total=len(batches) * len(config.methods), desc=config.name, unit="unit",
                disable=not progress)
+    needs_masks = any("masks" in get_metric(name).needs for name in config.metrics)
     for batch in batches:
         ids = [sample.id for sample in batch]
         pending = [m for m in config.methods
@@ -191,13 +217,14 @@ def _run_units(config: ExperimentConfig, prepared: Prepared, progress: bool) -> 
         x = preprocess([sample.load() for sample in batch], info, device=config.device, ids=ids)
         labels = tuple(s.label for s in batch)
         target = resolve_targets(prepared.model, x, list(labels), ids, mode=config.target)
+        masks = load_masks(batch, info, device=config.device) if needs_masks else None
         for method in config.methods:
             if method not in pending:
                 bar.update(1)
                 continue
             bar.set_postfix_str(method.name)
             unit = Unit(prepared.model, x, target, tuple(ids), method.registry_name,
-                        dict(method.params), labels=labels, seed=config.seed,
+                        dict(method.params), labels=labels, masks=masks, seed=config.seed,
                         batch_size=config.batch_size)
             records = unit_records(config, unit, method.name)
             if "maps" in unit.__dict__:  # computed for a metric: keep the figure's share

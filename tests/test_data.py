@@ -128,7 +128,8 @@ def test_label_out_of_range_names_image(tiny_cnn):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(KeyError, match="Valid datasets: cs231n_npz, imagefolder, samples"):
+    with pytest.raises(KeyError,
+                       match="Valid datasets: cs231n_npz, imagefolder, pasted_objects, samples"):
         harness.load_dataset("imagenet")
 
 

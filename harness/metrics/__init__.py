@@ -17,6 +17,12 @@ from harness.metrics.causal import (
     perturbation_curves,
     pixel_ranks,
 )
+from harness.metrics.complexity import (
+    ComplexityResult,
+    complexity,
+    effective_complexity,
+    sparseness,
+)
 from harness.metrics.confidence import (
     ConfidenceResult,
     average_drop,
@@ -27,6 +33,17 @@ from harness.metrics.confidence import (
 from harness.metrics.correlation import CorrelationResult, faithfulness_correlation
 from harness.metrics.infidelity import InfidelityResult, infidelity
 from harness.metrics.irof import IROFResult, irof
+from harness.metrics.localisation import (
+    LocalisationResult,
+    PointingGameResult,
+    PointingGameSummary,
+    attribution_localisation,
+    pointing_game,
+    pointing_game_summary,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from harness.metrics.registry import (
     METRICS,
     Metric,
@@ -34,6 +51,13 @@ from harness.metrics.registry import (
     get_metric,
     list_metrics,
     register_metric,
+)
+from harness.metrics.robustness import (
+    RobustnessResult,
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
 )
 from harness.metrics.substrates import gkern, list_substrates, make_substrate
 
@@ -48,4 +72,11 @@ __all__ = [
     "ConfidenceResult", "CorrelationResult", "InfidelityResult", "IROFResult", "average_drop",
     "confidence_change", "faithfulness_correlation", "increase_in_confidence", "infidelity",
     "irof", "masked_image",
+]
+__all__ += [  # robustness, localisation, complexity
+    "ComplexityResult", "LocalisationResult", "PointingGameResult", "PointingGameSummary",
+    "RobustnessResult", "attribution_localisation", "avg_sensitivity", "complexity",
+    "effective_complexity", "local_lipschitz_estimate", "max_sensitivity", "pointing_game",
+    "pointing_game_summary", "relative_input_stability", "relevance_mass_accuracy",
+    "relevance_rank_accuracy", "sparseness", "top_k_intersection",
 ]

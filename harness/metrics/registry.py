@@ -83,6 +83,12 @@ class Unit:
         return saliency_batched(self.method, self.model, self.x, self.target, signed=True,
                                 batch_size=self.batch_size, **self.method_params)
 
+    @cached_property
+    def shared(self) -> dict:
+        """Work that several metrics of this unit share, keyed by what was computed (e.g. the
+        robustness metrics' one pass of the method over the perturbed inputs)."""
+        return {}
+
     @property
     def label_tensor(self) -> torch.Tensor:
         """Labels ``[N]`` with the target where an image has none."""

@@ -1,0 +1,263 @@
+"""The sampled neighbourhood of the robustness metrics, and one pass of a method over it.
+
+Every robustness metric (``harness.metrics.robustness``) reads the same per-(image, sample)
+statistics of the maps phi(x + delta) of ``n_samples`` deltas per image: ``sample_statistics``
+computes them all in one batched pass, so configuring several robustness metrics with the same
+neighbourhood costs one set of method calls (the registry entries share it through
+``Unit.shared``). Definitions, sources and peers' conventions: ``harness.metrics.robustness``.
+
+- Deltas: U(-r, r) per element (``uniform``, the L-infinity ball) or N(0, r^2) (``gaussian``);
+  r in [0, 1] pixel units (``radius_units="pixel"``, divided by the model's std per channel) or in
+  the model's input space (``"input"``). Image i's deltas come from
+  ``image_generator(seed, ids[i] or i, salt="robustness")`` on the CPU and are moved to the
+  device, so they do not depend on the batch, ``batch_size`` or the device.
+- Batched: (image, sample) pairs image-major, ``batch_size`` perturbed inputs per ``saliency``
+  call; statistics in float64; a NaN/inf map raises ``ValueError`` naming the image and sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.methods import saliency
+from harness.methods._core import check_inputs
+from harness.models import model_info
+from harness.seeding import image_generator
+
+NOISES = ("uniform", "gaussian")
+RADIUS_UNITS = ("pixel", "input")
+NORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "fro": lambda flat: flat.norm(dim=1),
+    "l1": lambda flat: flat.abs().sum(dim=1),
+    "linf": lambda flat: flat.abs().amax(dim=1),
+}
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Perturbed inputs per method call when none is given: 16 on the CPU, 128 on accelerators."""
+    return 16 if device.type == "cpu" else 128
+
+
+def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
+                       noise: str = "uniform", pixel_std: Sequence[float] | None = None,
+                       seed: int = 0, key: int | str = 0) -> torch.Tensor:
+    """Deltas ``[n_samples, C, H, W]`` for one image ``[C, H, W]``: U(-r, r) per element
+    (``uniform``: the L-infinity ball of radius r) or N(0, r^2) (``gaussian``), r = ``radius``
+    (divided by ``pixel_std[c]`` per channel when given). Drawn on the CPU from
+    ``image_generator(seed, key, salt="robustness")`` and moved to the image's device."""
+    if noise not in NOISES:
+        raise ValueError(f"noise {noise!r} is not one of: {', '.join(NOISES)}")
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    generator = image_generator(seed, key, salt="robustness")
+    shape = (n_samples, *image.shape)
+    if noise == "uniform":
+        draws = torch.rand(shape, generator=generator, dtype=torch.float32).mul_(2).sub_(1)
+    else:
+        draws = torch.randn(shape, generator=generator, dtype=torch.float32)
+    scale = torch.full((image.shape[0],), float(radius))
+    if pixel_std is not None:
+        std = torch.as_tensor(pixel_std, dtype=torch.float32).reshape(-1)
+        if std.numel() != image.shape[0] or not bool((std > 0).all()):
+            raise ValueError(f"pixel_std must hold {image.shape[0]} positive values (one per "
+                             f"channel), got {list(std.tolist())}")
+        scale = scale / std
+    draws *= scale.view(1, -1, 1, 1)
+    return draws.to(device=image.device, dtype=image.dtype)
+
+
+def pixel_scale(model: nn.Module, radius_units: str) -> tuple[float, ...] | None:
+    """The per-channel std that converts a radius in [0, 1] pixel units to the model's input space
+    (``radius_units="pixel"``: ``model_info(model).std``), or None for ``"input"``."""
+    if radius_units not in RADIUS_UNITS:
+        raise ValueError(f"radius_units {radius_units!r} is not one of: {', '.join(RADIUS_UNITS)}")
+    if radius_units == "input":
+        return None
+    return tuple(float(v) for v in model_info(model).std)
+
+
+def _name(ids: Sequence | None, index: int) -> str:
+    return str(ids[index]) if ids is not None else f"#{index}"
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(tensor.shape[0], -1).double()
+
+
+def _check_finite(maps: torch.Tensor, method: str, what) -> None:
+    finite = torch.isfinite(maps.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        where = what(int((~finite).nonzero()[0, 0]))
+        raise ValueError(f"method {method!r} gave a NaN/inf map for {where}")
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """The sampled neighbourhood of every image: ``n_samples`` deltas per image, U(-r, r)
+    (``uniform``) or N(0, r^2) (``gaussian``) per element, r = ``radius`` in ``radius_units``,
+    from ``image_generator(seed, ids[i] or i, salt="robustness")``; ``batch_size`` perturbed
+    inputs per method call (None: 16 on the CPU, 128 on accelerators)."""
+
+    radius: float = 0.2
+    radius_units: str = "pixel"
+    n_samples: int = 50
+    noise: str = "uniform"
+    seed: int = 0
+    batch_size: int | None = None
+
+    def check(self) -> None:
+        if not isinstance(self.n_samples, int) or self.n_samples < 1:
+            raise ValueError(f"n_samples must be an integer >= 1, got {self.n_samples}")
+        if not self.radius > 0:
+            raise ValueError(f"radius must be > 0, got {self.radius}")
+        if self.noise not in NOISES:
+            raise ValueError(f"noise {self.noise!r} is not one of: {', '.join(NOISES)}")
+        if self.radius_units not in RADIUS_UNITS:
+            raise ValueError(f"radius_units {self.radius_units!r} is not one of: "
+                             f"{', '.join(RADIUS_UNITS)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class SampleStatistics:
+    """What every robustness metric reads, per image and sample (float64 ``[N, n_samples]``
+    unless said), from ONE pass of the method over the neighbourhood:
+
+    ``difference[norm]`` ||phi(x') - phi(x)|| and ``clean_norm[norm]`` ||phi(x)|| ``[N]`` for the
+    norms ``fro``, ``l1``, ``linf``; ``difference_normalised`` the L2 norm of the difference of
+    the max-normalised maps; ``delta_norm`` ||x' - x||_2; ``relative_explanation``
+    ||(e_x - e_x') / e_x||_p and ``relative_input`` ||(x - x') / x||_p (with ``p`` and
+    ``eps_min``); ``same_prediction`` bool, whether x' keeps the clean top-1 class (None unless
+    asked: it costs a forward pass per perturbed input)."""
+
+    difference: dict
+    clean_norm: dict
+    difference_normalised: torch.Tensor
+    delta_norm: torch.Tensor
+    relative_explanation: torch.Tensor
+    relative_input: torch.Tensor
+    p: float
+    eps_min: float
+    same_prediction: torch.Tensor | None
+
+
+def _original_maps(model, method, x, target, params, batch_size, ids) -> torch.Tensor:
+    maps = torch.cat([saliency(method, model, x[s:s + batch_size], target[s:s + batch_size],
+                               **params) for s in range(0, x.shape[0], batch_size)]).double()
+    _check_finite(maps, method, lambda i: f"image {_name(ids, i)}")
+    return maps
+
+
+def perturbed_inputs(x: torch.Tensor, neighbourhood: Neighbourhood, pixel_std, ids, batch_size):
+    """Yield ``(images, samples, deltas, inputs)`` per chunk of ``batch_size`` (image, sample)
+    pairs taken image-major: ``images``/``samples`` long ``[b]``, ``deltas`` and ``inputs`` =
+    x[images] + deltas ``[b, C, H, W]``. Each image's deltas are drawn once, when first needed."""
+    n_samples = neighbourhood.n_samples
+    total = x.shape[0] * n_samples
+    cache: dict[int, torch.Tensor] = {}
+    for start in range(0, total, batch_size):
+        pairs = range(start, min(start + batch_size, total))
+        images = torch.tensor([p // n_samples for p in pairs], device=x.device)
+        samples = torch.tensor([p % n_samples for p in pairs], device=x.device)
+        for image in sorted(set(images.tolist()) - set(cache)):
+            cache[image] = draw_perturbations(
+                x[image], n_samples, radius=neighbourhood.radius, noise=neighbourhood.noise,
+                pixel_std=pixel_std, seed=neighbourhood.seed,
+                key=ids[image] if ids is not None else image)
+        deltas = torch.stack([cache[int(i)][int(j)] for i, j in zip(images, samples, strict=True)])
+        yield images, samples, deltas, x[images] + deltas
+        last = (pairs[-1] + 1) // n_samples  # images before this one are finished
+        for image in [i for i in cache if i < last]:
+            del cache[image]
+
+
+def _relative(change: torch.Tensor, base: torch.Tensor, eps_min: float) -> torch.Tensor:
+    return change / torch.where(base == 0, torch.full_like(base, eps_min), base)
+
+
+def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
+                      method_params: dict | None = None,
+                      neighbourhood: Neighbourhood = Neighbourhood(), p: float = 2.0,
+                      eps_min: float = 1e-6, predictions: bool = False,
+                      ids: Sequence | None = None) -> SampleStatistics:
+    """One pass of ``method`` over every image's neighbourhood: the ``SampleStatistics`` all four
+    metrics reduce. ``x`` ``[N, C, H, W]`` model input, ``target`` ``[N]`` the class explained on
+    the clean and on every perturbed input. Raises ``ValueError`` naming the image (and sample)
+    of a NaN/inf map."""
+    target = check_inputs(x, target)
+    neighbourhood.check()
+    if not p > 0:
+        raise ValueError(f"p must be > 0, got {p}")
+    if ids is not None and len(ids) != x.shape[0]:
+        raise ValueError(f"ids has {len(ids)} entries for {x.shape[0]} images")
+    batch_size = neighbourhood.batch_size or default_batch_size(x.device)
+    pixel_std = pixel_scale(model, neighbourhood.radius_units)
+    params = dict(method_params or {})
+    x = x.detach()
+    originals = _original_maps(model, method, x, target, params, batch_size, ids)
+    shape = (x.shape[0], neighbourhood.n_samples)
+    stats = {name: torch.empty(shape, dtype=torch.float64, device=x.device)
+             for name in ("fro", "l1", "linf", "normalised", "delta", "rel_e", "rel_x")}
+    same = torch.ones(shape, dtype=torch.bool, device=x.device) if predictions else None
+    clean = None
+    if predictions:
+        with torch.inference_mode():
+            clean = torch.cat([model(x[s:s + batch_size]).argmax(dim=1)
+                               for s in range(0, x.shape[0], batch_size)])
+    for images, samples, deltas, inputs in perturbed_inputs(x, neighbourhood, pixel_std, ids,
+                                                            batch_size):
+        maps = saliency(method, model, inputs, target[images], **params).double()
+        _check_finite(maps, method, lambda b, images=images, samples=samples: (
+            f"image {_name(ids, int(images[b]))} perturbed by sample {int(samples[b])}"))
+        original = originals[images]
+        change = _flat(maps - original)
+        where = (images, samples)
+        for name, norm in NORMS.items():
+            stats[name][where] = norm(change)
+        stats["normalised"][where] = _flat(max_normalised(maps)
+                                           - max_normalised(original)).norm(dim=1)
+        stats["delta"][where] = _flat(deltas).norm(dim=1)
+        stats["rel_e"][where] = _flat(_relative(original - maps, original, eps_min)).norm(
+            p=p, dim=1)
+        stats["rel_x"][where] = _flat(_relative(-deltas.double(), x[images].double(),
+                                                eps_min)).norm(p=p, dim=1)
+        if predictions:
+            with torch.inference_mode():
+                same[where] = model(inputs).argmax(dim=1) == clean[images]
+    flat = _flat(originals)
+    return SampleStatistics(
+        difference={name: stats[name].cpu() for name in NORMS},
+        clean_norm={name: norm(flat).cpu() for name, norm in NORMS.items()},
+        difference_normalised=stats["normalised"].cpu(), delta_norm=stats["delta"].cpu(),
+        relative_explanation=stats["rel_e"].cpu(), relative_input=stats["rel_x"].cpu(),
+        p=p, eps_min=eps_min, same_prediction=None if same is None else same.cpu())
+
+
+def kept_predictions(model: nn.Module, x: torch.Tensor, *, neighbourhood: Neighbourhood,
+                     ids: Sequence | None = None) -> torch.Tensor:
+    """Whether each perturbed input keeps the clean top-1 class, bool ``[N, n_samples]`` (a
+    forward-only pass over the same deltas as ``sample_statistics``)."""
+    neighbourhood.check()
+    batch_size = neighbourhood.batch_size or default_batch_size(x.device)
+    pixel_std = pixel_scale(model, neighbourhood.radius_units)
+    same = torch.ones((x.shape[0], neighbourhood.n_samples), dtype=torch.bool, device=x.device)
+    with torch.inference_mode():
+        clean = torch.cat([model(x[s:s + batch_size]).argmax(dim=1)
+                           for s in range(0, x.shape[0], batch_size)])
+        for images, samples, _, inputs in perturbed_inputs(x.detach(), neighbourhood, pixel_std,
+                                                           ids, batch_size):
+            same[images, samples] = model(inputs).argmax(dim=1) == clean[images]
+    return same.cpu()
+
+
+def max_normalised(maps: torch.Tensor) -> torch.Tensor:
+    """Each map ``[N, H, W]`` divided by its own max |value|; an all-zero map is returned as it
+    is (Quantus' ``normalise_by_max`` also leaves all-zero input unchanged, but divides by the
+    max over the whole batch: see ``harness.metrics.robustness``)."""
+    peak = maps.flatten(1).abs().amax(dim=1).view(-1, 1, 1)
+    return torch.where(peak > 0, maps / torch.where(peak > 0, peak, 1.0), maps)
