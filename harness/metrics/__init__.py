@@ -17,6 +17,13 @@ from harness.metrics.causal import (
     perturbation_curves,
     pixel_ranks,
 )
+from harness.metrics.imputation import (
+    ImputationNotConvergedError,
+    SingularImputationError,
+    linear_impute,
+    mean_impute,
+    zero_impute,
+)
 from harness.metrics.registry import (
     METRICS,
     Metric,
@@ -25,6 +32,7 @@ from harness.metrics.registry import (
     list_metrics,
     register_metric,
 )
+from harness.metrics.road import RoadResult, road, road_combined
 from harness.metrics.substrates import gkern, list_substrates, make_substrate
 
 for _module in pkgutil.iter_modules(__path__):
@@ -35,4 +43,6 @@ __all__ = [
     "ABPCResult", "CurveResult", "METRICS", "Metric", "Unit", "abpc", "auc", "deletion",
     "get_metric", "gkern", "insertion", "lerf", "list_metrics", "list_substrates",
     "make_substrate", "morf", "perturbation_curves", "pixel_ranks", "register_metric",
+    "ImputationNotConvergedError", "RoadResult", "SingularImputationError", "linear_impute",
+    "mean_impute", "road", "road_combined", "zero_impute",
 ]

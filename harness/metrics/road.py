@@ -1,0 +1,304 @@
+"""ROAD: RemOve And Debias (Rong, Leemann, Nguyen, Fiedler, Kasneci & Kasneci, "A Consistent and
+Efficient Evaluation Strategy for Attribution Methods", ICML 2022), as its reference code computes
+it (``tleemann/road_evaluation``: ``road/road.py`` ``run_road``, ``road/imputed_dataset.py``
+``ImputedDataset``, ``road/utils.py`` ``rescale_channel``, ``road/retraining.py`` ``road_eval``;
+restated in ``DESIGN.md`` section 2.6):
+
+- Ranking: the map (ours are already ``[H, W]``; the reference sums its ``[H, W, C]`` maps over
+  channels) min-max scaled, ``(s - min) / (max - min + 1e-5)``, plus a tie-break map
+  ``1e-4 * N(0, 1)`` of shape ``[H, W]`` shared by all images, then sorted in decreasing order.
+  The reference draws that map with numpy's global generator once per ``ImputedDataset``, and
+  ``run_road`` builds one dataset per percentage (and per call, i.e. per order): we draw one map
+  per (``seed``, order, percentage), seeded, the same for every image and batch.
+- Removal: ``n = int(H * W * p)`` (the reference's ``int(width * height * th_p)``). MoRF removes
+  the n highest-ranked pixels. LeRF, as in the reference, removes every pixel except the n
+  highest-ranked ones, so for LeRF ``p`` is the fraction KEPT; every result records the fraction
+  removed at each point (``removed_fraction``). (DESIGN.md says the same; no disagreement.)
+- Imputation (``harness.metrics.imputation``): ``linear`` (default; the reference's noisy linear
+  imputation with ``noise = 0.01`` in [0, 1] pixel units), ``mean`` (the reference's ``fixed``),
+  ``zero``. The reference imputes the [0, 1] image and normalises afterwards; we impute the
+  normalised model input, which is the same thing (the imputers are affine-equivariant per
+  channel; a test checks it) once the pixel-unit settings are converted: the noise becomes
+  ``noise / std`` per channel and the zero fill ``-mean / std``, with ``mean`` / ``std`` from
+  ``harness.models.model_info(model)`` or the ``pixel_mean`` / ``pixel_std`` arguments.
+- Scores per image and percentage: ``probs``, the softmax probability of ``target``, and
+  ``correct``, top-1 prediction == ``labels`` (default: ``target``). The reference's ``road_eval``
+  returns the accuracy (top-1 == dataset label, its published curves) and the mean probability of
+  the class predicted when the explanation was made (``prediction``); note that its ``run_road``
+  passes ``prediction=None``, which ``ImputedDataset`` turns into class 0, so the probability
+  column of ``run_road`` is class 0's (its retraining path passes the predictions). We score the
+  explained class ``target``: pass the clean image's top-1 prediction to follow the reference's
+  intent. ``accuracy`` and ``mean_probs`` (``[P]``) are the reference's two outputs.
+- ``values`` ``[N]``: the mean of ``probs`` over the percentages, the per-order summary of
+  pytorch-grad-cam (``ROADMostRelevantFirstAverage`` / ``ROADLeastRelevantFirstAverage``); lower
+  is better for MoRF, higher for LeRF. ``road_combined`` = (LeRF - MoRF) / 2 per image
+  (pytorch-grad-cam's ``ROADCombined``); higher is better.
+
+Peer conventions that differ: pytorch-grad-cam (``pytorch_grad_cam/metrics/road.py``) thresholds
+with ``np.percentile`` (ties all on one side, no min-max scaling or tie-break map), uses
+percentiles 10, 20, ..., 90, scores the change of a user-chosen target (a logit unless a softmax
+target is given) from the clean image, and adds the noise 0.01 in the model's normalised units;
+its MoRF at percentile q removes the (100 - q)% most relevant pixels, its LeRF keeps the
+(100 - q)% most relevant, so over its symmetric grid both sweep the same fractions as ours.
+Its per-order averages differ from ours by the clean score; ROADCombined is the same. Quantus'
+``ROAD`` is MoRF only, percentages 1, 3, ..., 99 of the pixels (``int(H * W * p / 100)``),
+ordered by the raw map (no scaling, no tie-break), scoring only correctness (top-1 == label),
+and broadcasts maps over channels so that on RGB inputs it ranks the C * H * W values instead of
+pixels (the crash on RGB images reported in our issue 13).
+
+Everything runs on ``x``'s device (the model's) in chunks of ``batch_size`` images under
+``torch.inference_mode``; per-image noise comes from generators seeded with (``seed``, the image
+id or index, order, percentage), so an image's numbers do not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.metrics.imputation import (
+    IMPUTERS,
+    add_noise,
+    mean_impute,
+    per_channel,
+    solve_linear,
+    zero_impute,
+)
+from harness.seeding import image_generator
+
+ORDERS = ("morf", "lerf")
+PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+SCALE_EPSILON = 1e-5  # the reference's normalize_map epsilon
+TIE_BREAK_SCALE = 1e-4  # the reference's random_v = 1e-4 * randn(H, W)
+
+
+@dataclass(frozen=True)
+class RoadResult:
+    """Per-image ROAD curves of one order.
+
+    ``probs`` ``[N, P]`` (float64, softmax probability of the target), ``correct`` ``[N, P]``
+    (bool, top-1 == label), ``removed_fraction`` ``[P]`` (fraction of pixels removed at each
+    point: p for MoRF, 1 - int(H W p) / (H W) for LeRF), ``values`` ``[N]`` (mean of ``probs``
+    over the percentages), ``clean_probs`` ``[N]`` (the target's probability on the intact
+    image), ``noise`` (per channel, in the model's input units; empty unless linear)."""
+
+    order: str
+    imputer: str
+    percentages: tuple[float, ...]
+    removed_fraction: torch.Tensor
+    probs: torch.Tensor
+    correct: torch.Tensor
+    values: torch.Tensor
+    clean_probs: torch.Tensor
+    noise: tuple[float, ...]
+    seed: int
+
+    @property
+    def accuracy(self) -> torch.Tensor:
+        """``[P]``: the fraction of images classified correctly (the reference's accuracy)."""
+        return self.correct.double().mean(dim=0)
+
+    @property
+    def mean_probs(self) -> torch.Tensor:
+        """``[P]``: the mean target probability (the reference's average probability)."""
+        return self.probs.mean(dim=0)
+
+
+def road_combined(morf_result: RoadResult, lerf_result: RoadResult) -> torch.Tensor:
+    """(LeRF - MoRF) / 2 of the per-image ``values`` ``[N]`` (pytorch-grad-cam's ROADCombined);
+    higher is better."""
+    if morf_result.order != "morf" or lerf_result.order != "lerf":
+        raise ValueError(f"road_combined needs a morf and a lerf result, got "
+                         f"{morf_result.order!r} and {lerf_result.order!r}")
+    if morf_result.percentages != lerf_result.percentages:
+        raise ValueError(f"percentages differ: morf {morf_result.percentages}, lerf "
+                         f"{lerf_result.percentages}")
+    if morf_result.values.shape != lerf_result.values.shape:
+        raise ValueError(f"image counts differ: morf {tuple(morf_result.values.shape)}, lerf "
+                         f"{tuple(lerf_result.values.shape)}")
+    return (lerf_result.values - morf_result.values) / 2
+
+
+def tie_break_map(height: int, width: int, *, seed: int, order: str, percentage: float
+                  ) -> torch.Tensor:
+    """``1e-4 * N(0, 1)`` ``[H, W]`` float64, one per (seed, order, percentage), on the CPU."""
+    generator = image_generator(seed, f"{order}:{percentage!r}", salt="road-tie-break")
+    return TIE_BREAK_SCALE * torch.randn(height, width, generator=generator, dtype=torch.float64)
+
+
+def ranking_scores(saliency: torch.Tensor, tie_break: torch.Tensor) -> torch.Tensor:
+    """The reference's ranking key ``[N, H, W]`` float64: each map min-max scaled with
+    ``(s - min) / (max - min + 1e-5)`` plus the shared ``tie_break`` ``[H, W]``."""
+    flat = saliency.detach().double().flatten(1)
+    low = flat.min(dim=1).values[:, None, None]
+    high = flat.max(dim=1).values[:, None, None]
+    scaled = (saliency.double() - low) / (high - low + SCALE_EPSILON)
+    return scaled + tie_break.to(scaled.device)
+
+
+def kept_count(height: int, width: int, percentage: float) -> int:
+    """``int(H * W * p)``: the reference's number of top-ranked pixels (removed by MoRF, kept
+    by LeRF)."""
+    return int(height * width * percentage)
+
+
+def removal_mask(scores: torch.Tensor, percentage: float, order: str) -> torch.Tensor:
+    """bool ``[N, H, W]``, True where removed: the top ``int(H W p)`` of ``scores`` ``[N, H, W]``
+    (MoRF) or all but them (LeRF)."""
+    n_images, height, width = scores.shape
+    count = kept_count(height, width, percentage)
+    flat = scores.flatten(1)
+    order_index = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    top = torch.zeros_like(flat, dtype=torch.bool)
+    top.scatter_(1, order_index[:, :count], True)
+    removed = top if order == "morf" else ~top
+    return removed.view(n_images, height, width)
+
+
+def removed_fractions(height: int, width: int, percentages: Sequence[float], order: str
+                      ) -> torch.Tensor:
+    """``[P]`` float64: the fraction of the H * W pixels removed at each percentage."""
+    counts = [kept_count(height, width, p) for p in percentages]
+    if order == "lerf":
+        counts = [height * width - c for c in counts]
+    return torch.tensor(counts, dtype=torch.float64) / (height * width)
+
+
+def _pixel_stats(model: nn.Module, pixel_mean, pixel_std, channels: int
+                 ) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    info = getattr(model, "harness_info", None)
+    mean = pixel_mean if pixel_mean is not None else (info.mean if info is not None else None)
+    std = pixel_std if pixel_std is not None else (info.std if info is not None else None)
+    mean = per_channel(mean, channels, "pixel_mean") if mean is not None else None
+    std = per_channel(std, channels, "pixel_std") if std is not None else None
+    if std is not None and any(s <= 0 for s in std):
+        raise ValueError(f"pixel_std must be > 0, got {std}")
+    return mean, std
+
+
+def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str,
+                  percentages: Sequence[float], imputer: str, noise: float,
+                  labels, ids: Sequence | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check every setting before any compute; return (target, labels) as long ``[N]``."""
+    if order not in ORDERS:
+        raise ValueError(f"order {order!r} is not one of: {', '.join(ORDERS)}")
+    if imputer not in IMPUTERS:
+        raise ValueError(f"imputer {imputer!r} is not one of: {', '.join(IMPUTERS)}")
+    if isinstance(percentages, (int, float)) or len(percentages) == 0:
+        raise ValueError(f"percentages must be a non-empty sequence of fractions in (0, 1), got "
+                         f"{percentages!r}")
+    for p in percentages:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+            raise ValueError(f"percentage {p!r} is outside (0, 1): percentages are fractions of "
+                             f"the pixels, e.g. {PERCENTAGES}")
+    if not isinstance(noise, (int, float)) or noise < 0:
+        raise ValueError(f"noise must be a number >= 0 (pixel units), got {noise!r}")
+    if x.ndim != 4:
+        raise ValueError(f"x must be [N, C, H, W], got {tuple(x.shape)}")
+    n_images, _, height, width = x.shape
+    if tuple(saliency.shape) != (n_images, height, width):
+        raise ValueError(f"saliency has shape {tuple(saliency.shape)}; x {tuple(x.shape)} needs "
+                         f"maps [N, H, W] = {(n_images, height, width)}")
+    if ids is not None and len(ids) != n_images:
+        raise ValueError(f"ids has {len(ids)} entries for {n_images} images")
+    finite = torch.isfinite(saliency.reshape(n_images, -1)).all(dim=1)
+    if not bool(finite.all()):
+        index = int((~finite).nonzero()[0, 0])
+        name = ids[index] if ids is not None else f"#{index}"
+        raise ValueError(f"saliency map of image {name} contains NaN or inf")
+    if imputer == "linear" and order == "lerf":
+        for p in percentages:
+            if kept_count(height, width, p) == 0:
+                raise ValueError(f"percentage {p!r}: LeRF keeps int(H * W * p) = 0 of the "
+                                 f"{height} x {width} pixels, so linear imputation has nothing "
+                                 "to impute from")
+    target = torch.as_tensor(target, device=x.device).long().reshape(-1)
+    if target.shape[0] != n_images:
+        raise ValueError(f"target has {target.shape[0]} entries for {n_images} images")
+    labels = target if labels is None else torch.as_tensor(labels, device=x.device).long()
+    labels = labels.reshape(-1)
+    if labels.shape[0] != n_images:
+        raise ValueError(f"labels has {labels.shape[0]} entries for {n_images} images")
+    return target, labels
+
+
+def _probabilities(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(inputs).float()
+    if bool(((target < 0) | (target >= logits.shape[1])).any()):
+        bad = target[(target < 0) | (target >= logits.shape[1])][0]
+        raise ValueError(f"target {int(bad)} is out of range: the model has {logits.shape[1]} "
+                         "classes")
+    probs = logits.softmax(dim=1).gather(1, target[:, None])[:, 0]
+    return probs.double(), logits.argmax(dim=1)
+
+
+def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
+         order: str = "morf", percentages: Sequence[float] = PERCENTAGES,
+         imputer: str = "linear", noise: float = 0.01, labels=None, seed: int = 0,
+         ids: Sequence | None = None, batch_size: int | None = None,
+         pixel_mean: float | Sequence[float] | None = None,
+         pixel_std: float | Sequence[float] | None = None) -> RoadResult:
+    """ROAD curves of one ``order`` (module docstring) for ``x`` ``[N, C, H, W]`` (the model's
+    normalised input, on its device), ``saliency`` ``[N, H, W]``, ``target`` ``[N]`` (the class
+    scored). ``noise``: the linear imputer's noise in [0, 1] pixel units (converted with the
+    model's std). ``pixel_mean`` / ``pixel_std``: the normalisation when the model carries no
+    ``harness_info`` (needed for ``linear`` with noise > 0 and for ``zero``). ``batch_size``:
+    images per chunk (default 8 on the CPU, 64 on accelerators)."""
+    target, labels = validate_road(x, saliency, target, order=order, percentages=percentages,
+                                   imputer=imputer, noise=noise, labels=labels, ids=ids)
+    n_images, channels, height, width = x.shape
+    mean, std = _pixel_stats(model, pixel_mean, pixel_std, channels)
+    noise_scales: tuple[float, ...] = ()
+    if imputer == "linear":
+        if noise > 0 and std is None:
+            raise ValueError("linear imputation with noise > 0 needs the model's normalisation "
+                             "std: attach harness_info (harness.models.attach_info) or pass "
+                             "pixel_std")
+        noise_scales = tuple(noise / s for s in std) if noise > 0 else (0.0,) * channels
+    if imputer == "zero" and (mean is None or std is None):
+        raise ValueError("the zero imputer fills [0, 1]-pixel zeros, (0 - mean) / std in the "
+                         "model's input: attach harness_info or pass pixel_mean and pixel_std")
+    if batch_size is None:
+        batch_size = 8 if x.device.type == "cpu" else 64
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    percentages = tuple(float(p) for p in percentages)
+    maps = saliency.detach().to(x.device)
+    tie_breaks = [tie_break_map(height, width, seed=seed, order=order, percentage=p)
+                  for p in percentages]
+    probs = torch.empty(n_images, len(percentages), dtype=torch.float64)
+    correct = torch.empty(n_images, len(percentages), dtype=torch.bool)
+    clean = torch.empty(n_images, dtype=torch.float64)
+    x = x.detach()
+    with torch.inference_mode():
+        for begin in range(0, n_images, batch_size):
+            end = min(begin + batch_size, n_images)
+            chunk = x[begin:end]
+            keys = [ids[i] if ids is not None else i for i in range(begin, end)]
+            names = [ids[i] if ids is not None else f"#{i}" for i in range(begin, end)]
+            clean[begin:end] = _probabilities(model, chunk, target[begin:end])[0].cpu()
+            previous = None  # warm start: the previous percentage's noise-free imputation
+            for k, p in enumerate(percentages):
+                removed = removal_mask(ranking_scores(maps[begin:end], tie_breaks[k]), p, order)
+                if imputer == "linear":
+                    previous = solve_linear(chunk, removed, initial=previous, ids=names)
+                    generators = [image_generator(seed, key, salt=f"road-noise:{order}:{p!r}")
+                                  for key in keys]
+                    imputed = add_noise(previous, removed, noise_scales, generators)
+                    imputed = imputed.to(x.dtype)
+                elif imputer == "mean":
+                    imputed = mean_impute(chunk, removed)
+                else:
+                    imputed = zero_impute(chunk, removed,
+                                          fill=[-m / s for m, s in zip(mean, std, strict=True)])
+                batch_probs, predicted = _probabilities(model, imputed, target[begin:end])
+                probs[begin:end, k] = batch_probs.cpu()
+                correct[begin:end, k] = (predicted == labels[begin:end]).cpu()
+    return RoadResult(order=order, imputer=imputer, percentages=percentages,
+                      removed_fraction=removed_fractions(height, width, percentages, order),
+                      probs=probs, correct=correct, values=probs.mean(dim=1), clean_probs=clean,
+                      noise=noise_scales, seed=seed)
