@@ -9,8 +9,8 @@ Definitions follow the ROAD reference code (Rong, Leemann, Nguyen, Fiedler, Kasn
   kept neighbours enter the right-hand side, removed ones are unknowns; each channel separately.
   Per image and channel that is the sparse system ``A u = b`` with, for removed pixels i, j::
 
-      A[i, i] = D_i = sum of the weights of i's in-image neighbours (1 inside, 7/12 at an edge,
-                      1/3 at a corner),   A[i, j] = -w_ij,   b_i = sum over kept j of w_ij x_j
+      A[i, i] = D_i = sum of the weights of i's in-image neighbours (1 inside, 2/3 at an edge,
+                      5/12 at a corner),   A[i, j] = -w_ij,   b_i = sum over kept j of w_ij x_j
 
   (the reference writes the negated system). After solving, ``noise * N(0, 1)`` is added to the
   imputed values only (reference: ``noise = 0.01`` in its [0, 1] pixel units, fresh draws per
@@ -30,18 +30,21 @@ connected, so a removed region that is not the whole image has an in-image neigh
 which is kept: the only singular case is an image with every pixel removed. That is checked first
 and raises ``SingularImputationError`` naming the image.
 
-The solver (replacing the reference's one ``scipy`` factorisation per image): conjugate gradients
-in float64 on all images and channels at once, on ``x``'s device, preconditioned by one W-cycle of
-aggregation multigrid in float32 (2 x 2 aggregates, Galerkin coarse operators stored as 9-point
-stencils per pixel, Jacobi smoothing, coarsened to a single cell, where it is exact). The
-preconditioner is applied in float32, so the iteration is flexible CG (Polak-Ribiere beta),
-which tolerates that. Convergence criterion, per image and channel: ``||b - A u||_2 <= rtol *
-||b||_2`` (float64 residual, recomputed from ``u`` at the end and checked); a system with
-``b = 0`` has the exact solution 0. A system that converged is frozen, so an image's iterations
-do not depend on the other images of its batch. More than ``max_iter`` iterations raises
-``ImputationNotConvergedError`` naming the image and channel. Tests compare against a direct
-``scipy.sparse.linalg.spsolve`` of the system built from the definition (agreement 1e-5 and
-better); ``benchmarks/road.py`` measures the speed against the reference's scipy solve.
+The solver (replacing the reference's one scipy factorisation per image): all images and
+channels at once on ``x``'s device. Iterative refinement in float64: the residual ``b - A u`` in
+float64, then a correction from preconditioned conjugate gradients in float32, each round cutting
+the residual by ``INNER_REDUCTION`` (the last round only as far as needed). The preconditioner is
+one V-cycle of aggregation multigrid (2 x 2 aggregates, Galerkin coarse operators stored as
+9-point stencils per cell, one Jacobi sweep before and after, the coarse correction scaled by
+``COARSE_SCALE``, down to at most ``COARSEST_CELLS`` cells solved with a dense inverse); it is
+symmetric positive definite, as CG needs. Convergence criterion, per image and channel:
+``||b - A u||_2 <= rtol * ||b||_2`` with the float64 residual of the returned ``u`` (default
+``rtol = 1e-8``; a system with ``b = 0`` has the exact solution 0). Systems that converged are
+frozen, so an image's iterations do not depend on the other images of its batch. More than
+``max_iter`` CG iterations in all raise ``ImputationNotConvergedError`` naming the image and
+channel. Tests compare with a direct ``scipy.sparse.linalg.spsolve`` of the system written from
+the definition (within 1e-5 in float32, 1e-6 in float64); ``benchmarks/road.py`` measures the
+speed against the reference's scipy solve and checks agreement on 224 x 224 photos.
 """
 
 from __future__ import annotations
@@ -57,11 +60,14 @@ IMPUTERS = ("linear", "mean", "zero")
 # the 3 x 3 offsets in row-major order; index 4 is the centre
 OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 # over-correction of the piecewise-constant coarse-grid correction (unsmoothed aggregation
-# under-estimates the smooth error's amplitude); measured on 224 x 224 masks in benchmarks/road.py
+# under-estimates the smooth error's amplitude); tuned on 224 x 224 ROAD masks (Grad-CAM and
+# gradient maps): 1.5 took the fewest iterations of 1.0-2.0
 COARSE_SCALE = 1.5
 # the coarsest level holds at most this many cells and is solved exactly (a dense inverse)
 COARSEST_CELLS = 256
-CYCLE_VISITS = (2, 2, 2)
+# coarse visits per level (1: V-cycle; (2, 2, 2) was a W-cycle on the top levels: fewer
+# iterations, not less time on a CPU) and Jacobi sweeps before and after the coarse visit
+CYCLE_VISITS = (1,)
 SMOOTHING = 1
 # default relative residual of the float64 refinement, and the float32 CG's cut per round
 RTOL = 1e-8
@@ -213,10 +219,10 @@ class _Hierarchy:
         active = removed[:, None].float()  # [N, 1, H, W]
         ones = torch.ones(1, 1, height, width, dtype=torch.float64, device=device)
         diagonal = _neighbour_sum(ones)  # [1, 1, H, W]: the in-image neighbours' weights
-        # A u = active * (D u - (S u - 4 u) / 12) = centre * u - edge * S u (S: [1, 2, 1]^2)
+        # A u = active * (D u - (S u - 4 u) / 12) = centre * u + edge * S u (S: [1, 2, 1]^2)
         self.centre = {torch.float64: active.double() * (diagonal + 1.0 / 3.0)}
         self.centre[torch.float32] = self.centre[torch.float64].float()
-        self.edge = {torch.float32: active / 12.0, torch.float64: active.double() / 12.0}
+        self.edge = {torch.float32: active / -12.0, torch.float64: active.double() / -12.0}
         self.smoother = active / diagonal.float()  # Jacobi (omega = 1), kept pixels 0
         self.coarse_scale = COARSE_SCALE * active
         # the fine operator restricted to removed pixels, as stencils, to build the coarse levels
@@ -258,7 +264,7 @@ class _Hierarchy:
         torch.mul(rows, 2.0, out=out)
         out[..., 1:, :].add_(rows[..., :-1, :])
         out[..., :-1, :].add_(rows[..., 1:, :])
-        return out.mul_(self.edge[u.dtype]).neg_().addcmul_(self.centre[u.dtype], u)
+        return out.mul_(self.edge[u.dtype]).addcmul_(self.centre[u.dtype], u)
 
     def coarse(self, level: int, u: torch.Tensor) -> torch.Tensor:
         """A_level u with the level's 9-point stencils (zero outside the grid)."""
@@ -304,6 +310,12 @@ class _Hierarchy:
         for _ in range(SMOOTHING):
             z.addcmul_(smoother, self.defect(level, residual, z))
         return z
+
+
+def _to_float32(values: torch.Tensor) -> torch.Tensor:
+    """float32 copy with entries below 1e-30 set to 0: a residual that is exact in places has
+    tiny float64 entries that would become float32 denormals (very slow arithmetic on CPUs)."""
+    return torch.where(values.abs() < 1e-30, 0.0, values).float()
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -401,7 +413,7 @@ def solve_linear(x: torch.Tensor, removed: torch.Tensor, *, initial: torch.Tenso
             # each round cuts by INNER_REDUCTION, the last one only as far as needed (+ margin)
             reduction = torch.clamp(threshold / scale / 4, min=INNER_REDUCTION, max=0.5)
             scale = scale[..., None, None]
-            correction, used = _inner_pcg(levels, (residual / scale).float(), open_systems,
+            correction, used = _inner_pcg(levels, _to_float32(residual / scale), open_systems,
                                           reduction, max_iter - iterations)
             iterations += max(used, 1)
             u.addcmul_(correction.double(), scale)
