@@ -49,6 +49,7 @@ speed against the reference's scipy solve and checks agreement on 224 x 224 phot
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -188,6 +189,18 @@ def _galerkin(stencil: torch.Tensor) -> torch.Tensor:
     return coarse
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """LAPACK on these small matrices, single-threaded: with 2 threads on a loaded CPU it was
+    measured 30x slower (threads waiting on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _dense_inverse(stencil: torch.Tensor) -> torch.Tensor:
     """``[N, n, n]`` inverses (float32, computed in float64) of the operators given as 9-point
     stencils ``[N, 9, h, w]``, n = h * w; symmetric, so they also act from the right."""
@@ -201,7 +214,8 @@ def _dense_inverse(stencil: torch.Tensor) -> torch.Tensor:
         inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
         values = stencil[:, k].reshape(n_images, -1)[:, rows[inside]].double()
         matrix[:, rows[inside], (y * width + x)[inside]] = values
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+    with _one_thread():
+        inverse = torch.cholesky_inverse(torch.linalg.cholesky(matrix))
     # entries decay exponentially away from the diagonal where many pixels are kept; ones below
     # float32's normal range (denormals: very slow arithmetic on CPUs) are dropped
     tiny = 1e-12 * inverse.abs().amax(dim=(1, 2), keepdim=True)
@@ -292,9 +306,11 @@ class _Hierarchy:
         ``SMOOTHING`` Jacobi sweeps before and as many after: symmetric), an SPD approximation
         of A^-1 applied to ``residual`` (float32)."""
         if level == len(self.stencils):  # the coarsest level: exact
+            # [N, C, n] x [N, n, n] as a broadcast product (BLAS batched matmul of these small
+            # sizes was slow with threads on a loaded CPU)
             shape = residual.shape
-            flat = residual.reshape(shape[0], shape[1], -1)
-            return torch.matmul(flat, self.coarsest_inverse).view(shape)
+            flat = residual.reshape(shape[0], shape[1], -1, 1)
+            return (flat * self.coarsest_inverse[:, None]).sum(dim=2).view(shape)
         smoother = self.smoother if level == 0 else self.inverse_diagonals[level - 1]
         z = torch.mul(residual, smoother, out=self._buffer("z", residual)) if level == 0 \
             else residual * smoother

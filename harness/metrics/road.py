@@ -13,7 +13,7 @@ restated in ``DESIGN.md`` section 2.6):
 - Removal: ``n = int(H * W * p)`` (the reference's ``int(width * height * th_p)``). MoRF removes
   the n highest-ranked pixels. LeRF, as in the reference, removes every pixel except the n
   highest-ranked ones, so for LeRF ``p`` is the fraction KEPT; every result records the fraction
-  removed at each point (``removed_fraction``). (DESIGN.md says the same; no disagreement.)
+  removed at each point (``removed_fraction``).
 - Imputation (``harness.metrics.imputation``): ``linear`` (default; the reference's noisy linear
   imputation with ``noise = 0.01`` in [0, 1] pixel units), ``mean`` (the reference's ``fixed``),
   ``zero``. The reference imputes the [0, 1] image and normalises afterwards; we impute the
@@ -33,6 +33,12 @@ restated in ``DESIGN.md`` section 2.6):
   pytorch-grad-cam (``ROADMostRelevantFirstAverage`` / ``ROADLeastRelevantFirstAverage``); lower
   is better for MoRF, higher for LeRF. ``road_combined`` = (LeRF - MoRF) / 2 per image
   (pytorch-grad-cam's ``ROADCombined``); higher is better.
+
+Where DESIGN.md 2.6 and the reference code differ, this follows the code: (1) the tie-break map
+is drawn per percentage and order (``run_road`` builds a dataset per percentage), not once per
+dataset; (2) the reference's ``run_road`` scores class 0's probability (``prediction=None``), not
+the clean prediction's: we score ``target``; (3) the count is ``int()`` of the floating-point
+product ``H * W * p`` (``int(100 * 0.29) = 28``), not the exact floor(p * H * W) = 29.
 
 Peer conventions that differ: pytorch-grad-cam (``pytorch_grad_cam/metrics/road.py``) thresholds
 with ``np.percentile`` (ties all on one side, no min-max scaling or tie-break map), uses
