@@ -403,7 +403,7 @@ def solve_linear(x: torch.Tensor, removed: torch.Tensor, *, initial: torch.Tenso
     x64 = x.detach().double()
     if not bool(removed.any()):
         return x64.clone()
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: callers may use the images with autograd
         levels = _Hierarchy(removed)
         mask = removed[:, None]
         rhs = _neighbour_sum(x64 * ~mask).mul_(mask)

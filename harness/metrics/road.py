@@ -59,6 +59,7 @@ id or index, order, percentage), so an image's numbers do not depend on its batc
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -193,14 +194,14 @@ def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str
         raise ValueError(f"order {order!r} is not one of: {', '.join(ORDERS)}")
     if imputer not in IMPUTERS:
         raise ValueError(f"imputer {imputer!r} is not one of: {', '.join(IMPUTERS)}")
-    if isinstance(percentages, (int, float)) or len(percentages) == 0:
+    if isinstance(percentages, numbers.Real) or len(percentages) == 0:
         raise ValueError(f"percentages must be a non-empty sequence of fractions in (0, 1), got "
                          f"{percentages!r}")
     for p in percentages:
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p < 1:
             raise ValueError(f"percentage {p!r} is outside (0, 1): percentages are fractions of "
                              f"the pixels, e.g. {PERCENTAGES}")
-    if not isinstance(noise, (int, float)) or noise < 0:
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or noise < 0:
         raise ValueError(f"noise must be a number >= 0 (pixel units), got {noise!r}")
     if x.ndim != 4:
         raise ValueError(f"x must be [N, C, H, W], got {tuple(x.shape)}")
