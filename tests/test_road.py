@@ -99,6 +99,20 @@ def test_linear_imputation_equals_a_direct_sparse_solve(channels, height, width)
     assert worst < 1e-6
 
 
+def test_a_96_by_96_image_with_90_percent_removed_equals_a_direct_sparse_solve():
+    # the largest systems ROAD builds (LeRF at p = 0.1, MoRF at 0.9): one connected region of 90%
+    # of the pixels (a smooth map's top, as CAM maps give) and 90% scattered pixels
+    generator = torch.Generator().manual_seed(96)
+    x = torch.randn(2, 3, 96, 96, generator=generator)
+    removed = torch.stack([blob_mask(96, 96, 0.9, 96), torch.rand(96, 96, generator=generator)
+                           < 0.9])
+    assert abs(float(removed.float().mean()) - 0.9) < 0.01
+    ours = metrics.linear_impute(x, removed, noise=0.0)
+    for i in range(2):
+        expected = oracle(x[i].double().numpy(), removed[i].numpy())
+        np.testing.assert_allclose(ours[i].double().numpy(), expected, rtol=0, atol=1e-5)
+
+
 def test_warm_start_and_nothing_removed_keep_the_solution():
     x = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(0))
     removed = torch.stack([blob_mask(30, 30, 0.5, 1), blob_mask(30, 30, 0.8, 2)])
@@ -253,12 +267,23 @@ def test_right_map_beats_wrong_map_on_a_model_with_a_known_answer(imputer):
     lerf_truth = metrics.road(model, x, truth, target, order="lerf", **kwargs)
     lerf_wrong = metrics.road(model, x, wrong, target, order="lerf", **kwargs)
     # MoRF with the right map removes the square at p = 0.1 (16 of 256 pixels): class 0 is lost
-    assert (morf_truth.values < 0.1).all() and (morf_wrong.values > 0.9).all()
+    assert morf_truth.score == "accuracy"  # the paper's value: the mean correctness
+    assert torch.equal(morf_truth.values, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(morf_wrong.values, torch.ones(3, dtype=torch.float64))
     assert not morf_truth.correct.any() and morf_wrong.correct.all()
-    assert (lerf_truth.values > 0.9).all() and (lerf_wrong.values < 0.1).all()
+    assert torch.equal(lerf_truth.values, torch.ones(3, dtype=torch.float64))
+    assert torch.equal(lerf_wrong.values, torch.zeros(3, dtype=torch.float64))
     combined_truth = metrics.road_combined(morf_truth, lerf_truth)
     combined_wrong = metrics.road_combined(morf_wrong, lerf_wrong)
-    assert (combined_truth > 0.4).all() and (combined_wrong < -0.4).all()
+    assert torch.equal(combined_truth, torch.full((3,), 0.5, dtype=torch.float64))
+    assert torch.equal(combined_wrong, torch.full((3,), -0.5, dtype=torch.float64))
+    # the same ranking by the mean probability
+    prob = {"score": "prob", **kwargs}
+    morf_truth_p = metrics.road(model, x, truth, target, order="morf", **prob)
+    morf_wrong_p = metrics.road(model, x, wrong, target, order="morf", **prob)
+    assert (morf_truth_p.values < 0.1).all() and (morf_wrong_p.values > 0.9).all()
+    torch.testing.assert_close(morf_truth_p.values, morf_truth_p.probs.mean(dim=1))
+    torch.testing.assert_close(morf_truth_p.probs, morf_truth.probs)
     assert torch.equal(morf_truth.accuracy, torch.zeros(7, dtype=torch.float64))
     torch.testing.assert_close(morf_truth.mean_probs, morf_truth.probs.mean(dim=0))
     assert (morf_truth.clean_probs > 0.99).all()
@@ -344,18 +369,94 @@ def test_road_is_deterministic_and_independent_of_the_batch(tiny_cnn):
 
 
 def test_labels_decide_correctness_and_target_the_probability(tiny_cnn):
-    x = torch.randn(2, 3, 16, 16)
-    saliency = torch.rand(2, 16, 16)
-    target = torch.tensor([1, 2])
-    by_target = metrics.road(tiny_cnn, x, saliency, target, percentages=(0.5,))
-    by_labels = metrics.road(tiny_cnn, x, saliency, target, percentages=(0.5,),
-                             labels=torch.tensor([3, 4]))
-    torch.testing.assert_close(by_target.probs, by_labels.probs)
-    logits = None
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(11))
+    saliency = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(12))
     with torch.no_grad():
         logits = tiny_cnn(x)
-    torch.testing.assert_close(by_target.clean_probs,
+    top1 = logits.argmax(1)
+    target = (top1 + 1) % 5  # not the prediction: correctness must not follow the target
+    options = {"percentages": (0.3, 0.5), "seed": 2}
+    unlabelled = metrics.road(tiny_cnn, x, saliency, target, **options)
+    labels = torch.tensor([3, 4])
+    labelled = metrics.road(tiny_cnn, x, saliency, target, labels=labels, **options)
+    torch.testing.assert_close(unlabelled.probs, labelled.probs)  # probs: of the target
+    torch.testing.assert_close(unlabelled.clean_probs,
                                logits.softmax(1).gather(1, target[:, None])[:, 0].double())
+    # without labels: agreement with the clean image's top-1 prediction
+    assert torch.equal(unlabelled.labels, top1) and torch.equal(labelled.labels, labels)
+    recorder_inputs = []
+    handle = tiny_cnn.register_forward_hook(lambda m, i, o: recorder_inputs.append(o.argmax(1)))
+    try:
+        metrics.road(tiny_cnn, x, saliency, target, labels=labels, **options)
+    finally:
+        handle.remove()
+    predicted = torch.stack(recorder_inputs[1:], dim=1)  # after the clean pass: one per p
+    assert torch.equal(labelled.correct, predicted == labels[:, None])
+    assert torch.equal(unlabelled.correct, predicted == top1[:, None])
+    torch.testing.assert_close(labelled.values, labelled.correct.double().mean(dim=1))
+
+
+def road_result(order: str, percentages, probs, correct, score="accuracy") -> metrics.RoadResult:
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    correct = torch.as_tensor(correct, dtype=torch.bool)
+    scores = correct.double() if score == "accuracy" else probs
+    return metrics.RoadResult(
+        order=order, imputer="linear", score=score, percentages=tuple(percentages),
+        removed_fraction=torch.tensor([p if order == "morf" else 1 - p for p in percentages]),
+        probs=probs, correct=correct, labels=torch.zeros(len(probs), dtype=torch.long),
+        values=scores.mean(dim=1), clean_probs=torch.ones(len(probs)), noise=(), seed=0)
+
+
+def test_road_combined_pairs_equal_removed_fractions():
+    generator = torch.Generator().manual_seed(13)
+    # pytorch-grad-cam's grid: every fraction is shared, and combined = (mean LeRF - mean MoRF)/2,
+    # its ROADCombined, whatever the order of the points
+    grid = [k / 10 for k in range(1, 10)]
+    morf_p = torch.rand(4, 9, generator=generator, dtype=torch.float64)
+    lerf_p = torch.rand(4, 9, generator=generator, dtype=torch.float64)
+    morf = road_result("morf", grid, morf_p, morf_p > 0.5, score="prob")
+    lerf = road_result("lerf", grid, lerf_p, lerf_p > 0.5, score="prob")
+    torch.testing.assert_close(metrics.road_combined(morf, lerf),
+                               (lerf_p.mean(1) - morf_p.mean(1)) / 2, rtol=0, atol=1e-12)
+    # the reference's percentages: MoRF removes {.1 .2 .3 .4 .5 .7 .9}, LeRF {.9 .8 .7 .6 .5 .3
+    # .1}: only {.1, .3, .5, .7, .9} are compared, MoRF at p with LeRF at 1 - p
+    reference = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+    morf_c = torch.rand(4, 7, generator=generator) > 0.5
+    lerf_c = torch.rand(4, 7, generator=generator) > 0.5
+    morf = road_result("morf", reference, torch.rand(4, 7), morf_c)
+    lerf = road_result("lerf", reference, torch.rand(4, 7), lerf_c)
+    pairs = [(0, 6), (2, 5), (4, 4), (5, 2), (6, 0)]  # (MoRF at p, LeRF at 1 - p)
+    expected = sum(lerf_c[:, j].double() - morf_c[:, i].double() for i, j in pairs) / 10
+    torch.testing.assert_close(metrics.road_combined(morf, lerf), expected, rtol=0, atol=1e-12)
+    assert (metrics.road_combined(morf, lerf) != (lerf.values - morf.values) / 2).any()
+    # nothing in common: named
+    morf = road_result("morf", (0.2, 0.4), torch.rand(4, 2), torch.rand(4, 2) > 0.5)
+    lerf = road_result("lerf", (0.2, 0.4), torch.rand(4, 2), torch.rand(4, 2) > 0.5)
+    with pytest.raises(metrics.RoadAlignmentError, match=r"MoRF removes the fractions "
+                                                         r"\{0.2, 0.4\} and LeRF .* \{0.6, 0.8\}"):
+        metrics.road_combined(morf, lerf)
+    with pytest.raises(ValueError, match="scores differ"):
+        metrics.road_combined(road_result("morf", grid, morf_p, morf_p > 0.5),
+                              road_result("lerf", grid, lerf_p, lerf_p > 0.5, score="prob"))
+
+
+def test_numpy_scalars_are_numbers(tiny_cnn):
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(14))
+    saliency = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(15))
+    result = metrics.road(tiny_cnn, x, saliency, [0, 1], noise=np.float32(0.25),
+                          percentages=(np.float64(0.5), np.float32(0.25)))
+    assert all(type(s) is float for s in result.noise)
+    assert all(type(p) is float for p in result.percentages)
+    plain = metrics.road(tiny_cnn, x, saliency, [0, 1], noise=0.25, percentages=(0.5, 0.25))
+    torch.testing.assert_close(result.probs, plain.probs)  # 0.25 and 0.5 are exact in float32
+    imputed = metrics.linear_impute(x, torch.rand(2, 16, 16) < 0.5, noise=np.float32(0.0))
+    assert imputed.shape == x.shape
+    assert imputation.per_channel(np.float32(0.5), 3, "noise") == (0.5, 0.5, 0.5)
+    assert imputation.per_channel(np.array([1, 2, 3]), 3, "noise") == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match="noise must be a number or one number per channel"):
+        imputation.per_channel("0.1", 3, "noise")
+    with pytest.raises(ValueError, match="noise must be a number or one number per channel"):
+        imputation.per_channel(True, 3, "noise")
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -368,6 +469,10 @@ def test_labels_decide_correctness_and_target_the_probability(tiny_cnn):
     ({"noise": -0.1}, "noise must be"),
     ({"order": "lerf", "percentages": (0.001,)}, r"percentage 0\.001: LeRF keeps"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"score": "auc"}, r"score 'auc' is not one of: accuracy, prob"),
+    ({"percentages": (0.5, 0.5)}, r"percentage 0\.5 is given twice"),
+    ({"percentages": 0.5}, "non-empty sequence"),
+    ({"noise": True}, "noise must be a number"),
 ])
 def test_bad_input_is_named(tiny_cnn, bad, match):
     x = torch.randn(2, 3, 16, 16)

@@ -32,7 +32,12 @@ from harness.metrics.registry import (
     list_metrics,
     register_metric,
 )
-from harness.metrics.road import RoadResult, road, road_combined
+from harness.metrics.road import (
+    RoadAlignmentError,
+    RoadResult,
+    road,
+    road_combined,
+)
 from harness.metrics.substrates import gkern, list_substrates, make_substrate
 
 for _module in pkgutil.iter_modules(__path__):
@@ -43,6 +48,7 @@ __all__ = [
     "ABPCResult", "CurveResult", "METRICS", "Metric", "Unit", "abpc", "auc", "deletion",
     "get_metric", "gkern", "insertion", "lerf", "list_metrics", "list_substrates",
     "make_substrate", "morf", "perturbation_curves", "pixel_ranks", "register_metric",
-    "ImputationNotConvergedError", "RoadResult", "SingularImputationError", "linear_impute",
+    "ImputationNotConvergedError", "RoadAlignmentError", "RoadResult",
+    "SingularImputationError", "linear_impute",
     "mean_impute", "road", "road_combined", "zero_impute",
 ]

@@ -50,6 +50,7 @@ speed against the reference's scipy solve and checks agreement on 224 x 224 phot
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -111,10 +112,18 @@ def validate_removed(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
 
 
 def per_channel(value: float | Sequence[float], channels: int, name: str) -> tuple[float, ...]:
-    """A float or one value per channel, as a tuple of ``channels`` floats."""
-    if isinstance(value, (int, float)):
+    """A number (any ``numbers.Real``: int, float, numpy scalars) or one per channel, as a tuple
+    of ``channels`` Python floats."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return (float(value),) * channels
-    values = tuple(float(v) for v in value)
+    try:
+        items = tuple(value)
+        if any(isinstance(v, bool) for v in items):
+            raise TypeError
+        values = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or one number per channel, got "
+                         f"{value!r}") from None
     if len(values) != channels:
         raise ValueError(f"{name} has {len(values)} values for {channels} channels")
     return values

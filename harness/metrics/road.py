@@ -21,18 +21,30 @@ restated in ``DESIGN.md`` section 2.6):
   channel; a test checks it) once the pixel-unit settings are converted: the noise becomes
   ``noise / std`` per channel and the zero fill ``-mean / std``, with ``mean`` / ``std`` from
   ``harness.models.model_info(model)`` or the ``pixel_mean`` / ``pixel_std`` arguments.
-- Scores per image and percentage: ``probs``, the softmax probability of ``target``, and
-  ``correct``, top-1 prediction == ``labels`` (default: ``target``). The reference's ``road_eval``
-  returns the accuracy (top-1 == dataset label, its published curves) and the mean probability of
-  the class predicted when the explanation was made (``prediction``); note that its ``run_road``
-  passes ``prediction=None``, which ``ImputedDataset`` turns into class 0, so the probability
-  column of ``run_road`` is class 0's (its retraining path passes the predictions). We score the
-  explained class ``target``: pass the clean image's top-1 prediction to follow the reference's
-  intent. ``accuracy`` and ``mean_probs`` (``[P]``) are the reference's two outputs.
-- ``values`` ``[N]``: the mean of ``probs`` over the percentages, the per-order summary of
-  pytorch-grad-cam (``ROADMostRelevantFirstAverage`` / ``ROADLeastRelevantFirstAverage``); lower
-  is better for MoRF, higher for LeRF. ``road_combined`` = (LeRF - MoRF) / 2 per image
-  (pytorch-grad-cam's ``ROADCombined``); higher is better.
+- Scores per image and percentage: ``correct``, top-1 prediction == ``labels``, and ``probs``,
+  the softmax probability of ``target``. Pass the dataset's true labels as ``labels`` for the
+  reference's accuracy (``road_eval``: top-1 == dataset label); without ``labels`` correctness is
+  agreement with the clean image's top-1 prediction. The reference's ``road_eval`` also returns the
+  mean probability of the class predicted when the explanation was made (``prediction``); note
+  that its ``run_road`` passes ``prediction=None``, which ``ImputedDataset`` turns into class 0,
+  so the probability column of ``run_road`` is class 0's (its retraining path passes the
+  predictions). We score the explained class ``target``: pass the clean image's top-1 prediction
+  to follow the reference's intent. ``accuracy`` and ``mean_probs`` (``[P]``) are the reference's
+  two outputs.
+- ``values`` ``[N]``, the per-image summary, by ``score``: ``"accuracy"`` (default) the image's
+  mean correctness over the percentages, i.e. its share of the reference's accuracy, the number
+  the paper publishes (its ``NoRetrainingMethod.py`` stores ``res_acc`` only); ``"prob"`` the mean
+  of ``probs``, pytorch-grad-cam's per-order summary (``ROADMostRelevantFirstAverage`` /
+  ``ROADLeastRelevantFirstAverage``, which subtract the clean score). Both per-image curves
+  (``correct`` and ``probs``) are kept either way. Lower is better for MoRF, higher for LeRF.
+- ``road_combined`` per image, higher is better: (LeRF - MoRF) / 2 of the chosen score, averaged
+  over the removed fractions both curves have. MoRF at p removes the fraction p and LeRF at p
+  removes 1 - p, so the curves are aligned by removed fraction (p for MoRF, 1 - p for LeRF;
+  matched within 1e-9; the pixel counts int(H W p) and H W - int(H W (1 - p)) can differ by one
+  pixel through ``int``): with the reference's 7 percentages that is {0.1, 0.3, 0.5, 0.7, 0.9};
+  with pytorch-grad-cam's grid 0.1, ..., 0.9 all of them, and then it equals (mean LeRF - mean
+  MoRF) / 2, grad-cam's ``ROADCombined``. Curves that share no removed fraction raise
+  ``RoadAlignmentError``.
 
 Where DESIGN.md 2.6 and the reference code differ, this follows the code: (1) the tie-break map
 is drawn per percentage and order (``run_road`` builds a dataset per percentage), not once per
@@ -43,14 +55,16 @@ product ``H * W * p`` (``int(100 * 0.29) = 28``), not the exact floor(p * H * W)
 Peer conventions that differ: pytorch-grad-cam (``pytorch_grad_cam/metrics/road.py``) thresholds
 with ``np.percentile`` (ties all on one side, no min-max scaling or tie-break map), uses
 percentiles 10, 20, ..., 90, scores the change of a user-chosen target (a logit unless a softmax
-target is given) from the clean image, and adds the noise 0.01 in the model's normalised units;
-its MoRF at percentile q removes the (100 - q)% most relevant pixels, its LeRF keeps the
-(100 - q)% most relevant, so over its symmetric grid both sweep the same fractions as ours.
-Its per-order averages differ from ours by the clean score; ROADCombined is the same. Quantus'
-``ROAD`` is MoRF only, percentages 1, 3, ..., 99 of the pixels (``int(H * W * p / 100)``),
-ordered by the raw map (no scaling, no tie-break), scoring only correctness (top-1 == label),
-and broadcasts maps over channels so that on RGB inputs it ranks the C * H * W values instead of
-pixels (the crash on RGB images reported in our issue 13).
+target is given) from the clean image, and adds the noise 0.01 in the model's normalised units.
+Its MoRF at percentile q KEEPS the q% least relevant pixels (removes the (100 - q)% most
+relevant) and its LeRF at q KEEPS the q% most relevant (removes the (100 - q)% least relevant):
+both remove 1 - q at q, so its ROADCombined pairs equal removed fractions, and over its
+symmetric grid both orders sweep the same fractions as ours. Its per-order averages differ from
+our ``score="prob"`` values by the clean score; its ROADCombined equals ours with
+``score="prob"`` on its grid. Quantus' ``ROAD`` is MoRF only, percentages 1, 3, ..., 99 of the
+pixels (``int(H * W * p / 100)``), ordered by the raw map (no scaling, no tie-break), scoring only
+correctness (top-1 == label), and broadcasts maps over channels so that on RGB inputs it ranks
+the C * H * W values instead of pixels (the crash on RGB images reported in our issue 13).
 
 Everything runs on ``x``'s device (the model's) in chunks of ``batch_size`` images under
 ``torch.inference_mode``; per-image noise comes from generators seeded with (``seed``, the image
@@ -59,10 +73,12 @@ id or index, order, percentage), so an image's numbers do not depend on its batc
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,8 +94,14 @@ from harness.seeding import image_generator
 
 ORDERS = ("morf", "lerf")
 PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+SCORES = ("accuracy", "prob")
 SCALE_EPSILON = 1e-5  # the reference's normalize_map epsilon
 TIE_BREAK_SCALE = 1e-4  # the reference's random_v = 1e-4 * randn(H, W)
+FRACTION_TOLERANCE = 1e-9  # removed fractions p (MoRF) and 1 - p (LeRF) that match
+
+
+class RoadAlignmentError(ValueError):
+    """A MoRF and a LeRF curve share no removed fraction, so ``road_combined`` is undefined."""
 
 
 @dataclass(frozen=True)
@@ -87,21 +109,36 @@ class RoadResult:
     """Per-image ROAD curves of one order.
 
     ``probs`` ``[N, P]`` (float64, softmax probability of the target), ``correct`` ``[N, P]``
-    (bool, top-1 == label), ``removed_fraction`` ``[P]`` (fraction of pixels removed at each
-    point: p for MoRF, 1 - int(H W p) / (H W) for LeRF), ``values`` ``[N]`` (mean of ``probs``
-    over the percentages), ``clean_probs`` ``[N]`` (the target's probability on the intact
-    image), ``noise`` (per channel, in the model's input units; empty unless linear)."""
+    (bool, top-1 == label), ``labels`` ``[N]`` (the labels correctness was checked against: the
+    given ones, else the clean image's top-1 prediction), ``removed_fraction`` ``[P]`` (fraction
+    of pixels removed at each point: int(H W p) / (H W) for MoRF, 1 - int(H W p) / (H W) for
+    LeRF), ``values`` ``[N]`` (the mean of ``scores`` over the percentages), ``score``
+    (``"accuracy"``: ``scores`` = ``correct``; ``"prob"``: ``scores`` = ``probs``),
+    ``clean_probs`` ``[N]`` (the target's probability on the intact image), ``noise`` (per
+    channel, in the model's input units; empty unless linear)."""
 
     order: str
     imputer: str
+    score: str
     percentages: tuple[float, ...]
     removed_fraction: torch.Tensor
     probs: torch.Tensor
     correct: torch.Tensor
+    labels: torch.Tensor
     values: torch.Tensor
     clean_probs: torch.Tensor
     noise: tuple[float, ...]
     seed: int
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[N, P]`` float64: the per-point score ``values`` averages (``score``)."""
+        return score_points(self.probs, self.correct, self.score)
+
+    @property
+    def nominal_removed(self) -> tuple[float, ...]:
+        """The fraction each percentage removes by definition: p (MoRF) or 1 - p (LeRF)."""
+        return nominal_removed(self.percentages, self.order)
 
     @property
     def accuracy(self) -> torch.Tensor:
@@ -114,19 +151,60 @@ class RoadResult:
         return self.probs.mean(dim=0)
 
 
+def score_points(probs: torch.Tensor, correct: torch.Tensor, score: str) -> torch.Tensor:
+    """``[N, P]`` float64: ``correct`` as 0/1 (``"accuracy"``) or ``probs`` (``"prob"``)."""
+    if score not in SCORES:
+        raise ValueError(f"score {score!r} is not one of: {', '.join(SCORES)}")
+    return correct.double() if score == "accuracy" else probs.double()
+
+
+def nominal_removed(percentages: Sequence[float], order: str) -> tuple[float, ...]:
+    """p for MoRF, 1 - p for LeRF: the fraction of pixels each percentage removes."""
+    return tuple(float(p) if order == "morf" else 1.0 - float(p) for p in percentages)
+
+
+def aligned_points(morf_percentages: Sequence[float], lerf_percentages: Sequence[float]
+                   ) -> list[tuple[float, int, int]]:
+    """``(removed fraction, MoRF index, LeRF index)`` for every removed fraction both orders
+    have (MoRF at p and LeRF at 1 - p), ascending; raises ``RoadAlignmentError`` if none."""
+    morf_removed = nominal_removed(morf_percentages, "morf")
+    lerf_removed = nominal_removed(lerf_percentages, "lerf")
+    points = [(fraction, i, j) for i, fraction in enumerate(morf_removed)
+              for j, other in enumerate(lerf_removed)
+              if abs(fraction - other) <= FRACTION_TOLERANCE]
+    if not points:
+        raise RoadAlignmentError(
+            f"MoRF removes the fractions {_fractions(morf_removed)} and LeRF (which removes 1 - "
+            f"p at percentage p) {_fractions(lerf_removed)}: none in common, so road_combined "
+            "is undefined; use percentages that contain 1 - p for some p, e.g. 0.5 or "
+            f"{PERCENTAGES}")
+    return sorted(points)
+
+
+def _fractions(values: Sequence[float]) -> str:
+    return "{" + ", ".join(f"{v:.6g}" for v in sorted(values)) + "}"
+
+
 def road_combined(morf_result: RoadResult, lerf_result: RoadResult) -> torch.Tensor:
-    """(LeRF - MoRF) / 2 of the per-image ``values`` ``[N]`` (pytorch-grad-cam's ROADCombined);
-    higher is better."""
+    """ROAD combined ``[N]`` float64, higher is better: per image, the mean over the removed
+    fractions both curves have (``aligned_points``) of (LeRF score - MoRF score) / 2, with the
+    results' ``score``. On pytorch-grad-cam's grid 0.1, ..., 0.9 every fraction is shared and this
+    is (mean LeRF - mean MoRF) / 2, its ``ROADCombined``; with the reference's 7 percentages the
+    fractions {0.1, 0.3, 0.5, 0.7, 0.9}. ``RoadAlignmentError`` if they share none."""
     if morf_result.order != "morf" or lerf_result.order != "lerf":
         raise ValueError(f"road_combined needs a morf and a lerf result, got "
                          f"{morf_result.order!r} and {lerf_result.order!r}")
-    if morf_result.percentages != lerf_result.percentages:
-        raise ValueError(f"percentages differ: morf {morf_result.percentages}, lerf "
-                         f"{lerf_result.percentages}")
+    if morf_result.score != lerf_result.score:
+        raise ValueError(f"scores differ: morf {morf_result.score!r}, lerf "
+                         f"{lerf_result.score!r}")
     if morf_result.values.shape != lerf_result.values.shape:
         raise ValueError(f"image counts differ: morf {tuple(morf_result.values.shape)}, lerf "
                          f"{tuple(lerf_result.values.shape)}")
-    return (lerf_result.values - morf_result.values) / 2
+    points = aligned_points(morf_result.percentages, lerf_result.percentages)
+    morf_index = [i for _, i, _ in points]
+    lerf_index = [j for _, _, j in points]
+    difference = lerf_result.scores[:, lerf_index] - morf_result.scores[:, morf_index]
+    return difference.mean(dim=1) / 2
 
 
 def tie_break_map(height: int, width: int, *, seed: int, order: str, percentage: float
@@ -186,22 +264,43 @@ def _pixel_stats(model: nn.Module, pixel_mean, pixel_std, channels: int
     return mean, std
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def percentage_problem(percentages) -> str | None:
+    """Why ``percentages`` is not a valid ROAD setting (None if it is): a non-empty sequence of
+    distinct fractions in (0, 1)."""
+    if _is_number(percentages) or isinstance(percentages, str | bytes) or not isinstance(
+            percentages, Sequence | np.ndarray) or len(percentages) == 0:
+        return (f"percentages must be a non-empty sequence of fractions in (0, 1), got "
+                f"{percentages!r}")
+    for p in percentages:
+        if not _is_number(p) or not 0 < p < 1 or math.isnan(p):
+            return (f"percentage {p!r} is outside (0, 1): percentages are fractions of the "
+                    f"pixels, e.g. {PERCENTAGES}")
+    repeated = sorted({float(p) for p in percentages
+                       if sum(float(q) == float(p) for q in percentages) > 1})
+    if repeated:
+        return f"percentage {repeated[0]!r} is given twice"
+    return None
+
+
 def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str,
-                  percentages: Sequence[float], imputer: str, noise: float,
-                  labels, ids: Sequence | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check every setting before any compute; return (target, labels) as long ``[N]``."""
+                  percentages: Sequence[float], imputer: str, noise: float, score: str,
+                  labels, ids: Sequence | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check every setting before any compute; return (target, labels or None) as long
+    ``[N]``."""
     if order not in ORDERS:
         raise ValueError(f"order {order!r} is not one of: {', '.join(ORDERS)}")
     if imputer not in IMPUTERS:
         raise ValueError(f"imputer {imputer!r} is not one of: {', '.join(IMPUTERS)}")
-    if isinstance(percentages, numbers.Real) or len(percentages) == 0:
-        raise ValueError(f"percentages must be a non-empty sequence of fractions in (0, 1), got "
-                         f"{percentages!r}")
-    for p in percentages:
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p < 1:
-            raise ValueError(f"percentage {p!r} is outside (0, 1): percentages are fractions of "
-                             f"the pixels, e.g. {PERCENTAGES}")
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or noise < 0:
+    if score not in SCORES:
+        raise ValueError(f"score {score!r} is not one of: {', '.join(SCORES)}")
+    problem = percentage_problem(percentages)
+    if problem is not None:
+        raise ValueError(problem)
+    if not _is_number(noise) or not noise >= 0:
         raise ValueError(f"noise must be a number >= 0 (pixel units), got {noise!r}")
     if x.ndim != 4:
         raise ValueError(f"x must be [N, C, H, W], got {tuple(x.shape)}")
@@ -225,10 +324,10 @@ def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str
     target = torch.as_tensor(target, device=x.device).long().reshape(-1)
     if target.shape[0] != n_images:
         raise ValueError(f"target has {target.shape[0]} entries for {n_images} images")
-    labels = target if labels is None else torch.as_tensor(labels, device=x.device).long()
-    labels = labels.reshape(-1)
-    if labels.shape[0] != n_images:
-        raise ValueError(f"labels has {labels.shape[0]} entries for {n_images} images")
+    if labels is not None:
+        labels = torch.as_tensor(labels, device=x.device).long().reshape(-1)
+        if labels.shape[0] != n_images:
+            raise ValueError(f"labels has {labels.shape[0]} entries for {n_images} images")
     return target, labels
 
 
@@ -245,18 +344,23 @@ def _probabilities(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor
 
 def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
          order: str = "morf", percentages: Sequence[float] = PERCENTAGES,
-         imputer: str = "linear", noise: float = 0.01, labels=None, seed: int = 0,
-         ids: Sequence | None = None, batch_size: int | None = None,
+         imputer: str = "linear", noise: float = 0.01, score: str = "accuracy", labels=None,
+         seed: int = 0, ids: Sequence | None = None, batch_size: int | None = None,
          pixel_mean: float | Sequence[float] | None = None,
          pixel_std: float | Sequence[float] | None = None) -> RoadResult:
     """ROAD curves of one ``order`` (module docstring) for ``x`` ``[N, C, H, W]`` (the model's
     normalised input, on its device), ``saliency`` ``[N, H, W]``, ``target`` ``[N]`` (the class
-    scored). ``noise``: the linear imputer's noise in [0, 1] pixel units (converted with the
+    whose probability is scored). ``labels`` ``[N]``: the true labels correctness is checked
+    against (the reference's accuracy); None: the clean image's top-1 prediction. ``score``: the
+    per-image ``values``, ``"accuracy"`` (mean correctness, the paper's) or ``"prob"`` (mean
+    probability). ``noise``: the linear imputer's noise in [0, 1] pixel units (converted with the
     model's std). ``pixel_mean`` / ``pixel_std``: the normalisation when the model carries no
     ``harness_info`` (needed for ``linear`` with noise > 0 and for ``zero``). ``batch_size``:
     images per chunk (default 8 on the CPU, 64 on accelerators)."""
     target, labels = validate_road(x, saliency, target, order=order, percentages=percentages,
-                                   imputer=imputer, noise=noise, labels=labels, ids=ids)
+                                   imputer=imputer, noise=noise, score=score, labels=labels,
+                                   ids=ids)
+    noise = float(noise)
     n_images, channels, height, width = x.shape
     mean, std = _pixel_stats(model, pixel_mean, pixel_std, channels)
     noise_scales: tuple[float, ...] = ()
@@ -280,6 +384,7 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     probs = torch.empty(n_images, len(percentages), dtype=torch.float64)
     correct = torch.empty(n_images, len(percentages), dtype=torch.bool)
     clean = torch.empty(n_images, dtype=torch.float64)
+    checked = torch.empty(n_images, dtype=torch.long)
     x = x.detach()
     with torch.inference_mode():
         for begin in range(0, n_images, batch_size):
@@ -287,7 +392,10 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
             chunk = x[begin:end]
             keys = [ids[i] if ids is not None else i for i in range(begin, end)]
             names = [ids[i] if ids is not None else f"#{i}" for i in range(begin, end)]
-            clean[begin:end] = _probabilities(model, chunk, target[begin:end])[0].cpu()
+            clean_probs, clean_top1 = _probabilities(model, chunk, target[begin:end])
+            clean[begin:end] = clean_probs.cpu()
+            chunk_labels = clean_top1 if labels is None else labels[begin:end]
+            checked[begin:end] = chunk_labels.cpu()
             for k, p in enumerate(percentages):
                 removed = removal_mask(ranking_scores(maps[begin:end], tie_breaks[k]), p, order)
                 if imputer == "linear":
@@ -305,8 +413,9 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
                                           fill=[-m / s for m, s in zip(mean, std, strict=True)])
                 batch_probs, predicted = _probabilities(model, imputed, target[begin:end])
                 probs[begin:end, k] = batch_probs.cpu()
-                correct[begin:end, k] = (predicted == labels[begin:end]).cpu()
-    return RoadResult(order=order, imputer=imputer, percentages=percentages,
+                correct[begin:end, k] = (predicted == chunk_labels).cpu()
+    return RoadResult(order=order, imputer=imputer, score=score, percentages=percentages,
                       removed_fraction=removed_fractions(height, width, percentages, order),
-                      probs=probs, correct=correct, values=probs.mean(dim=1), clean_probs=clean,
+                      probs=probs, correct=correct, labels=checked,
+                      values=score_points(probs, correct, score).mean(dim=1), clean_probs=clean,
                       noise=noise_scales, seed=seed)
