@@ -35,6 +35,7 @@ from harness.metrics.registry import (
 from harness.metrics.road import (
     RoadAlignmentError,
     RoadResult,
+    RoadSettings,
     road,
     road_combined,
 )
@@ -48,7 +49,7 @@ __all__ = [
     "ABPCResult", "CurveResult", "METRICS", "Metric", "Unit", "abpc", "auc", "deletion",
     "get_metric", "gkern", "insertion", "lerf", "list_metrics", "list_substrates",
     "make_substrate", "morf", "perturbation_curves", "pixel_ranks", "register_metric",
-    "ImputationNotConvergedError", "RoadAlignmentError", "RoadResult",
+    "ImputationNotConvergedError", "RoadAlignmentError", "RoadResult", "RoadSettings",
     "SingularImputationError", "linear_impute",
     "mean_impute", "road", "road_combined", "zero_impute",
 ]

@@ -69,6 +69,11 @@ the C * H * W values instead of pixels (the crash on RGB images reported in our 
 Everything runs on ``x``'s device (the model's) in chunks of ``batch_size`` images under
 ``torch.inference_mode``; per-image noise comes from generators seeded with (``seed``, the image
 id or index, order, percentage), so an image's numbers do not depend on its batch.
+
+Registered as metric ``road`` (``RoadSettings``, the reference's defaults): one record per
+(image, order) with ``measure`` = the order; table columns ``road_morf`` (lower is better),
+``road_lerf`` (higher) and, when both orders ran, ``road_combined`` (higher); mean curves
+``road_morf`` / ``road_lerf`` of the chosen score against the removed fraction.
 """
 
 from __future__ import annotations
@@ -76,9 +81,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -90,6 +96,8 @@ from harness.metrics.imputation import (
     solve_linear,
     zero_impute,
 )
+from harness.metrics.registry import CELL_COLUMNS, record_curves, register_metric
+from harness.models import model_info
 from harness.seeding import image_generator
 
 ORDERS = ("morf", "lerf")
@@ -419,3 +427,128 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
                       probs=probs, correct=correct, labels=checked,
                       values=score_points(probs, correct, score).mean(dim=1), clean_probs=clean,
                       noise=noise_scales, seed=seed)
+
+
+# ----------------------------------------------------------------------------- registry entry
+
+
+@dataclass(frozen=True)
+class RoadSettings:
+    """Settings of ROAD (defaults: the reference's experiments): both orders at the reference's
+    percentages, noisy linear imputation with noise 0.01 in [0, 1] pixel units, the per-image
+    value the paper publishes (``score="accuracy"``; ``"prob"``: the mean probability of the
+    target). ``batch_size`` None: 8 images per chunk on the CPU, 64 on accelerators."""
+
+    orders: list = field(default_factory=lambda: list(ORDERS))
+    percentages: tuple = PERCENTAGES
+    imputer: str = "linear"
+    noise: float = 0.01
+    score: str = "accuracy"
+    batch_size: int | None = None
+    methods: list | None = None
+
+    def check(self) -> None:
+        if isinstance(self.orders, str) or not self.orders:
+            raise ValueError(f"orders: name at least one of: {', '.join(ORDERS)} (a list), got "
+                             f"{self.orders!r}")
+        for order in self.orders:
+            if order not in ORDERS:
+                raise ValueError(f"orders: {order!r} is not one of: {', '.join(ORDERS)}")
+        if len(set(self.orders)) != len(self.orders):
+            raise ValueError(f"orders: an order is named twice in {list(self.orders)}")
+        problem = percentage_problem(self.percentages)
+        if problem is not None:
+            raise ValueError(f"percentages: {problem}")
+        if set(self.orders) == set(ORDERS):
+            try:
+                aligned_points(self.percentages, self.percentages)
+            except RoadAlignmentError as error:
+                raise ValueError(f"percentages: {error}") from None
+        for key, value, choices in (("imputer", self.imputer, IMPUTERS),
+                                    ("score", self.score, SCORES)):
+            if value not in choices:
+                raise ValueError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
+        if not _is_number(self.noise) or not self.noise >= 0:
+            raise ValueError(f"noise: must be a number >= 0 (pixel units), got {self.noise!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1 (or omitted for the device's default), "
+                             f"got {self.batch_size}")
+
+
+def _road_parts(settings: RoadSettings, model: nn.Module) -> list[tuple]:
+    return [(order, None) for order in settings.orders]
+
+
+ROAD_COLUMNS = {"morf": ("road_morf", "down"), "lerf": ("road_lerf", "up")}
+
+
+def _road_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``road_morf`` (lower is better) and ``road_lerf`` (higher) from each order's ``value``;
+    ``road_combined`` (higher) from the records' ``combined`` when both orders ran."""
+    parts = []
+    for order, (column, direction) in ROAD_COLUMNS.items():
+        rows = frame[frame["measure"] == order]
+        if not rows.empty:
+            parts.append(pd.DataFrame({
+                "column": column, "direction": direction,
+                "image_id": rows["image_id"].to_numpy(),
+                "value": rows["value"].to_numpy(dtype=float, na_value=np.nan)}))
+    if "combined" in frame:
+        rows = frame[(frame["measure"] == "morf") & frame["combined"].notna()]
+        if not rows.empty:
+            parts.append(pd.DataFrame({
+                "column": "road_combined", "direction": "up",
+                "image_id": rows["image_id"].to_numpy(),
+                "value": rows["combined"].to_numpy(dtype=float, na_value=np.nan)}))
+    if not parts:
+        return pd.DataFrame(columns=CELL_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _road_curves(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``road_morf`` / ``road_lerf``: per image, the chosen score against the removed
+    fraction."""
+    curves = {}
+    for order, (name, _) in ROAD_COLUMNS.items():
+        curves.update(record_curves(name)(frame[frame["measure"] == order]))
+    return curves
+
+
+@register_metric("road", settings=RoadSettings, direction="up",
+                 citation="Rong, Leemann et al. 2022, ROAD (arXiv:2202.00449), road_evaluation",
+                 needs=("maps",), columns=_road_columns, parts=_road_parts,
+                 curves=_road_curves,
+                 summary="ROAD: the model's accuracy (or probability) as the most (MoRF) or "
+                         "least (LeRF) relevant pixels are removed and noisily imputed")
+def _road_records(unit, settings: RoadSettings) -> list[dict]:
+    """One record per (image, order): ``measure`` the order, ``value`` the mean score over the
+    percentages, the per-percentage ``probs`` and ``correct``, ``removed_fraction``, ``curve``
+    (the chosen score) against ``curve_x`` (the removed fraction, ascending) and, when both
+    orders ran, the image's ``combined``. Correctness is against the dataset labels (the target
+    where an image has none)."""
+    info = model_info(unit.model)
+    labels = unit.label_tensor
+    results = {order: road(unit.model, unit.x, unit.maps, unit.target, order=order,
+                           percentages=tuple(settings.percentages), imputer=settings.imputer,
+                           noise=settings.noise, score=settings.score, labels=labels,
+                           seed=unit.seed, ids=list(unit.ids), batch_size=settings.batch_size,
+                           pixel_mean=info.mean, pixel_std=info.std)
+               for order in settings.orders}
+    combined = (road_combined(results["morf"], results["lerf"]).tolist()
+                if set(results) == set(ORDERS) else None)
+    records = []
+    for order, result in results.items():
+        ascending = torch.argsort(result.removed_fraction, stable=True)
+        curve_x = result.removed_fraction[ascending].tolist()
+        scores = result.scores[:, ascending].tolist()
+        for i, image_id in enumerate(unit.ids):
+            record = {"image_id": image_id, "measure": order, "value": float(result.values[i]),
+                      "score": settings.score, "imputer": settings.imputer,
+                      "probs": result.probs[i].tolist(), "correct": result.correct[i].tolist(),
+                      "removed_fraction": result.removed_fraction.tolist(),
+                      "clean_prob": float(result.clean_probs[i]),
+                      "curve": scores[i], "curve_x": curve_x}
+            if combined is not None:
+                record["combined"] = combined[i]
+            records.append(record)
+    return records
