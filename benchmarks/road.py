@@ -38,7 +38,7 @@ import torch
 from scipy.sparse.linalg import spsolve
 
 import harness
-from harness.metrics.imputation import neighbour_weight, solve_linear
+from harness.metrics.imputation import solve_linear
 from harness.metrics.road import PERCENTAGES, ranking_scores, removal_mask, tie_break_map
 
 
@@ -47,9 +47,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+EDGE, DIAGONAL = 1 / 6, 1 / 12  # the definition's weights, written here (not the solver's)
+OFFSETS = [(dy, dx, DIAGONAL if dy and dx else EDGE)
+           for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
 def lean_scipy(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     """Direct solve of one image ``[C, H, W]`` (float64) at ``removed`` ``[H, W]``: the system
-    assembled with vectorised numpy from the definition, one ``spsolve`` for all channels."""
+    assembled with vectorised numpy from the definition (DESIGN.md 2.6; nothing taken from the
+    implementation under test), one ``spsolve`` for all channels."""
     channels, height, width = image.shape
     flat_removed = removed.ravel()
     unknowns = np.flatnonzero(flat_removed)
@@ -60,21 +66,17 @@ def lean_scipy(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     diagonal = np.zeros(len(unknowns))
     rhs = np.zeros((len(unknowns), channels))
     rows, cols, vals = [], [], []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            weight = neighbour_weight(dy, dx)
-            if weight == 0:
-                continue
-            ny, nx = ys + dy, xs + dx
-            inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
-            diagonal[inside] += weight
-            equation = np.flatnonzero(inside)
-            neighbour = ny[inside] * width + nx[inside]
-            unknown = flat_removed[neighbour]
-            rows.append(equation[unknown])
-            cols.append(variable[neighbour[unknown]])
-            vals.append(np.full(int(unknown.sum()), -weight))
-            np.add.at(rhs, equation[~unknown], weight * flat[:, neighbour[~unknown]].T)
+    for dy, dx, weight in OFFSETS:
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+        diagonal[inside] += weight
+        equation = np.flatnonzero(inside)
+        neighbour = ny[inside] * width + nx[inside]
+        unknown = flat_removed[neighbour]
+        rows.append(equation[unknown])
+        cols.append(variable[neighbour[unknown]])
+        vals.append(np.full(int(unknown.sum()), -weight))
+        np.add.at(rhs, equation[~unknown], weight * flat[:, neighbour[~unknown]].T)
     rows.append(np.arange(len(unknowns)))
     cols.append(np.arange(len(unknowns)))
     vals.append(diagonal)
