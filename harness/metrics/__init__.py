@@ -31,6 +31,13 @@ from harness.metrics.confidence import (
     masked_image,
 )
 from harness.metrics.correlation import CorrelationResult, faithfulness_correlation
+from harness.metrics.imputation import (
+    ImputationNotConvergedError,
+    SingularImputationError,
+    linear_impute,
+    mean_impute,
+    zero_impute,
+)
 from harness.metrics.infidelity import InfidelityResult, infidelity
 from harness.metrics.irof import IROFResult, irof
 from harness.metrics.localisation import (
@@ -51,6 +58,13 @@ from harness.metrics.registry import (
     get_metric,
     list_metrics,
     register_metric,
+)
+from harness.metrics.road import (
+    RoadAlignmentError,
+    RoadResult,
+    RoadSettings,
+    road,
+    road_combined,
 )
 from harness.metrics.robustness import (
     RobustnessResult,
@@ -79,4 +93,9 @@ __all__ += [  # robustness, localisation, complexity
     "effective_complexity", "local_lipschitz_estimate", "max_sensitivity", "pointing_game",
     "pointing_game_summary", "relative_input_stability", "relevance_mass_accuracy",
     "relevance_rank_accuracy", "sparseness", "top_k_intersection",
+]
+__all__ += [  # ROAD
+    "ImputationNotConvergedError", "RoadAlignmentError", "RoadResult", "RoadSettings",
+    "SingularImputationError", "linear_impute",
+    "mean_impute", "road", "road_combined", "zero_impute",
 ]
