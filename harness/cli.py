@@ -13,6 +13,7 @@ import yaml
 
 import harness
 from harness.data import crop_pixels, load_dataset, preprocess, resolve_targets
+from harness.distributed import DistributedError
 from harness.io import FolderLocked, atomic_write
 from harness.methods import list_methods, saliency_batched
 from harness.models import WeightsUnavailableError, load_model
@@ -205,6 +206,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_experiment(config, resume=args.resume, progress=not args.no_progress,
                             source=source)
     summary = result["summary"]
+    if summary is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        print(f"rank {result['rank']}: {result['computed']} records computed in "
+              f"{result['output_dir']}")
+        return 0
     print()
     source = f"MLflow run {result['run_id']}" if result["run_id"] else str(result["output_dir"])
     print(render_tables(summary, {**table_meta(config, result["weights"], source),
@@ -338,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UnknownNameError, ValueError, WeightsUnavailableError, TrackingUnavailableError,
-            FolderLocked) as error:
+            FolderLocked, DistributedError) as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return 2
 

@@ -39,6 +39,7 @@ class DataConfig:
     limit: int | None = None
     seed: int | None = None
     options: dict = field(default_factory=dict)
+    workers: int = 0  # DataLoader processes decoding the next batches (0: the main process)
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ class ExperimentConfig:
     reference: str | None = None
     ci_method: str = "bca"  # bootstrap CI of the tables: bca | percentile (harness.stats)
     seed: int = 0
-    device: str = "cpu"
-    batch_size: int = 8
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto (cuda:LOCAL_RANK where CUDA exists)
+    batch_size: int = 8  # images per work unit
+    method_batch_size: int | None = None  # images per method call (default: batch_size)
     figure_images: int = 6
     output_dir: str = "outputs/experiment"
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -87,6 +89,7 @@ class ExperimentConfig:
         content = self.to_dict()
         for key in ("tracking", "output_dir", "figure_images", "ci_method"):
             content.pop(key)
+        content["data"].pop("workers")  # how images are decoded changes no number
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -225,7 +228,7 @@ def check_signature_options(fn, options: dict, path: str, what: str,
             raise ConfigError(f"{path}.{name}: expected {_type_name(hints[name])}, got {value!r}")
 
 
-DEVICE_TYPES = ("cpu", "cuda", "cuda:N", "mps")
+DEVICE_TYPES = ("cpu", "cuda", "cuda:N", "mps", "auto")
 
 
 def check_device(device: str, key: str = "device") -> None:
@@ -233,6 +236,8 @@ def check_device(device: str, key: str = "device") -> None:
     CUDA and that many GPUs), ``mps``."""
     import torch
 
+    if device == "auto":  # cuda:LOCAL_RANK where CUDA exists, else the CPU (harness.distributed)
+        return
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
@@ -367,6 +372,11 @@ def from_dict(raw: dict) -> ExperimentConfig:
     if config.data.limit is not None and config.data.limit < 1:
         raise ConfigError(f"data.limit: must be >= 1 (or omitted for every image), got "
                           f"{config.data.limit}")
+    if config.data.workers < 0:
+        raise ConfigError(f"data.workers: must be >= 0, got {config.data.workers}")
+    if config.method_batch_size is not None and config.method_batch_size < 1:
+        raise ConfigError(f"method_batch_size: must be >= 1 (or omitted for batch_size), got "
+                          f"{config.method_batch_size}")
     if config.figure_images < 0:
         raise ConfigError(f"figure_images: must be >= 0, got {config.figure_images}")
     check_device(config.device)

@@ -34,18 +34,26 @@ from harness.data import (
     Dataset,
     load_dataset,
     load_maps,
-    load_masks,
-    preprocess,
     resolve_targets,
     save_maps,
 )
+from harness.distributed import SINGLE, World, agree, barrier, resolve_device
 from harness.io import RecordStore, RunLock, atomic_write, record_key
 from harness.metrics.registry import Unit, applies, get_metric
 from harness.models import load_model, model_info
+from harness.store import (
+    PARQUET,
+    SHARDS,
+    ShardWriter,
+    compact,
+    record_keys,
+    shard_paths,
+)
+from harness.store import load_records as load_store_records
 
 __all__ = ["RecordStore", "record_key", "prepare_run", "run", "load_records", "figure_maps"]
 
-RECORDS = "records.jsonl"
+RECORDS = "records.jsonl"  # a single process's write-ahead shard (harness.store)
 STATE = "state.json"
 RESOLVED = "config.resolved.yaml"
 MAPS = "maps"
@@ -62,6 +70,8 @@ class Prepared:
     output_dir: Path
     parts: dict[str, list[tuple]]
     lock: RunLock | None = None
+    world: World = SINGLE
+    device: str = "cpu"
 
     def release(self) -> None:
         if self.lock is not None:
@@ -109,18 +119,21 @@ def check_filter_model(dataset: Dataset, model: torch.nn.Module) -> None:
                       stacklevel=3)
 
 
-def prepare_run(config: ExperimentConfig, *, resume: bool = False) -> Prepared:
-    """Lock and check the output folder (refuse to mix runs; on ``resume`` repair a torn or
-    corrupt records file, saying so), then load the model and data. The lock is held by the
-    returned ``Prepared`` until its ``release()``."""
-    output_dir = check_output_dir(config.output_dir)
+def _has_records(output_dir: Path) -> bool:
+    shards = output_dir / SHARDS
+    return ((output_dir / RECORDS).exists() and (output_dir / RECORDS).stat().st_size > 0) or \
+        (output_dir / PARQUET).exists() or (shards.is_dir() and any(shards.iterdir()))
+
+
+def _claim_folder(config: ExperimentConfig, output_dir: Path, resume: bool) -> RunLock:
+    """The leader's part of ``prepare_run``: lock, refuse to mix runs, repair on resume, write the
+    state and the resolved config."""
     lock = RunLock(output_dir).acquire()
     try:
         state_path = output_dir / STATE
-        records_path = output_dir / RECORDS
         if state_path.exists():
             state = json.loads(state_path.read_text())
-            if records_path.exists() and records_path.stat().st_size and not resume:
+            if _has_records(output_dir) and not resume:
                 raise ConfigError(f"{output_dir} already holds records of a run; pass --resume "
                                   "to continue it, or choose another output_dir (nothing was "
                                   "changed)")
@@ -133,26 +146,88 @@ def prepare_run(config: ExperimentConfig, *, resume: bool = False) -> Prepared:
         for orphan in output_dir.rglob(".*.tmp*"):  # left by a write a kill interrupted
             orphan.unlink(missing_ok=True)
         if resume:
-            for note in RecordStore(records_path).repair():
-                warnings.warn(note, stacklevel=2)
+            shards = [output_dir / RECORDS, *sorted((output_dir / SHARDS).glob("rank-*.jsonl"))]
+            for shard in shards:
+                for note in RecordStore(shard).repair():
+                    warnings.warn(note, stacklevel=3)
         elif (output_dir / MAPS).exists():  # left by a run that stored no records
             shutil.rmtree(output_dir / MAPS)
         state["config_hash"] = config.hash()
         atomic_write(state_path, json.dumps(state, indent=2))
         atomic_write(output_dir / RESOLVED, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def prepare_run(config: ExperimentConfig, *, resume: bool = False,
+                world: World = SINGLE) -> Prepared:
+    """Lock and check the output folder (refuse to mix runs; on ``resume`` repair torn or corrupt
+    record lines, saying so), then load the model and data. Under several ranks the leader
+    (rank 0) does the folder's part and the others wait for it; a failure of any rank's checks
+    stops every rank with the same message. The lock is held by the returned ``Prepared`` until
+    its ``release()``."""
+    output_dir = check_output_dir(config.output_dir)
+    lock, failure = None, None
+    if world.leader:
+        try:
+            lock = _claim_folder(config, output_dir, resume)
+        except (ConfigError, OSError, ValueError, RuntimeError) as error:
+            failure = error
+    shared = agree(world, None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if shared is not None:
+        raise ConfigError(f"rank 0 stopped the run: {shared}")
+    try:
+        device = resolve_device(config.device, world)
         model = load_model(config.model.name, weights=config.model.weights,
-                           checkpoint=config.model.checkpoint, seed=config.seed,
-                           device=config.device)
+                           checkpoint=config.model.checkpoint, seed=config.seed, device=device)
         check_steps(config, model)
         dataset = load_dataset(config.data.name, limit=config.data.limit, seed=config.data.seed,
                                **config.data.options)
         check_filter_model(dataset, model)
+        units = len(batches_of(config, dataset)) * len(config.methods)
+        if world.size > units:
+            raise ConfigError(f"the world size {world.size} is larger than the {units} work units "
+                              "(image batches x methods): start at most that many processes "
+                              "(torchrun --nproc-per-node), or lower batch_size")
         parts = {name: get_metric(name).parts(settings, model)
                  for name, settings in config.metrics.items()}
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
-    return Prepared(config, model, dataset, output_dir, parts, lock)
+    return Prepared(config, model, dataset, output_dir, parts, lock, world, device)
+
+
+def batches_of(config: ExperimentConfig, dataset: Dataset) -> list[list]:
+    """The image batches, fixed by the dataset order and ``batch_size`` (not by the world)."""
+    samples = list(dataset)
+    return [samples[i:i + config.batch_size] for i in range(0, len(samples), config.batch_size)]
+
+
+def work_units(config: ExperimentConfig, dataset: Dataset) -> list[tuple[int, int]]:
+    """Every (batch index, method index), in the canonical order: rank ``r`` of ``W`` computes
+    positions ``r, r + W, ...``."""
+    return [(b, m) for b in range(len(batches_of(config, dataset)))
+            for m in range(len(config.methods))]
+
+
+def canonical_keys(config: ExperimentConfig, dataset: Dataset,
+                   parts: dict[str, list[tuple]]) -> list[tuple]:
+    """Every record key of a complete run in the canonical order (batch, method, metric, image,
+    part): the order of ``records.parquet``, whatever ranks computed them."""
+    keys = []
+    for batch in batches_of(config, dataset):
+        ids = [sample.id for sample in batch]
+        for method in config.methods:
+            for metric, settings in config.metrics.items():
+                if applies(settings, method.name):
+                    keys += [(method.name, metric, image_id, measure, block)
+                             for image_id in ids for measure, block in parts[metric]]
+    return keys
 
 
 def expected_keys(config: ExperimentConfig, method: str, ids: list[str],
@@ -168,12 +243,19 @@ def expected_keys(config: ExperimentConfig, method: str, ids: list[str],
 
 
 def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
-        prepared: Prepared | None = None) -> Iterator[dict]:
-    """Yield the records computed by this call (those already on disk are skipped)."""
+        prepared: Prepared | None = None, world: World = SINGLE) -> Iterator[dict]:
+    """Yield the records computed by this call (those already stored are skipped). Under several
+    ranks each rank yields its own share; when every rank is done the leader merges the store
+    (``harness.store.compact``)."""
     owned = prepared is None
-    prepared = prepared or prepare_run(config, resume=resume)
+    prepared = prepared or prepare_run(config, resume=resume, world=world)
     try:
         yield from _run_units(config, prepared, progress)
+        barrier(prepared.world)
+        if prepared.world.leader:
+            compact(prepared.output_dir,
+                    canonical_keys(config, prepared.dataset, prepared.parts))
+        barrier(prepared.world)
     finally:
         if owned:
             prepared.release()
@@ -197,40 +279,43 @@ def unit_records(config: ExperimentConfig, unit: Unit, display_name: str) -> lis
 def _run_units(config: ExperimentConfig, prepared: Prepared, progress: bool) -> Iterator[dict]:
     from tqdm.auto import tqdm
 
-    store = RecordStore(prepared.output_dir / RECORDS)
-    done = {record_key(r) for r in store.load()}
-    info = model_info(prepared.model)
-    samples = list(prepared.dataset)
-    figure_ids = {s.id for s in samples[:config.figure_images]}
-    batches = [samples[i:i + config.batch_size]
-               for i in range(0, len(samples), config.batch_size)]
-    bar = tqdm(total=len(batches) * len(config.methods), desc=config.name, unit="unit",
-               disable=not progress)
+    from harness.loading import load_batches
+
+    world = prepared.world
+    writer = ShardWriter(shard_paths(prepared.output_dir,
+                                     world.rank if world.distributed else None))
+    done = record_keys(prepared.output_dir)
+    batches = batches_of(config, prepared.dataset)
+    figure_ids = {s.id for s in list(prepared.dataset)[:config.figure_images]}
+    mine = world.mine(work_units(config, prepared.dataset))
+    pending: dict[int, list[int]] = {}
+    for b, m in mine:
+        ids = [sample.id for sample in batches[b]]
+        if not expected_keys(config, config.methods[m].name, ids, prepared.parts) <= done:
+            pending.setdefault(b, []).append(m)
+    bar = tqdm(total=len(mine), initial=len(mine) - sum(map(len, pending.values())),
+               desc=f"{config.name}" + (f" [rank {world.rank}]" if world.distributed else ""),
+               unit="unit", disable=not progress)
     needs_masks = any("masks" in get_metric(name).needs for name in config.metrics)
-    for batch in batches:
+    info = model_info(prepared.model)
+    for b, x, masks in load_batches(batches, sorted(pending), info, device=prepared.device,
+                                    workers=config.data.workers, masks=needs_masks):
+        batch = batches[b]
         ids = [sample.id for sample in batch]
-        pending = [m for m in config.methods
-                   if not expected_keys(config, m.name, ids, prepared.parts) <= done]
-        if not pending:
-            bar.update(len(config.methods))
-            continue
-        x = preprocess([sample.load() for sample in batch], info, device=config.device, ids=ids)
         labels = tuple(s.label for s in batch)
         target = resolve_targets(prepared.model, x, list(labels), ids, mode=config.target)
-        masks = load_masks(batch, info, device=config.device) if needs_masks else None
-        for method in config.methods:
-            if method not in pending:
-                bar.update(1)
-                continue
+        for m in pending[b]:
+            method = config.methods[m]
             bar.set_postfix_str(method.name)
             unit = Unit(prepared.model, x, target, tuple(ids), method.registry_name,
                         dict(method.params), labels=labels, masks=masks, seed=config.seed,
-                        batch_size=config.batch_size)
+                        batch_size=config.method_batch_size or config.batch_size)
             records = unit_records(config, unit, method.name)
             if "maps" in unit.__dict__:  # computed for a metric: keep the figure's share
-                keep_figure_maps(prepared.output_dir, method.name, ids, unit.maps, figure_ids)
+                keep_figure_maps(prepared.output_dir, method.name, ids, unit.maps, figure_ids,
+                                 rank=world.rank if world.distributed else None)
             fresh = [r for r in records if record_key(r) not in done]
-            store.append(fresh)
+            writer.append(fresh)
             done |= {record_key(r) for r in fresh}
             bar.update(1)
             yield from fresh
@@ -238,14 +323,16 @@ def _run_units(config: ExperimentConfig, prepared: Prepared, progress: bool) -> 
 
 
 def keep_figure_maps(output_dir: Path, method: str, ids: list[str], maps: torch.Tensor,
-                     figure_ids: set[str]) -> None:
-    """Add the maps ``[N, H, W]`` of the batch's figure images to ``maps/<method>.npz`` (written
-    atomically; an unreadable file from an earlier crash is replaced, and the figure recomputes
-    what it lost)."""
+                     figure_ids: set[str], *, rank: int | None = None) -> None:
+    """Add the maps ``[N, H, W]`` of the batch's figure images to ``maps/<method>.npz`` (rank
+    ``r`` of a distributed run: ``maps/<method>.rank-<r>.npz``, so that no two processes write one
+    file), written atomically; an unreadable file from an earlier crash is replaced, and the
+    figure recomputes what it lost."""
     keep = [i for i, image_id in enumerate(ids) if image_id in figure_ids]
     if not keep:
         return
-    path = output_dir / MAPS / f"{method}.npz"
+    name = f"{method}.npz" if rank is None else f"{method}.rank-{rank:03d}.npz"
+    path = output_dir / MAPS / name
     kept = {ids[i]: maps[i].detach().cpu().float().numpy() for i in keep}
     old = _read_kept(path)
     if old is not None:
@@ -265,20 +352,19 @@ def _read_kept(path: Path) -> tuple[np.ndarray, list[str] | None] | None:
 
 
 def figure_maps(output_dir: str | Path, method: str, ids: list[str]) -> torch.Tensor | None:
-    """The kept maps ``[len(ids), H, W]`` of ``method`` for ``ids``, or None if any is missing."""
-    kept = _read_kept(Path(output_dir) / MAPS / f"{method}.npz")
-    if kept is None:
+    """The kept maps ``[len(ids), H, W]`` of ``method`` for ``ids`` (from every rank's file), or
+    None if any is missing."""
+    folder = Path(output_dir) / MAPS
+    found: dict[str, np.ndarray] = {}
+    for path in [folder / f"{method}.npz", *sorted(folder.glob(f"{method}.rank-*.npz"))]:
+        kept = _read_kept(path)
+        if kept is not None:
+            found.update(dict(zip(kept[1] or [], kept[0], strict=True)))
+    if not all(image_id in found for image_id in ids):
         return None
-    maps, stored = kept
-    index = {image_id: i for i, image_id in enumerate(stored or [])}
-    if not all(image_id in index for image_id in ids):
-        return None
-    return torch.from_numpy(np.stack([maps[index[image_id]] for image_id in ids]))
+    return torch.from_numpy(np.stack([found[image_id] for image_id in ids]))
 
 
 def load_records(output_dir: str | Path) -> list[dict]:
-    """All records of the run in ``output_dir``."""
-    path = Path(output_dir) / RECORDS
-    if not path.exists():
-        raise ValueError(f"{output_dir} holds no {RECORDS}: not a harness run folder")
-    return RecordStore(path).load()
+    """All records of the run in ``output_dir``, whatever its store (``harness.store``)."""
+    return load_store_records(output_dir)

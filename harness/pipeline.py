@@ -19,7 +19,6 @@ import yaml
 import harness
 from harness.config import ExperimentConfig, from_dict
 from harness.experiment import (
-    RECORDS,
     RESOLVED,
     STATE,
     figure_maps,
@@ -37,6 +36,7 @@ from harness.report import (
     summarize,
     write_tables,
 )
+from harness.store import PARQUET, load_frame, record_keys
 
 
 def metric_settings(config: ExperimentConfig) -> str:
@@ -73,7 +73,7 @@ def figure_inputs(prepared) -> tuple[np.ndarray, list[str], dict[str, torch.Tens
     images = [sample.load() for sample in samples]
     with warnings.catch_warnings():  # the run warned about small images already
         warnings.simplefilter("ignore")
-        x = preprocess(images, info, device=config.device)
+        x = preprocess(images, info, device=prepared.device)
     ids = [s.id for s in samples]
     target = resolve_targets(prepared.model, x, [s.label for s in samples], ids, mode=config.target)
     maps = {}
@@ -122,7 +122,7 @@ def write_outputs(config: ExperimentConfig, prepared, records, run_label: str) -
         for method, (_, values) in by_method.items():
             curves.setdefault(method, {})[name] = np.nanmean(values, axis=0)
     return {"summary": summary, "method_files": method_files, "curves": curves,
-            "similarity": note, "artifacts": [output / RESOLVED, output / RECORDS,
+            "similarity": note, "artifacts": [output / RESOLVED, output / PARQUET,
                                               output / "results.csv", figures, output / "tables"]}
 
 
@@ -178,8 +178,9 @@ def tracking_payload(config: ExperimentConfig, prepared, source: str) -> dict:
         "harness.git_commit": commit, "harness.config_hash": config.hash(),
         "harness.model": config.model.name, "harness.weights": info.weights,
         "harness.version": harness.__version__, "torch.version": torch.__version__,
-        "harness.device": config.device if config.device != "cpu" else
-        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "harness.device": (prepared.device if prepared.device != "cpu" else
+                           f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)")
+        + (f" x {prepared.world.size} ranks" if prepared.world.distributed else ""),
         "harness.target": config.target, "harness.n_images": str(len(prepared.dataset)),
         "harness.metric_directions": directions,
     }
@@ -194,23 +195,53 @@ def _save_state(output: Path) -> Callable[[dict], None]:
 
 
 def run_experiment(config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
-                   log=print, source: str = "harness run") -> dict:
+                   log=print, source: str = "harness run", world=None) -> dict:
     """Run ``config``: records (streamed to disk), then per-image CSVs, tables and figures; with
     tracking, the MLflow runs live from start to end (``harness.tracking``). Returns a dict with
-    the summary DataFrame, the output folder and the MLflow run id."""
-    tracking = None
-    if config.tracking.enabled:
-        from harness.tracking import check_tracking, resolve_tracking
+    the summary DataFrame, the output folder and the MLflow run id.
 
-        uri, experiment, where = resolve_tracking(config.tracking.uri, config.tracking.experiment)
-        log(f"MLflow: {uri} (from {where}), experiment {experiment!r}")
-        check_tracking(uri)
-        tracking = (uri, experiment)
-    prepared = prepare_run(config, resume=resume)
+    Under torchrun (``harness.distributed``) every rank computes its share of the work units;
+    rank 0 alone checks the tracking store, writes the tables, figures and MLflow, and returns
+    the summary (the other ranks return ``summary: None``)."""
+    from harness.distributed import agree, close, detect, init, resolve_device
+
+    world = world or detect()
+    init(world, resolve_device(config.device, world))
     try:
-        return _execute(config, prepared, tracking, progress=progress, log=log, source=source)
+        tracking, failure = None, None
+        if config.tracking.enabled and world.leader:
+            from harness.tracking import (
+                TrackingUnavailableError,
+                check_tracking,
+                resolve_tracking,
+            )
+
+            uri, experiment, where = resolve_tracking(config.tracking.uri,
+                                                      config.tracking.experiment)
+            log(f"MLflow: {uri} (from {where}), experiment {experiment!r}")
+            try:
+                check_tracking(uri)
+            except TrackingUnavailableError as error:
+                failure = error
+            tracking = (uri, experiment)
+        shared = agree(world, None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if shared is not None:
+            raise RuntimeError(f"rank 0 stopped the run: {shared}")
+        prepared = prepare_run(config, resume=resume, world=world)
+        try:
+            if not world.leader:
+                computed = sum(1 for _ in run(config, prepared=prepared, progress=progress))
+                return {"summary": None, "output_dir": prepared.output_dir, "run_id": None,
+                        "weights": prepared.model.harness_info.weights, "similarity": None,
+                        "tracking_offline": None, "computed": computed, "rank": world.rank}
+            return _execute(config, prepared, tracking, progress=progress, log=log,
+                            source=source)
+        finally:
+            prepared.release()
     finally:
-        prepared.release()
+        close(world)
 
 
 def _execute(config: ExperimentConfig, prepared, tracking, *, progress: bool, log,
@@ -232,7 +263,7 @@ def _execute(config: ExperimentConfig, prepared, tracking, *, progress: bool, lo
     running = RunningMeans()
     computed = 0
     try:
-        if live is not None and (output / RECORDS).exists():  # resuming: what is on disk counts
+        if live is not None and record_keys(output):  # resuming: what is stored counts
             running.add(load_records(output))
         for record in run(config, prepared=prepared, progress=progress):
             computed += 1
@@ -250,7 +281,8 @@ def _execute(config: ExperimentConfig, prepared, tracking, *, progress: bool, lo
                         status="FAILED", error=f"{type(error).__name__}: {error}")
         raise
     records = load_records(output)
-    log(f"{computed} records computed, {len(records)} in {output / RECORDS}")
+    log(f"{computed} records computed, {len(records)} in {output / PARQUET}"
+        + (f" ({prepared.world.size} ranks)" if prepared.world.distributed else ""))
     info = prepared.model.harness_info
     state["weights"] = info.weights
     run_id = live.parent_id if live is not None else None
@@ -285,8 +317,9 @@ def log_folder(folder: str | Path, *, log=print) -> str:
     from harness.tracking import LiveRun, check_tracking
 
     output = Path(folder)
-    if not (output / RECORDS).exists() or not (output / STATE).exists():
-        raise ValueError(f"{folder} is not a harness run folder (no {RECORDS} / {STATE})")
+    if not (output / PARQUET).exists() or not (output / STATE).exists():
+        raise ValueError(f"{folder} is not a finished harness run folder (no {PARQUET} / "
+                         f"{STATE})")
     state = json.loads((output / STATE).read_text())
     if not state.get("complete"):
         raise ValueError(f"{folder}: the run did not finish; complete it first with harness run "
@@ -313,7 +346,7 @@ def log_folder(folder: str | Path, *, log=print) -> str:
                        update_seconds=0)
         live.start(**payload, long_params_folder=output / "tracking")
         live.finish(summary=summary, curves=curves, method_artifacts=method_files,
-                    artifacts=[output / RESOLVED, output / RECORDS, output / "results.csv",
+                    artifacts=[output / RESOLVED, output / PARQUET, output / "results.csv",
                                output / "figures", output / "tables"],
                     tags=state.get("tracking_final_tags", {}))
     if live.offline:
@@ -337,14 +370,14 @@ def table_for(run: str, *, tracking_uri: str | None = None,
     folder = Path(run)
     run_label = str(folder)
     weights = "?"
-    if folder.is_dir() and not (folder / "records.jsonl").exists():
-        raise ValueError(f"{run} is a folder but not a harness run folder (it has no "
-                         "records.jsonl); give the output_dir of `harness run` or an MLflow "
-                         "run id")
+    if folder.is_dir() and not record_keys(folder):
+        raise ValueError(f"{run} is a folder but not a harness run folder (it has no records: "
+                         f"{PARQUET} or records.jsonl); give the output_dir of `harness run` or "
+                         "an MLflow run id")
     if not folder.exists() and ("/" in run or not _looks_like_run_id(run)):
         raise ValueError(f"{run!r} is neither a run folder (no such folder) nor an MLflow run id "
                          "(32 hexadecimal characters)")
-    if not (folder / "records.jsonl").exists():
+    if not folder.is_dir():
         from harness.tracking import download_run, resolve_tracking
 
         tracking_uri = resolve_tracking(tracking_uri, None)[0]
@@ -359,10 +392,11 @@ def table_for(run: str, *, tracking_uri: str | None = None,
     config = from_dict(yaml.safe_load((folder / RESOLVED).read_text()))
     if ci_method is not None:
         config = dataclasses.replace(config, ci_method=ci_method)
-    records = load_records(folder)
+    records = load_frame(folder, curves=False)  # columns only: fast at paper scale
     randomization = config.metrics.get("model_randomization")
-    if randomization is not None and any(r.get("metric") == "model_randomization"
-                                         and "measure_version" not in r for r in records):
+    rows = records[records["metric"] == "model_randomization"]
+    if randomization is not None and len(rows) and (
+            "measure_version" not in rows or rows["measure_version"].isna().any()):
         # harness 0.1 compared the method's own maps (its configs had no map_normalisation key)
         config = dataclasses.replace(config, metrics={
             **config.metrics,

@@ -409,7 +409,9 @@ def download_run(run_id: str, uri: str, destination: str | Path) -> tuple[Path, 
         raise ValueError(f"no MLflow run {run_id!r} at {uri}: {error}") from None
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    for name in ("records.jsonl", "config.resolved.yaml"):
+    names = {artifact.path for artifact in client.list_artifacts(run_id)}
+    store = "records.parquet" if "records.parquet" in names else "records.jsonl"  # 0.1: jsonl
+    for name in (store, "config.resolved.yaml"):
         client.download_artifacts(run_id, name, str(destination))
     return destination, dict(run.data.tags)
 

@@ -24,7 +24,7 @@ from harness.cli import main
 from harness.config import ConfigError, apply_overrides, from_dict
 from harness.data import cs231n_npz, imagefolder, load_maps, read_image, save_maps
 from harness.experiment import load_records, run
-from harness.io import FolderLocked, RecordsCorrupt, RecordStore, RunLock
+from harness.io import FolderLocked, RecordsCorrupt, RecordStore, RunLock, record_key
 from harness.report import escape
 
 from .test_experiment import comparable, tiny_raw
@@ -176,8 +176,9 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_records(tmp_path, 
                               "--no-progress", "--resume"], cwd=tmp_path, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    lines = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    lines = load_records(folder)
     assert comparable(lines) == uninterrupted, "no record lost, none duplicated, none changed"
+    assert len(lines) == len({record_key(r) for r in lines})
     assert (folder / "tables" / "table.md").exists()
     assert not list(folder.rglob(".*.tmp*")), "no temporary file left behind"
 
@@ -189,12 +190,11 @@ def test_an_unreadable_kept_maps_file_is_recomputed_not_fatal(tmp_path):
     list(run(config, progress=False))
     kept = tmp_path / "run" / "maps" / "vanilla.npz"
     kept.write_bytes(b"")  # what an in-place write killed at the wrong moment used to leave
-    records = (tmp_path / "run" / "records.jsonl").read_bytes()
-    (tmp_path / "run" / "records.jsonl").write_bytes(b"\n".join(records.split(b"\n")[:-2]) + b"\n")
+    (tmp_path / "run" / "records.parquet").unlink()  # every unit is recomputed on resume
     with pytest.warns(UserWarning, match="ignoring the unreadable kept maps"):
         list(run(config, resume=True, progress=False))
     maps, ids = load_maps(kept)
-    assert len(ids) == 1  # the recomputed image; the figure recomputes the others
+    assert sorted(ids) == ["chelsea", "coffee", "rocket"]
 
 
 def test_readers_never_write(tmp_path):
@@ -224,7 +224,7 @@ def test_table_of_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
     assert main(["table", str(tmp_path / "empty")]) == 2
-    assert "not a harness run folder (it has no records.jsonl)" in capsys.readouterr().err
+    assert "not a harness run folder (it has no records" in capsys.readouterr().err
     assert main(["table", "0123456789abcdef0123456789abcdef"]) == 2
     assert "no MLflow store at sqlite:///mlflow.db" in capsys.readouterr().err
     assert main(["table", "no/such/folder"]) == 2

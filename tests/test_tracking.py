@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.config import from_dict
 from harness.pipeline import run_experiment
+from harness.store import load_records
 from harness.tracking import TrackingUnavailableError, check_tracking, resolve_tracking
 
 from .test_experiment import free_port, tiny_raw
@@ -93,7 +94,6 @@ def test_live_run_then_lost_server_then_harness_log(tmp_path):
                    metrics={"deletion": {"step": 12544}, "insertion": {"step": 12544}},
                    tracking={"uri": uri, "experiment": "live", "update_seconds": 0})
     config = write_config(tmp_path, raw)
-    records = tmp_path / "run" / "records.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(config),
                                 "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
@@ -114,7 +114,7 @@ def test_live_run_then_lost_server_then_harness_log(tmp_path):
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-3000:]
     assert "harness log" in output and "records are safe" in output
-    assert len(records.read_text().splitlines()) == 3 * 3 * 2, "no record lost"
+    assert len(load_records(tmp_path / "run")) == 3 * 3 * 2, "no record lost"
     assert (tmp_path / "run" / "tables" / "table.md").exists()
     server = start_server(tmp_path, port)  # back, with the same store
     try:
