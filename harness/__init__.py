@@ -7,6 +7,7 @@ Public API::
     x = harness.preprocess([s.load() for s in data], model.harness_info)
     target = harness.resolve_targets(model, x, [s.label for s in data], data.ids)
     maps = harness.saliency("vanilla", model, x, target)        # [N, H, W]
+    records = harness.load_records("outputs/quickstart")        # a run's per-image records
 """
 
 from harness.data import (
@@ -20,11 +21,13 @@ from harness.data import (
 )
 from harness.methods import Method, get_method, list_methods, saliency
 from harness.models import ModelInfo, attach_info, list_models, load_model, model_info
+from harness.store import load_frame, load_records
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Dataset", "Method", "ModelInfo", "Sample", "attach_info", "deprocess", "get_method",
-    "list_datasets", "list_methods", "list_models", "load_dataset", "load_model", "model_info",
+    "list_datasets", "list_methods", "list_models", "load_dataset", "load_frame", "load_model",
+    "load_records", "model_info",
     "preprocess", "resolve_targets", "saliency", "__version__",
 ]

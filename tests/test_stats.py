@@ -132,3 +132,12 @@ def test_summary_and_table_snapshot():
     assert r"\toprule" in tables["tex"] and r"deletion $\downarrow$" in tables["tex"]
     assert tables["csv"].splitlines()[0] == ("method,metric,direction,n,undefined,mean,ci_low,"
                                              "ci_high,p,p_holm")
+
+
+def test_bootstrap_block_size_does_not_change_the_draws():
+    from harness.stats import bootstrap_means
+
+    data = np.random.default_rng(3).random(5000)  # blocks of 400 resamples here
+    rng = np.random.default_rng(7)
+    one_block = rng.integers(0, data.size, (1200, data.size))
+    assert np.array_equal(bootstrap_means(data, 1200, 7), data[one_block].mean(axis=1))
