@@ -383,9 +383,19 @@ def from_dict(raw: dict) -> ExperimentConfig:
     _check_choice(config.target, ("label", "predicted"), "target")
     _check_choice(config.ci_method, CI_METHODS, "ci_method")
     names = [m.name for m in methods]
+    if not metrics:
+        raise ConfigError("metrics: name at least one metric (see `harness list metrics`)")
     for metric, settings in metrics.items():
-        for name in getattr(settings, "methods", None) or []:
+        chosen = getattr(settings, "methods", None)
+        if chosen is not None and not chosen:
+            raise ConfigError(f"metrics.{metric}.methods: an empty list runs the metric for no "
+                              "method; omit the key for every method")
+        for name in chosen or []:
             _check_choice(name, tuple(names), f"metrics.{metric}.methods")
+    for key, value in (("seed", config.seed), ("data.seed", config.data.seed)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{key}: must be >= 0 (numpy's generators refuse negative seeds), "
+                              f"got {value}")
     if config.reference is not None and config.reference not in names:
         raise ConfigError(f"reference: {config.reference!r} is not one of the methods: "
                           f"{', '.join(names)}")

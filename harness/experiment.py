@@ -1,17 +1,21 @@
 """The experiment runner: config -> model + data -> maps per method -> metrics -> records.
 
-``run(config)`` yields per-image records as they are computed and appends them to
-``<output_dir>/records.jsonl`` (one JSON object per line, flushed and fsynced per work unit), so a
-killed run loses nothing already done. ``run(config, resume=True)`` reloads the file, drops a
-partly written last line, and computes only the records that are missing: the same records as an
-uninterrupted run, without duplicates (every random choice is seeded by the config and an image's
-position in its batch, and batches are fixed by the dataset order and ``batch_size``).
+``run(config)`` yields per-image records as they are computed and appends them to a write-ahead
+shard (``harness.store``: ``records.jsonl`` for one process, ``shards/rank-<r>.jsonl`` per rank
+under torchrun; flushed and fsynced per work unit), so a killed run loses nothing already done;
+when every unit is done the shards are merged into ``records.parquet`` in a canonical order.
+``run(config, resume=True)`` repairs a torn last line and computes only the records that are
+missing: the same records as an uninterrupted run, without duplicates (every random choice is
+seeded by the config and the image, by its id or its values, never by its position or rank; the
+batches are fixed by the dataset order and ``batch_size``). Resuming with another config, other
+code, other weights or other images is refused (``harness.provenance``).
 
 A work unit is (image batch, method): the batch is preprocessed and its targets resolved once,
-each method's maps are computed once and scored by every configured metric. The maps of the first
-``figure_images`` images are kept in ``<output_dir>/maps/<method>.npz`` (ids and ``[n, H, W]``
-maps, the format ``harness score`` reads) for the saliency figure. The runner knows nothing of
-MLflow (``harness.tracking`` logs the finished run).
+each method's maps are computed once and read by every metric that needs them (the metric
+registry). The maps of the first ``figure_images`` images are kept in
+``<output_dir>/maps/<method>.npz`` (ids and ``[n, H, W]`` maps, the format ``harness score``
+reads) for the saliency figure. The runner knows nothing of MLflow (``harness.pipeline`` feeds
+``harness.tracking``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import shutil
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from harness.distributed import SINGLE, World, agree, barrier, resolve_device
 from harness.io import RecordStore, RunLock, atomic_write, record_key
 from harness.metrics.registry import Unit, applies, get_metric
 from harness.models import load_model, model_info
+from harness.provenance import mismatch, provenance
 from harness.store import (
     PARQUET,
     SHARDS,
@@ -49,11 +54,12 @@ from harness.store import (
     record_keys,
     shard_paths,
 )
+from harness.store import SINGLE as SINGLE_SHARD
 from harness.store import load_records as load_store_records
 
 __all__ = ["RecordStore", "record_key", "prepare_run", "run", "load_records", "figure_maps"]
 
-RECORDS = "records.jsonl"  # a single process's write-ahead shard (harness.store)
+RECORDS = SINGLE_SHARD  # a single process's write-ahead shard (harness.store)
 STATE = "state.json"
 RESOLVED = "config.resolved.yaml"
 MAPS = "maps"
@@ -131,18 +137,18 @@ def _claim_folder(config: ExperimentConfig, output_dir: Path, resume: bool) -> R
     lock = RunLock(output_dir).acquire()
     try:
         state_path = output_dir / STATE
-        if state_path.exists():
-            state = json.loads(state_path.read_text())
-            if _has_records(output_dir) and not resume:
-                raise ConfigError(f"{output_dir} already holds records of a run; pass --resume "
-                                  "to continue it, or choose another output_dir (nothing was "
-                                  "changed)")
-            if resume and state.get("config_hash") != config.hash():
-                raise ConfigError(f"--resume: the config differs from the one that started the "
-                                  f"run in {output_dir} (hash {state.get('config_hash', '?')[:12]}"
-                                  f" vs {config.hash()[:12]}); resume needs the same settings")
-        else:
-            state = {}
+        if _has_records(output_dir) and not state_path.exists():
+            raise ConfigError(f"{output_dir} holds records but no {STATE}: this harness did not "
+                              "start a run there (e.g. a folder downloaded from MLflow); choose "
+                              "another output_dir")
+        if _has_records(output_dir) and not resume:
+            raise ConfigError(f"{output_dir} already holds records of a run; pass --resume to "
+                              "continue it, or choose another output_dir (nothing was changed)")
+        state = json.loads(state_path.read_text()) if resume and state_path.exists() else {}
+        if resume and state and state.get("config_hash") != config.hash():
+            raise ConfigError(f"--resume: the config differs from the one that started the run "
+                              f"in {output_dir} (hash {state.get('config_hash', '?')[:12]} vs "
+                              f"{config.hash()[:12]}); resume needs the same settings")
         for orphan in output_dir.rglob(".*.tmp*"):  # left by a write a kill interrupted
             orphan.unlink(missing_ok=True)
         if resume:
@@ -153,6 +159,8 @@ def _claim_folder(config: ExperimentConfig, output_dir: Path, resume: bool) -> R
         elif (output_dir / MAPS).exists():  # left by a run that stored no records
             shutil.rmtree(output_dir / MAPS)
         state["config_hash"] = config.hash()
+        for stale in ("records_complete", "complete"):  # true again when this run ends
+            state.pop(stale, None)
         atomic_write(state_path, json.dumps(state, indent=2))
         atomic_write(output_dir / RESOLVED, yaml.safe_dump(config.to_dict(), sort_keys=False))
     except BaseException:
@@ -195,11 +203,34 @@ def prepare_run(config: ExperimentConfig, *, resume: bool = False,
                               "(torchrun --nproc-per-node), or lower batch_size")
         parts = {name: get_metric(name).parts(settings, model)
                  for name, settings in config.metrics.items()}
+        failure = None
+        if world.leader:
+            failure = _check_provenance(output_dir, resume, provenance(model, dataset))
+        shared = agree(world, failure)
+        if shared is not None:
+            raise ConfigError(shared)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
     return Prepared(config, model, dataset, output_dir, parts, lock, world, device)
+
+
+def _check_provenance(output_dir: Path, resume: bool, current: dict) -> str | None:
+    """Record what produces the run (``harness.provenance``); on ``resume`` refuse other code,
+    weights or images. Returns the refusal (shared with every rank), or None."""
+    state_path = output_dir / STATE
+    state = json.loads(state_path.read_text())
+    stored = state.get("provenance")
+    if resume and stored:
+        difference = mismatch(stored, current)
+        if difference is not None:
+            return (f"--resume: {difference}; the records stored in {output_dir} were made by "
+                    "the first, and records of two versions cannot be told apart: resume with "
+                    "the same code, weights and images, or choose another output_dir")
+    state["provenance"] = current
+    atomic_write(state_path, json.dumps(state, indent=2))
+    return None
 
 
 def batches_of(config: ExperimentConfig, dataset: Dataset) -> list[list]:
@@ -243,18 +274,30 @@ def expected_keys(config: ExperimentConfig, method: str, ids: list[str],
 
 
 def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
-        prepared: Prepared | None = None, world: World = SINGLE) -> Iterator[dict]:
+        prepared: Prepared | None = None, world: World = SINGLE,
+        on_unit: Callable[[list[dict]], None] | None = None) -> Iterator[dict]:
     """Yield the records computed by this call (those already stored are skipped). Under several
     ranks each rank yields its own share; when every rank is done the leader merges the store
     (``harness.store.compact``)."""
     owned = prepared is None
     prepared = prepared or prepare_run(config, resume=resume, world=world)
     try:
-        yield from _run_units(config, prepared, progress)
+        yield from _run_units(config, prepared, progress, on_unit)
         barrier(prepared.world)
         if prepared.world.leader:
-            compact(prepared.output_dir,
-                    canonical_keys(config, prepared.dataset, prepared.parts))
+            order = canonical_keys(config, prepared.dataset, prepared.parts)
+            missing = set(order) - record_keys(prepared.output_dir)
+            if missing:
+                raise RuntimeError(
+                    f"{len(missing)} of {len(order)} records are missing after every rank "
+                    f"finished (first: {sorted(missing, key=str)[0]}): the ranks' shards must be "
+                    f"written to one output_dir on a filesystem every machine shares; rerun with "
+                    "--resume to compute them")
+            compact(prepared.output_dir, order)
+            state_path = prepared.output_dir / STATE
+            state = json.loads(state_path.read_text())
+            state["records_complete"] = True
+            atomic_write(state_path, json.dumps(state, indent=2))
         barrier(prepared.world)
     finally:
         if owned:
@@ -276,7 +319,8 @@ def unit_records(config: ExperimentConfig, unit: Unit, display_name: str) -> lis
     return records
 
 
-def _run_units(config: ExperimentConfig, prepared: Prepared, progress: bool) -> Iterator[dict]:
+def _run_units(config: ExperimentConfig, prepared: Prepared, progress: bool,
+               on_unit: Callable[[list[dict]], None] | None = None) -> Iterator[dict]:
     from tqdm.auto import tqdm
 
     from harness.loading import load_batches
@@ -318,6 +362,8 @@ def _run_units(config: ExperimentConfig, prepared: Prepared, progress: bool) -> 
             writer.append(fresh)
             done |= {record_key(r) for r in fresh}
             bar.update(1)
+            if on_unit is not None:
+                on_unit(fresh)
             yield from fresh
     bar.close()
 

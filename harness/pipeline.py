@@ -117,13 +117,18 @@ def write_outputs(config: ExperimentConfig, prepared, records, run_label: str) -
     note = similarity_note(records)
     write_tables(summary, {**table_meta(config, info.weights, run_label), "similarity": note},
                  output / "tables")
-    curves = {}
+    return {"summary": summary, "curves": mean_curves(records), "method_files": method_files,
+            "similarity": note, "artifacts": [output / RESOLVED, output / PARQUET,
+                                              output / "results.csv", figures, output / "tables"]}
+
+
+def mean_curves(records) -> dict[str, dict[str, np.ndarray]]:
+    """``{method: {curve name: the mean over images}}`` (MLflow's step metrics)."""
+    curves: dict[str, dict[str, np.ndarray]] = {}
     for name, by_method in metric_curves(records).items():
         for method, (_, values) in by_method.items():
             curves.setdefault(method, {})[name] = np.nanmean(values, axis=0)
-    return {"summary": summary, "method_files": method_files, "curves": curves,
-            "similarity": note, "artifacts": [output / RESOLVED, output / PARQUET,
-                                              output / "results.csv", figures, output / "tables"]}
+    return curves
 
 
 class RunningMeans:
@@ -261,15 +266,38 @@ def _execute(config: ExperimentConfig, prepared, tracking, *, progress: bool, lo
                        update_seconds=config.tracking.update_seconds)
         live.start(**payload, long_params_folder=output / "tracking")
     running = RunningMeans()
+
+    def unit_done(records: list[dict]) -> None:  # after each work unit: the live metrics
+        running.add(records)
+        live.progress(running.snapshot)
+
     computed = 0
     try:
         if live is not None and record_keys(output):  # resuming: what is stored counts
             running.add(load_records(output))
-        for record in run(config, prepared=prepared, progress=progress):
+        for _ in run(config, prepared=prepared, progress=progress,
+                     on_unit=unit_done if live is not None else None):
             computed += 1
-            if live is not None:
-                running.add([record])
-                live.progress(running.snapshot)
+        state = {**json.loads((output / STATE).read_text()), "output_dir": str(output)}
+        records = load_records(output)
+        log(f"{computed} records computed, {len(records)} in {output / PARQUET}"
+            + (f" ({prepared.world.size} ranks)" if prepared.world.distributed else ""))
+        info = prepared.model.harness_info
+        state["weights"] = info.weights
+        run_id = live.parent_id if live is not None else None
+        outputs = write_outputs(config, prepared, records,
+                                f"MLflow run {run_id}" if run_id else str(output))
+        state["complete"] = True
+        final_tags = {}
+        if live is not None:
+            from harness.models import weights_fingerprint
+
+            final_tags = {"harness.dataset_fingerprint": prepared.dataset.fingerprint(),
+                          "harness.weights_sha256": weights_fingerprint(prepared.model)}
+            if outputs["similarity"]:
+                final_tags["harness.similarity"] = outputs["similarity"]
+            state["tracking_final_tags"] = final_tags
+        _save_state(output)(state)
     except KeyboardInterrupt:
         if live is not None:
             live.finish(summary=None, curves={}, artifacts=[], method_artifacts={},
@@ -280,32 +308,13 @@ def _execute(config: ExperimentConfig, prepared, tracking, *, progress: bool, lo
             live.finish(summary=None, curves={}, artifacts=[], method_artifacts={},
                         status="FAILED", error=f"{type(error).__name__}: {error}")
         raise
-    records = load_records(output)
-    log(f"{computed} records computed, {len(records)} in {output / PARQUET}"
-        + (f" ({prepared.world.size} ranks)" if prepared.world.distributed else ""))
-    info = prepared.model.harness_info
-    state["weights"] = info.weights
-    run_id = live.parent_id if live is not None else None
-    outputs = write_outputs(config, prepared, records,
-                            f"MLflow run {run_id}" if run_id else str(output))
-    state["complete"] = True
     if live is not None:
-        from harness.models import weights_fingerprint
-
-        final_tags = {"harness.dataset_fingerprint": prepared.dataset.fingerprint(),
-                      "harness.weights_sha256": weights_fingerprint(prepared.model)}
-        if outputs["similarity"]:
-            final_tags["harness.similarity"] = outputs["similarity"]
-        state["tracking_final_tags"] = final_tags
-        _save_state(output)(state)
         live.finish(summary=outputs["summary"], curves=outputs["curves"],
                     artifacts=outputs["artifacts"], method_artifacts=outputs["method_files"],
                     tags=final_tags)
         if live.offline:
             log(f"MLflow did not get everything ({live.offline}); the results are complete in "
                 f"{output}; log them with: harness log {quote(str(output))}")
-    else:
-        _save_state(output)(state)
     return {"summary": outputs["summary"], "output_dir": output, "run_id": run_id,
             "weights": info.weights, "similarity": outputs["similarity"],
             "tracking_offline": live.offline if live is not None else None}
@@ -335,10 +344,7 @@ def log_folder(folder: str | Path, *, log=print) -> str:
         summary = summarize(records, reference=config.reference, seed=config.seed,
                             ci_method=config.ci_method)
         table = per_image_table(records)
-        curves = {}
-        for name, by_method in metric_curves(records).items():
-            for method, (_, values) in by_method.items():
-                curves.setdefault(method, {})[name] = np.nanmean(values, axis=0)
+        curves = mean_curves(records)
         method_files = {m: [p for p in (output / "methods" / f"{m}.csv",
                                         output / "figures" / "methods" / f"{m}.png")
                             if p.exists()] for m in dict.fromkeys(table["method"])}
@@ -387,6 +393,10 @@ def table_for(run: str, *, tracking_uri: str | None = None,
     else:
         state = json.loads((folder / STATE).read_text()) if (folder / STATE).exists() else {}
         weights = state.get("weights", "?")
+        if state.get("provenance") and not state.get("records_complete"):
+            warnings.warn(f"{run}: the run has not finished (resume it with harness run CONFIG "
+                          "--resume); this table covers only the records computed so far",
+                          stacklevel=2)
         if state.get("mlflow_run_id"):
             run_label = f"MLflow run {state['mlflow_run_id']}"
     config = from_dict(yaml.safe_load((folder / RESOLVED).read_text()))

@@ -152,8 +152,12 @@ def _best(summary: pd.DataFrame, metric: str) -> str | None:
 
 def caption(meta: dict, summary: pd.DataFrame) -> str:
     n = int(summary["n"].max()) if len(summary) else 0
+    fewer = bool(len(summary) and (summary["n"] < n).any())
     parts = [f"Model {meta.get('model', '?')} ({meta.get('weights', '?')}), data "
-             f"{meta.get('data', '?')}, n = {n} images, targets: {meta.get('target', '?')}."]
+             f"{meta.get('data', '?')}, n = {n} images"
+             + (" (fewer in cells with undefined values or metrics run for some methods: "
+                "table.csv gives each cell's n)" if fewer else "")
+             + f", targets: {meta.get('target', '?')}."]
     if meta.get("metric_settings"):
         parts.append(f"Metrics: {meta['metric_settings']}.")
     if meta.get("similarity"):

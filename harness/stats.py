@@ -101,14 +101,17 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, *, level: float = 0.95,
 
 def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p-value of the paired differences a - b (NaN pairs dropped;
-    1.0 when every difference is zero)."""
+    1.0 when every difference is zero; NaN when no finite pair is left: no test ran, and Holm's
+    family leaves it out)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in size: {a.shape} and {b.shape}")
     keep = np.isfinite(a) & np.isfinite(b)
     differences = a[keep] - b[keep]
-    if differences.size == 0 or np.all(differences == 0):
+    if differences.size == 0:
+        return float("nan")
+    if np.all(differences == 0):
         return 1.0
     return float(stats.wilcoxon(differences, alternative="two-sided").pvalue)
 

@@ -31,7 +31,7 @@ from harness.io import RecordStore, atomic_path, fsync_folder
 PARQUET = "records.parquet"
 SINGLE = "records.jsonl"
 SHARDS = "shards"
-KEY_COLUMNS = ("method", "metric", "image_id", "measure", "block")
+KEY_COLUMNS = ("method", "metric", "image_id", "measure", "block")  # harness.io.record_key
 
 
 def shard_paths(output_dir: str | os.PathLike, rank: int | None) -> Path:
@@ -58,6 +58,9 @@ class ShardWriter:
             return
         out = []
         with self.curves.open("ab") as handle:
+            torn = handle.tell() % 8  # a write cut short (a full disk): never misalign the rest
+            if torn:
+                handle.write(b"\0" * (8 - torn))
             offset = handle.tell() // 8
             for record in records:
                 curve = record.get("curve")
@@ -159,14 +162,19 @@ def _combine(tables: list):
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+def _keys(table) -> list[tuple]:
+    """Each row's record key (``harness.io.record_key``'s fields, None where a table lacks one)."""
+    columns = [table.column(c).to_pylist() if c in table.column_names
+               else [None] * table.num_rows for c in KEY_COLUMNS]
+    return list(zip(*columns, strict=True))
+
+
 def _unique(table):
     """First occurrence of each record key."""
     import pyarrow as pa
 
-    keys = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
-            for c in KEY_COLUMNS]
     seen, keep = set(), []
-    for index, key in enumerate(zip(*keys, strict=True)):
+    for index, key in enumerate(_keys(table)):
         if key not in seen:
             seen.add(key)
             keep.append(index)
@@ -230,9 +238,7 @@ def record_keys(output_dir: str | os.PathLike) -> set[tuple]:
     tables = _tables(output_dir, curves=False)
     keys: set[tuple] = set()
     for table in tables:
-        columns = [table.column(c).to_pylist() if c in table.column_names
-                   else [None] * table.num_rows for c in KEY_COLUMNS]
-        keys |= set(zip(*columns, strict=True))
+        keys |= set(_keys(table))
     return keys
 
 
@@ -251,10 +257,7 @@ def compact(output_dir: str | os.PathLike, order: Sequence[tuple] | None = None)
     table = _unique(_combine(tables))
     if order is not None:
         rank = {key: position for position, key in enumerate(order)}
-        columns = [table.column(c).to_pylist() if c in table.column_names
-                   else [None] * table.num_rows for c in KEY_COLUMNS]
-        positions = [rank.get(key, len(rank) + i)
-                     for i, key in enumerate(zip(*columns, strict=True))]
+        positions = [rank.get(key, len(rank) + i) for i, key in enumerate(_keys(table))]
         table = table.take(pa.array(np.argsort(positions, kind="stable"), type=pa.int64()))
     if "curve" in table.column_names:
         index = table.column_names.index("curve")

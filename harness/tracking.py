@@ -34,7 +34,6 @@ import getpass
 import math
 import os
 import queue
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from harness.provenance import git_commit  # noqa: F401  (re-exported: the commit tag's source)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "harness"
@@ -123,20 +124,6 @@ def check_tracking(uri: str) -> None:
             f"cannot use the MLflow tracking store at {uri}: {first}. Start the server (mlflow "
             "server ...), fix tracking.uri (or MLFLOW_TRACKING_URI), or set tracking.enabled: "
             "false") from None
-
-
-def git_commit(path: str | Path | None = None) -> str:
-    """The commit of the harness code that runs (``-dirty`` if it has uncommitted changes), or
-    ``unknown`` outside a git checkout."""
-    path = Path(__file__).parent if path is None else path
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def flat_params(prefix: str, value, out: dict) -> dict:
@@ -264,6 +251,12 @@ class LiveRun:
                 value = f"(long value: see artifact params/{key}.txt)"
             if key not in existing:
                 client.log_param(run_id, key, value)
+            elif existing[key] != value:  # a resumed run with a setting outside the config hash
+                changed = f"{existing[key]} -> {value}"
+                client.set_tag(run_id, f"harness.param_changed.{key}", changed[:5000])
+                self.log(f"MLflow: param {key} of run {run_id} stays {existing[key]!r} (MLflow "
+                         f"params cannot change); this run uses {value!r}, recorded in the tag "
+                         f"harness.param_changed.{key}")
 
     # ------------------------------------------------------------------ while computing
 
@@ -271,17 +264,23 @@ class LiveRun:
                  *, force: bool = False) -> None:
         """Queue the running means: ``running()`` -> ``{method: {column: (mean, n)}}``; called
         after every unit, logged at most every ``update_seconds`` (in a background thread, so
-        the computation never waits for the server)."""
+        the computation never waits for the server), only the columns that changed (step = n,
+        the images behind the mean)."""
         if self.offline is not None or self._worker is None:
             return
         now = time.monotonic()
         if not force and now - self._last_update < self.update_seconds:
             return
         snapshot = running()
-        if snapshot == self._last_snapshot:
+        before = self._last_snapshot or {}
+        changed = {method: {column: value for column, value in columns.items()
+                            if before.get(method, {}).get(column) != value}
+                   for method, columns in snapshot.items()}
+        changed = {method: columns for method, columns in changed.items() if columns}
+        if not changed:
             return
         self._last_update, self._last_snapshot = now, snapshot
-        self._queue.put(snapshot)
+        self._queue.put(changed)
 
     def _drain(self) -> None:
         from mlflow.entities import Metric

@@ -405,3 +405,54 @@ def test_printed_hints_are_shell_quoted(tmp_path):
     assert ui.split("open the UI:  ")[1].startswith(f"'{tools}/mlflow' ui --backend-store-uri ")
     assert table.endswith(f"'{tools}/harness' table abc123 --tracking-uri "
                           f"'sqlite:///{tmp_path}/it'\"'\"'s here/mlflow.db'")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"metrics": {}}, r"metrics: name at least one metric"),
+    ({"metrics": {"deletion": {"methods": []}}}, r"metrics.deletion.methods: an empty list"),
+    ({"metrics": {"model_randomization": {"blocks": []}}},
+     r"metrics.model_randomization.blocks: an empty list"),
+    ({"metrics": {"model_randomization": {"measures": ["ssim", "ssim"]}}},
+     r"metrics.model_randomization.measures: 'ssim' is named twice"),
+    ({"seed": -1}, r"seed: must be >= 0"),
+    ({"data": {"seed": -5, "limit": 1}}, r"data.seed: must be >= 0"),
+])
+def test_configs_that_would_fail_mid_run_are_named(change, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict({**MINIMAL, **change})
+
+
+def test_records_without_a_state_are_not_adopted(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "records.jsonl").write_text(json.dumps(
+        {"method": "vanilla", "metric": "deletion", "image_id": "coffee", "value": 0.5}) + "\n")
+    config = from_dict(tiny_raw(tmp_path))
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match="holds records but no state.json"):
+            list(run(config, resume=resume, progress=False))
+
+
+def test_resume_refuses_other_code_weights_or_images(tmp_path):
+    config = from_dict(tiny_raw(tmp_path, methods=["sobel"], reference=None,
+                                metrics={"deletion": {"step": 12544}},
+                                data={"name": "samples", "options": {"names": ["coffee"]}}))
+    list(run(config, progress=False))
+    state_path = tmp_path / "run" / "state.json"
+    state = json.loads(state_path.read_text())
+    assert set(state["provenance"]) == {"commit", "weights_sha256", "ids_sha256"}
+    state["provenance"]["weights_sha256"] = "0" * 64
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="--resume: the model's weights differ"):
+        list(run(config, resume=True, progress=False))
+
+
+def test_files_are_as_readable_as_the_umask_says(tmp_path):
+    from harness.io import atomic_write
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "table.md", "x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "table.md").stat().st_mode & 0o777 == 0o644

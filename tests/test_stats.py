@@ -141,3 +141,19 @@ def test_bootstrap_block_size_does_not_change_the_draws():
     rng = np.random.default_rng(7)
     one_block = rng.integers(0, data.size, (1200, data.size))
     assert np.array_equal(bootstrap_means(data, 1200, 7), data[one_block].mean(axis=1))
+
+
+def test_no_finite_pair_is_no_test_and_stays_out_of_holm():
+    from harness.report import summarize
+
+    assert np.isnan(paired_wilcoxon([np.nan, 1.0], [0.5, np.nan]))
+    records = [{"method": m, "metric": "deletion", "image_id": f"i{i}", "value": v}
+               for m, values in {"ref": [0.1 * i for i in range(12)],
+                                 "good": [0.1 * i + 0.05 + 0.01 * (i % 3) for i in range(12)],
+                                 "undefined": [None] * 12}.items()
+               for i, v in enumerate(values)]
+    summary = summarize(records, reference="ref", n_resamples=200)
+    undefined = summary[summary.method == "undefined"].iloc[0]
+    good = summary[summary.method == "good"].iloc[0]
+    assert np.isnan(undefined["p"]) and np.isnan(undefined["p_holm"])
+    assert good["p_holm"] == pytest.approx(good["p"]), "a family of one test"

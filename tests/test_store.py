@@ -96,3 +96,14 @@ def test_a_damaged_companion_is_named(tmp_path):
     companion.write_bytes(companion.read_bytes()[:16])
     with pytest.raises(ValueError, match="records.f64 is shorter than the curves"):
         load_records(tmp_path)
+
+
+def test_a_torn_companion_tail_does_not_misalign_later_curves(tmp_path):
+    writer = ShardWriter(shard_paths(tmp_path, None))
+    first = sample_records("vanilla", ["a"])
+    writer.append(first)
+    with (tmp_path / "records.f64").open("ab") as handle:
+        handle.write(b"\x01\x02\x03")  # a write cut short: not a whole float
+    second = sample_records("sobel", ["b"])
+    writer.append(second)
+    assert canonical(load_records(tmp_path)) == canonical(first + second)

@@ -243,3 +243,50 @@ def test_concurrent_first_runs_do_not_race_on_a_new_store(tmp_path):
         for process in processes:
             _, error = process.communicate(timeout=300)
             assert process.returncode == 0, error[-2000:]
+
+
+def test_failures_after_the_records_still_end_the_runs(tmp_path, monkeypatch):
+    import harness.pipeline
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = from_dict(tiny_raw(tmp_path, methods=["sobel"], reference=None,
+                                metrics={"deletion": {"step": 12544}},
+                                tracking={"uri": uri, "experiment": "late"}))
+    monkeypatch.setattr(harness.pipeline, "write_outputs", broken)
+    with pytest.raises(OSError, match="disk full"):
+        run_experiment(config, progress=False, log=lambda *a: None)
+    parents, children = runs_of(MlflowClient(uri), "late")
+    assert {r.info.status for r in parents + children} == {"FAILED"}
+
+
+def test_a_fresh_run_never_reopens_an_earlier_runs_mlflow_runs(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = tiny_raw(tmp_path, methods=["sobel"], reference=None,
+                   data={"name": "samples", "options": {"names": ["coffee"]}},
+                   metrics={"deletion": {"step": 12544}},
+                   tracking={"uri": uri, "experiment": "fresh"})
+    first = run_experiment(from_dict(raw), progress=False, log=lambda *a: None)
+    import shutil
+
+    for name in ("records.parquet", "tables"):  # a folder whose records are gone
+        path = tmp_path / "run" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    raw["metrics"]["deletion"]["step"] = 25088
+    second = run_experiment(from_dict(raw), progress=False, log=lambda *a: None)
+    assert second["run_id"] != first["run_id"]
+    run = MlflowClient(uri).get_run(second["run_id"])
+    assert run.data.params["metrics.deletion.step"] == "25088"
+
+
+def test_live_means_are_per_image_for_multi_part_metrics():
+    from harness.pipeline import RunningMeans
+
+    running = RunningMeans()
+    unit = [{"method": "vanilla", "metric": "model_randomization", "image_id": image,
+             "measure": "ssim", "block": block, "step": step, "value": value}
+            for image in ("a", "b") for step, block, value in ((1, "fc", 0.9), (2, "head", 0.5))]
+    running.add(unit)
+    assert running.snapshot() == {"vanilla": {"rand_ssim": (0.5, 2)}}, "the last step, n images"

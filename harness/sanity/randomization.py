@@ -298,6 +298,15 @@ class RandomizationSettings:
                 raise ValueError(f"measures: {measure!r} is not one of: {', '.join(MEASURES)}")
         if not self.measures:
             raise ValueError("measures: name at least one measure")
+        blocks = self.blocks if self.blocks is not None else ["(all)"]
+        for key, values in (("measures", list(self.measures)), ("blocks", list(blocks))):
+            if not values:
+                raise ValueError(f"{key}: an empty list; omit the key for every block")
+            twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if twice:
+                raise ValueError(f"{key}: {twice[0]!r} is named twice")
+        if self.seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed}")
 
 
 def _parts(settings: RandomizationSettings, model: nn.Module) -> list[tuple]:
@@ -306,8 +315,9 @@ def _parts(settings: RandomizationSettings, model: nn.Module) -> list[tuple]:
 
 
 def _last_step_columns(frame):
-    """``rand_<measure>``: each image's similarity after the last step (every block randomized in
-    cascading mode); lower (more sensitive to the model) is better."""
+    """``rand_<measure>``: each image's similarity after the last step: every block randomized in
+    cascading mode, the last (lowest) block alone in independent mode (the per-block values are
+    in the records and the similarity figure); lower (more sensitive to the model) is better."""
     import pandas as pd
 
     last = frame[frame["step"] == frame["step"].max()]
