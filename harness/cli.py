@@ -133,24 +133,53 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def score_settings(chosen: Sequence[str], args: argparse.Namespace) -> dict:
+    """Each metric's registry settings: its defaults, then the flags it has a field for
+    (``--step``, ``--score``, ``--batch-size``; ``--deletion-substrate`` for the removal metrics,
+    ``--insertion-substrate`` for insertion), then ``--option METRIC.KEY=VALUE``; validated as
+    a config's ``metrics:`` section is (errors name ``metrics.<metric>.<key>``)."""
+    import dataclasses
+
+    from harness.config import _validate_metrics
+    from harness.metrics import get_metric
+
+    options = {name: {} for name in chosen}
+    for key, value in parse_assignments(args.option, "--option").items():
+        name, _, field = key.partition(".")
+        if name not in options or not field:
+            raise ValueError(f"--option {key!r} must be METRIC.KEY=VALUE with METRIC one of "
+                             f"{', '.join(chosen)}")
+        options[name][field] = value
+    raw = {}
+    for name in chosen:
+        fields = {f.name for f in dataclasses.fields(get_metric(name).settings)}
+        flags = {"step": args.step, "score": args.score, "batch_size": args.batch_size,
+                 "substrate": (args.insertion_substrate if name == "insertion"
+                               else args.deletion_substrate)}
+        raw[name] = {**{k: v for k, v in flags.items() if k in fields and v is not None},
+                     **options[name]}
+    return _validate_metrics(raw)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    """Score saliency maps made by any tool with every registered metric that needs only maps."""
     import numpy as np
-    import pandas as pd
     import torch
 
-    from harness import metrics as causal
     from harness.data import load_maps
+    from harness.metrics import Unit, get_metric, list_metrics
+    from harness.report import metric_curves, per_image_table
 
     chosen = [name.strip() for name in args.metrics.split(",") if name.strip()]
-    valid = ("deletion", "insertion", "morf", "lerf", "abpc")
     for name in chosen:
-        if name not in valid:
-            raise ValueError(f"unknown metric {name!r}; valid: {', '.join(valid)}")
+        needs = get_metric(name).needs
+        if not needs <= {"maps"}:
+            usable = [m for m in list_metrics() if get_metric(m).needs <= {"maps"}]
+            raise ValueError(f"metric {name!r} needs {', '.join(sorted(needs - {'maps'}))}, not "
+                             f"only maps: run it with `harness run`; scorable from maps: "
+                             f"{', '.join(usable)}")
+    settings = score_settings(chosen, args)
     options = check_data_options(args)
-    for flag in ("deletion_substrate", "insertion_substrate"):
-        causal.make_substrate(getattr(args, flag))
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     maps, map_ids = load_maps(args.maps)
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint,
                        device=args.device)
@@ -168,31 +197,29 @@ def cmd_score(args: argparse.Namespace) -> int:
         samples = [by_id[i] for i in map_ids]
     ids = [sample.id for sample in samples]
     x = preprocess([sample.load() for sample in samples], model.harness_info, device=args.device,
-                   ids=[sample.id for sample in samples])
-    target = resolve_targets(model, x, [s.label for s in samples], ids, mode=args.target_mode)
-    saliency = torch.from_numpy(maps).to(args.device)
-    common = {"step": args.step, "score": args.score, "batch_size": args.batch_size, "ids": ids}
-    rows, curves = [], {}
+                   ids=ids)
+    labels = tuple(s.label for s in samples)
+    target = resolve_targets(model, x, list(labels), ids, mode=args.target_mode)
+    unit = Unit(model, x, target, tuple(ids), method="(maps file)", labels=labels,
+                batch_size=args.batch_size or 8)
+    unit.__dict__["maps"] = torch.from_numpy(maps).to(args.device)  # the given maps, not a method
+    unit.__dict__["signed_maps"] = None
+    records = []
     for name in chosen:
-        if name == "abpc":
-            result = causal.abpc(model, x, saliency, target, substrate=args.deletion_substrate,
-                                 **common)
-            values = result.abpc
-        else:
-            substrate = (args.insertion_substrate if name == "insertion"
-                         else args.deletion_substrate)
-            result = getattr(causal, name)(model, x, saliency, target, substrate=substrate,
-                                           **common)
-            values = result.auc
-            curves[name] = result.curves.numpy()
-        rows += [{"image_id": i, "target": int(t), "metric": name, "value": float(v)}
-                 for i, t, v in zip(ids, target.tolist(), values.tolist(), strict=True)]
-        print(f"{name:10s} mean {float(values.mean()):.4f} over {len(ids)} images")
-    table = pd.DataFrame(rows)
-    atomic_write(args.out, table.to_csv(index=False))
+        for record in get_metric(name).fn(unit, settings[name]):
+            index = ids.index(record["image_id"])
+            records.append({"method": "maps", "metric": name, "target": int(target[index]),
+                            **record})
+    table = per_image_table(records)
+    for column, rows in table.groupby("metric", sort=False):
+        print(f"{column:18s} mean {rows['value'].mean():.4f} over {rows['value'].notna().sum()} "
+              f"images ({'higher' if rows['direction'].iloc[0] == 'up' else 'lower'} is better)")
+    atomic_write(args.out, table.drop(columns="method").to_csv(index=False))
+    curves = {name: by_method["maps"][1] for name, by_method in metric_curves(records).items()}
     np.savez_compressed(str(args.out).rsplit(".", 1)[0] + "_curves.npz", ids=np.array(ids),
                         **curves)
-    print(f"wrote {args.out} ({args.target_mode} targets, step {args.step}, score {args.score})")
+    print(f"wrote {args.out} ({args.target_mode} targets; "
+          + "; ".join(f"{n}: {settings[n]}" for n in chosen) + ")")
     return 0
 
 
@@ -285,12 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--maps", required=True,
                        help=".npz (maps, ids), .npy or .pt file of [N, H, W] maps")
     score.add_argument("--metrics", default="deletion,insertion",
-                       help="comma-separated: deletion, insertion, morf, lerf, abpc")
-    score.add_argument("--step", type=int, default=224)
-    score.add_argument("--score", choices=["prob", "logit"], default="prob")
-    score.add_argument("--deletion-substrate", default="zero")
-    score.add_argument("--insertion-substrate", default="rise_blur")
+                       help="comma-separated registered metrics that need only maps "
+                            "(`harness list metrics`)")
+    score.add_argument("--step", type=int, default=None, help="curve metrics' step (224)")
+    score.add_argument("--score", default=None, help="prob or logit where a metric has it")
+    score.add_argument("--deletion-substrate", default=None, help="removal metrics (zero)")
+    score.add_argument("--insertion-substrate", default=None, help="insertion (rise_blur)")
     score.add_argument("--batch-size", type=int, default=None)
+    score.add_argument("--option", action="append", default=[], metavar="METRIC.KEY=VALUE",
+                       help="any setting of a metric, e.g. road.imputer=mean (repeatable)")
     score.add_argument("--out", default="scores.csv", help="per-image CSV (curves beside, .npz)")
     score.set_defaults(func=cmd_score)
 

@@ -55,13 +55,16 @@ def test_score_maps_from_disk_in_any_format(tmp_path, capsys):
         assert ids == (None if name == "m.npy" else ["coffee", "chelsea"])
     out = tmp_path / "scores.csv"
     code = main(["score", "--maps", str(tmp_path / "m.npz"), "--data", "samples",
-                 "--data-opt", "names=[chelsea, coffee]", "--metrics", "deletion,lerf",
-                 "--step", "12544", "--out", str(out)])
+                 "--data-opt", "names=[chelsea, coffee]", "--metrics", "deletion,lerf,sparseness",
+                 "--step", "12544", "--option", "lerf.substrate=mean", "--out", str(out)])
     assert code == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["image_id", "target", "metric", "value"]
-    assert table["image_id"].tolist() == ["coffee", "chelsea"] * 2
-    assert set(table["metric"]) == {"deletion", "lerf"} and table["value"].between(0, 1).all()
+    assert list(table.columns) == ["metric", "image_id", "value", "direction"]
+    assert table["image_id"].tolist() == ["coffee", "chelsea"] * 3
+    assert table.groupby("metric")["direction"].first().to_dict() == {
+        "deletion": "down", "lerf": "up", "sparseness": "up"}
+    assert table["value"].between(0, 1).all()
+    assert "lerf: CurveSettings(step=12544, substrate='mean'" in capsys.readouterr().out
     curves = np.load(tmp_path / "scores_curves.npz")
     assert curves["deletion"].shape == (2, 5)  # 224*224 / 12544 = 4 steps + 1
     (tmp_path / "bad.npz").write_bytes(b"junk")
@@ -73,3 +76,9 @@ def test_score_maps_from_disk_in_any_format(tmp_path, capsys):
     assert main(["score", "--maps", str(tmp_path / "m.npz"), "--metrics", "aopc",
                  "--out", str(out)]) == 2
     assert "unknown metric 'aopc'" in capsys.readouterr().err
+    assert main(["score", "--maps", str(tmp_path / "m.npz"), "--metrics", "model_randomization",
+                 "--out", str(out)]) == 2
+    assert "needs method, not only maps: run it with `harness run`" in capsys.readouterr().err
+    assert main(["score", "--maps", str(tmp_path / "m.npz"), "--option", "deletion.stepp=3",
+                 "--out", str(out)]) == 2
+    assert "unknown key 'metrics.deletion.stepp'" in capsys.readouterr().err

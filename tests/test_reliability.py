@@ -331,7 +331,7 @@ def test_cli_saliency_and_score_check_like_configs(tmp_path, no_model, capsys):
     save_maps(tmp_path / "maps.npz", np.zeros((2, 4, 4)), ["coffee", "chelsea"])
     assert main(["score", "--maps", str(tmp_path / "maps.npz"), "--deletion-substrate",
                  "grey"]) == 2
-    assert "unknown substrate 'grey'" in capsys.readouterr().err
+    assert "metrics.deletion.substrate: 'grey' is not one of: blur" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- images and labels
