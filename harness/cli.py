@@ -82,6 +82,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             for name in list_methods():
                 method = harness.get_method(name)
                 print(f"  {name:22s} {method.summary}  [{method.citation}]")
+            print_dynamic_methods()
         elif kind == "metrics":
             for name in list_metrics():
                 metric = get_metric(name)
@@ -93,6 +94,33 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             print("  " + ", ".join(listings[kind]()))
     return 0
+
+
+def print_dynamic_methods() -> None:
+    """The adapter families (with their classes, or the extra to install) and the plug-ins."""
+    import textwrap
+
+    from harness.methods import FAMILIES, MissingDependencyError
+    from harness.methods.plugins import ENTRY_POINT_GROUP, SIGNATURE, list_plugins
+
+    print("adapters (optional libraries; a method is <prefix>:<Class>):")
+    for prefix, family in FAMILIES.items():
+        try:
+            members = family.members()
+        except MissingDependencyError:
+            print(f"  {prefix + ':<Class>':22s} {family.library} is not installed: "
+                  f"pip install -e '.[{family.extra}]'")
+            continue
+        lines = textwrap.wrap(", ".join(members), width=72)
+        print(f"  {prefix + ':<Class>':22s} {family.summary} ({len(members)}):")
+        for line in lines:
+            print(f"  {'':22s}   {line}")
+    print(f"plug-ins (entry points of group {ENTRY_POINT_GROUP!r}):")
+    for name in list_plugins():
+        print(f"  {name:22s} {harness.get_method(name).summary}")
+    if not list_plugins():
+        print("  (none installed)")
+    print(f"  any package.module:function with the signature {SIGNATURE}")
 
 
 def cmd_saliency(args: argparse.Namespace) -> int:

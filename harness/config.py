@@ -268,9 +268,42 @@ def _default_base(method_name: str) -> str | None:
     return parameter.default
 
 
-def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig, ...]:
-    from harness.methods import list_methods
+def _resolve_method(name, key: str):
+    """The registry entry of method ``name`` (registered, adapter or plug-in), or a ConfigError
+    naming ``key``: an unknown name, a missing optional library, a plug-in that does not import."""
+    from harness.methods import MissingDependencyError, get_method, list_methods, list_plugins
 
+    try:
+        return get_method(name)
+    except UnknownNameError as error:
+        if isinstance(name, str) and ":" in name:
+            raise ConfigError(f"{key}: {error}") from None
+        valid = ", ".join([*list_methods(), *list_plugins()])
+        raise ConfigError(f"{key}: unknown method {name!r}; valid: {valid} (or captum:<Class>, "
+                          "gradcam:<CAMClass>, package.module:function)") from None
+    except (MissingDependencyError, ValueError) as error:  # PluginError is a ValueError
+        raise ConfigError(f"{key}: {error}") from None
+
+
+def _check_method_params(name: str, params, path: str) -> None:
+    """Parameter names against the method's signature, then the method's own check."""
+    entry = _resolve_method(name, path)
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {params!r}")
+    allowed = _method_param_names(name)
+    for param in params:
+        if allowed is not None and param not in allowed:
+            raise ConfigError(f"{path}.{param}: not a parameter of {name!r}; valid: "
+                              f"{', '.join(sorted(allowed))}")
+    _check_param_types(name, params, path)
+    if entry.check_params is not None:
+        try:
+            entry.check_params(params)
+        except ValueError as error:
+            raise ConfigError(f"{path}.{error}") from None
+
+
+def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig, ...]:
     if not isinstance(raw_methods, list) or not raw_methods:
         raise ConfigError(f"{path}: expected a non-empty list of methods")
     methods = []
@@ -279,27 +312,14 @@ def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig,
         if isinstance(raw, str):
             raw = {"name": raw}
         method = build(MethodConfig, raw, key)
-        if method.registry_name not in list_methods():
-            field_name = "method" if method.method else "name"
-            raise ConfigError(f"{key}.{field_name}: unknown method {method.registry_name!r}; "
-                              f"valid: {', '.join(list_methods())}")
-        allowed = _method_param_names(method.registry_name)
-        for param in method.params:
-            if allowed is not None and param not in allowed:
-                raise ConfigError(f"{key}.params.{param}: not a parameter of "
-                                  f"{method.registry_name!r}; valid: {', '.join(sorted(allowed))}")
-        _check_param_types(method.registry_name, method.params, f"{key}.params")
+        field_name = "method" if method.method else "name"
+        _resolve_method(method.registry_name, f"{key}.{field_name}")
+        _check_method_params(method.registry_name, method.params, f"{key}.params")
         base = method.params.get("base", _default_base(method.registry_name))
-        if base is not None and base not in list_methods():
-            raise ConfigError(f"{key}.params.base: unknown method {base!r}; "
-                              f"valid: {', '.join(list_methods())}")
-        if base is not None and method.params.get("base_params"):
-            base_allowed = _method_param_names(base)
-            for param in method.params["base_params"]:
-                if base_allowed is not None and param not in base_allowed:
-                    raise ConfigError(f"{key}.params.base_params.{param}: not a parameter of "
-                                      f"{base!r}; valid: {', '.join(sorted(base_allowed))}")
-            _check_param_types(base, method.params["base_params"], f"{key}.params.base_params")
+        if base is not None:
+            _resolve_method(base, f"{key}.params.base")
+            _check_method_params(base, method.params.get("base_params") or {},
+                                 f"{key}.params.base_params")
         methods.append(method)
     names = [m.name for m in methods]
     duplicates = sorted({n for n in names if names.count(n) > 1})

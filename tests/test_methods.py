@@ -16,7 +16,7 @@ from tests.conftest import TinyCNN, state_hash
 # cheap settings so every method runs in well under a second on the tiny model
 CHEAP = {
     "smoothgrad": {"n": 3}, "smoothgrad_sq": {"n": 3}, "vargrad": {"n": 3},
-    "integrated_gradients": {"n_steps": 4},
+    "integrated_gradients": {"n_steps": 4}, "rise": {"n_masks": 64},
 }
 
 
@@ -227,7 +227,7 @@ def test_every_method_contract(name, tiny_cnn):
 def test_every_method_has_citation_and_summary(name):
     method = harness.get_method(name)
     assert method.citation and method.summary
-    assert method.kind in {"attribution", "cam", "wrapper", "control"}
+    assert method.kind in {"attribution", "cam", "wrapper", "control", "perturbation"}
 
 
 @pytest.mark.parametrize("n_images", [1, 2, 5])

@@ -1,12 +1,26 @@
 """Saliency methods: ``saliency(name, model, x, target, **params) -> Tensor[N, H, W]``.
 
-One family per module; importing this package registers them all.
+One family per module; importing this package registers them all. The adapter families
+(``captum:<Class>``, ``gradcam:<CAMClass>``) import their optional library only when one of their
+methods is asked for; plug-ins (``package.module:function``, entry points of group
+``harness.methods``) are found by ``get_method``.
 """
 
-from harness.methods import baselines, cam, gradients, smoothing  # noqa: F401  (registration)
+from harness.methods import (  # noqa: F401  (registration; the adapters register families)
+    baselines,
+    cam,
+    captum_adapter,
+    gradcam_adapter,
+    gradients,
+    rise,
+    smoothing,
+)
 from harness.methods._core import (
+    FAMILIES,
     METHODS,
+    Family,
     Method,
+    MissingDependencyError,
     get_method,
     guarded,
     list_methods,
@@ -19,9 +33,11 @@ from harness.methods._core import (
     saliency_batched,
     signed_channels,
 )
+from harness.methods.plugins import PluginError, list_plugins
 
 __all__ = [
-    "METHODS", "Method", "get_method", "guarded", "list_methods", "raw_attribution",
+    "FAMILIES", "METHODS", "Family", "Method", "MissingDependencyError", "PluginError",
+    "get_method", "guarded", "list_methods", "list_plugins", "raw_attribution",
     "raw_attribution_batched", "reduce_channels", "register_attribution", "register_method",
     "saliency", "saliency_batched", "signed_channels",
 ]

@@ -4,6 +4,11 @@ A method is a function ``(model, x, target, **params) -> Tensor[N, H, W]``; ``x`
 ``[N, C, H, W]``, ``target`` the class to explain per image ``[N]``. Methods built on a per-pixel,
 per-channel attribution (gradient, gradient x input, integrated gradients, guided backprop) also
 expose that raw signed attribution ``[N, C, H, W]`` so wrappers such as SmoothGrad can average it.
+
+Besides the registered names, ``get_method`` resolves dynamic names: ``<family>:<member>`` for the
+adapter families (``captum:<AttributionClass>``, ``gradcam:<CAMClass>``, see ``FAMILIES``), an
+import path ``package.module:function`` and the entry points of group ``harness.methods``
+(harness/methods/plugins.py). Registered names come first.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from harness.registry import lookup, names
+from harness.registry import UnknownNameError, lookup, names
 
 
 class MapFn(Protocol):
@@ -61,9 +66,57 @@ class Method:
     attribution: MapFn | None = None
     defaults: dict = field(default_factory=dict)
     raw: MapFn | None = None
+    # validates a ``params`` mapping before any compute (ValueError "<param path>: <why>"), for
+    # methods whose keyword parameters cannot be read off ``fn``'s signature (the adapters)
+    check_params: Callable[[dict], None] | None = None
 
 
 METHODS: dict[str, Method] = {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Methods named ``<prefix>:<member>`` built on demand by an adapter (``captum:Occlusion``).
+
+    ``members()`` lists the available member names and ``method(member)`` builds the ``Method``;
+    both raise ``MissingDependencyError`` (naming the pip extra) when the library is absent and
+    ``method`` raises ``UnknownNameError`` listing ``members()`` for an unknown member.
+    """
+
+    prefix: str
+    library: str
+    extra: str
+    summary: str
+    members: Callable[[], list[str]]
+    method: Callable[[str], Method]
+
+
+FAMILIES: dict[str, Family] = {}
+_DYNAMIC: dict[str, Method] = {}  # dynamic names resolved so far (families and plug-ins)
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import optional ``module`` or raise ``MissingDependencyError`` naming ``extra``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"{what} needs the optional dependency {module.split('.')[0]!r}, which is not "
+            f"installed ({error}): pip install -e '.[{extra}]' (or pip install 'harness[{extra}]')"
+        ) from None
+
+
+def register_family(family: Family) -> Family:
+    if family.prefix in FAMILIES:
+        raise ValueError(f"method family {family.prefix!r} is already registered")
+    FAMILIES[family.prefix] = family
+    return family
 
 
 def register_method(name: str, *, kind: str, citation: str, signed: MapFn | None = None,
@@ -74,7 +127,7 @@ def register_method(name: str, *, kind: str, citation: str, signed: MapFn | None
     def add(fn: MapFn) -> MapFn:
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        summary = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
         METHODS[name] = Method(name, fn, kind, citation, summary, signed=signed,
                                defaults=dict(defaults or {}), raw=raw)
         return fn
@@ -95,7 +148,7 @@ def register_attribution(name: str, *, citation: str,
         def as_signed(model, x, target, *, reduce: str = "abs_max", **params):
             return signed_channels(attribution(model, x, target, **params))
 
-        summary = (attribution.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        summary = " ".join((attribution.__doc__ or "").strip().split("\n\n")[0].split())
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
         METHODS[name] = Method(name, as_map, "attribution", citation, summary, signed=as_signed,
@@ -111,7 +164,37 @@ def list_methods(pattern: str = "*") -> list[str]:
 
 
 def get_method(name: str) -> Method:
-    return lookup(METHODS, "method", name)
+    """The method called ``name``: a registered name, ``<family>:<member>`` (an adapter), an import
+    path ``package.module:function`` or an entry point of group ``harness.methods``.
+
+    An unknown name raises ``UnknownNameError`` listing the registered names; an unknown family
+    member lists the family's members; a missing optional library raises
+    ``MissingDependencyError`` naming the pip extra; a plug-in that does not import or has the
+    wrong signature raises ``PluginError``.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    if isinstance(name, str) and name in _DYNAMIC:
+        return _DYNAMIC[name]
+    from harness.methods import plugins
+
+    method = None
+    if isinstance(name, str) and ":" in name:
+        prefix, _, member = name.partition(":")
+        method = (FAMILIES[prefix].method(member) if prefix in FAMILIES
+                  else plugins.import_method(name))
+    elif isinstance(name, str):
+        method = plugins.entry_point_method(name)
+    if method is None:
+        try:
+            return lookup(METHODS, "method", name)
+        except UnknownNameError as error:
+            adapters = ", ".join(f"{prefix}:<Class>" for prefix in FAMILIES)
+            raise UnknownNameError(f"{error}; or an adapter ({adapters}), a plug-in "
+                                   "'package.module:function' or an entry point of group "
+                                   "'harness.methods'") from None
+    _DYNAMIC[name] = method
+    return method
 
 
 # ----------------------------------------------------------------------------- guard
@@ -129,7 +212,8 @@ def _hook_counts(model: nn.Module) -> tuple[int, ...]:
 def guarded(model: nn.Module) -> Iterator[None]:
     """Run a method with ``model`` in eval mode and its parameters frozen, then restore every
     module's training flag and every parameter's ``requires_grad`` and ``.grad``; fail if the
-    method left a hook behind."""
+    method left a hook behind. (``saliency`` also checks the maps' shape and that they are
+    finite.)"""
     training = [module.training for module in model.modules()]
     params = list(model.parameters())
     flags = [param.requires_grad for param in params]
@@ -219,6 +303,10 @@ def saliency(name: str, model: nn.Module, x: torch.Tensor, target, *, signed: bo
     expected = (x.shape[0], x.shape[2], x.shape[3])
     if tuple(maps.shape) != expected:
         raise RuntimeError(f"method {name!r} returned {tuple(maps.shape)}, expected {expected}")
+    finite = torch.isfinite(maps.reshape(maps.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        index = int((~finite).nonzero()[0, 0])
+        raise RuntimeError(f"method {name!r} returned NaN or inf in the map of image {index}")
     return maps
 
 

@@ -1,0 +1,242 @@
+"""Captum adapter: every Captum attribution class is method ``captum:<Class>`` (Kokhlikyan et al.
+2020, "Captum: A unified and generic model interpretability library for PyTorch",
+arXiv:2009.07896). Captum computes the attribution; nothing of its algorithms is written here.
+
+Which classes: those of ``captum.attr`` that explain a class score of the model (``attribute``
+takes ``inputs`` and ``target``), are built from the model (``forward_func``/``model``, plus
+``layer`` for layer methods) and need no other constructor argument (``captum.attr`` at import:
+Saliency, IntegratedGradients, Occlusion, DeepLift, GradientShap, LRP, FeatureAblation, Lime,
+KernelShap, LayerGradCam, LayerConductance, GuidedGradCam, ...). Neuron attributions (a neuron,
+not a class), ``LayerActivation`` (no target), ``NoiseTunnel`` (use our ``smoothgrad`` with
+``base: "captum:<Class>"``) and ``LimeBase`` (callables only) are not methods.
+
+Parameters (``params`` of a config entry or keywords of ``saliency``):
+
+- ``init: {...}`` constructor keywords and ``attribute: {...}`` keywords of ``attribute``; or the
+  same names flat (``n_steps: 20``), each placed by inspecting the two signatures (a name both
+  take must be given under ``init`` or ``attribute``). ``inputs``, ``target``, the model, the
+  layer, ``additional_forward_args`` and ``return_convergence_delta`` are set by the harness.
+  YAML lists become tuples (``sliding_window_shapes: [3, 15, 15]``); ``baselines: zero`` is a
+  zero tensor ``[1, C, H, W]`` in the model's input space (the mean colour, as our
+  ``integrated_gradients``' default); ``feature_mask``/``layer_mask: {grid: k}`` are k x k-pixel
+  squares shared by the channels (Captum's default mask makes every scalar a feature:
+  C*H*W forwards per image). From Python any value Captum accepts (tensors) may be passed.
+- ``layer`` (layer methods and ``GuidedGradCam``): module name, default the model's
+  ``cam_layer``, exactly as our ``gradcam``; a module that runs several times per forward is
+  explained at its last call (harness/methods/_adapt.py ``library_layer``).
+- ``upsample`` (layer methods): Captum's ``LayerAttribution.interpolate`` mode from the layer's
+  resolution to the input's, default ``"bilinear"`` (``align_corners=False``, as our ``gradcam``;
+  Captum's own default is ``"nearest"``).
+- ``seed`` (default 0): Captum's random methods (GradientShap, Lime, KernelShap,
+  ShapleyValueSampling, FeaturePermutation, ...) draw from torch's and numpy's global generators;
+  each call runs with them seeded with ``seed`` and restored after, so maps are reproducible and
+  the caller's random streams are untouched (the draws cover the whole batch, so for these
+  methods an image's map depends on the batch it is computed in).
+- ``reduce``: the channel reduction to ``[N, H, W]`` (``REDUCTIONS``, default ``abs_max``); the
+  signed variant is the channel sum. Layer attributions are upsampled first, then reduced over
+  the layer's channels (``LayerGradCam`` has one channel: its map is |CAM|, pass
+  ``relu_attributions: true`` for Grad-CAM's ReLU).
+
+Input-space classes also expose the raw attribution ``[N, C, H, W]``, so ``smoothgrad`` averages
+it (note Captum's ``Saliency`` returns |gradient| unless ``abs: false``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+
+import torch
+from torch import nn
+
+from harness.methods._adapt import (
+    Signature,
+    as_library_value,
+    library_layer,
+    read_signature,
+    seeded_global_rngs,
+    split_params,
+)
+from harness.methods._core import (
+    REDUCTIONS,
+    Family,
+    Method,
+    reduce_channels,
+    register_family,
+    require,
+    signed_channels,
+)
+from harness.registry import UnknownNameError
+
+PREFIX = "captum"
+EXTRA = "captum"
+UPSAMPLE_MODES = ("bilinear", "nearest", "bicubic", "area")
+_OWN = ("layer", "upsample", "reduce", "seed")
+_RESERVED_INIT = {"forward_func": "the model", "model": "the model",
+                  "layer": "the 'layer' parameter, a module name"}
+_RESERVED_ATTRIBUTE = {
+    "inputs": "the images x", "target": "the target classes",
+    "additional_forward_args": "the model takes the images only",
+    "return_convergence_delta": "a method returns maps only",
+}
+_NOT_METHODS = {
+    "NoiseTunnel": "use our smoothgrad with base: 'captum:<Class>'",
+    "LayerActivation": "it has no target class",
+}
+
+
+def _attr():
+    return require("captum.attr", EXTRA, f"method family '{PREFIX}:'")
+
+
+def _usable(cls: type) -> bool:
+    try:
+        init = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        attribute = inspect.signature(cls.attribute).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    if inspect.isabstract(cls) or not init or init[0].name not in ("forward_func", "model"):
+        return False
+    if "inputs" not in attribute or "target" not in attribute or "neuron_selector" in attribute:
+        return False
+    extra_required = [p.name for p in init[1:] if p.default is p.empty and p.name != "layer"
+                      and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return not extra_required
+
+
+def classes() -> dict[str, type]:
+    """Captum's attribution classes usable as methods, by name (needs the ``captum`` extra)."""
+    attr = _attr()
+    found = {}
+    for name in dir(attr):
+        cls = getattr(attr, name)
+        if inspect.isclass(cls) and issubclass(cls, attr.Attribution) and _usable(cls):
+            found[name] = cls
+    return dict(sorted(found.items()))
+
+
+def members() -> list[str]:
+    return list(classes())
+
+
+def _summary(cls: type) -> str:
+    text = " ".join((cls.__doc__ or "").split())
+    first = text.split(". ")[0].rstrip(".")
+    return f"Captum {cls.__name__}: {first}." if first else f"Captum {cls.__name__}."
+
+
+@functools.cache
+def _spec(cls: type) -> tuple[dict[str, Signature], bool, bool]:
+    """(groups, is a layer attribution, takes a layer)."""
+    attr = _attr()
+    init = read_signature(cls.__init__, skip=set())
+    groups = {"init": init, "attribute": read_signature(cls.attribute, skip=set())}
+    return groups, issubclass(cls, attr.LayerAttribution), "layer" in init.names
+
+
+def _check(name: str, cls: type, params: dict) -> dict[str, dict]:
+    """Validate ``params`` (``ValueError("<path>: <why>")``); return the library groups."""
+    groups, is_layer, takes_layer = _spec(cls)
+    if "layer" in params and not takes_layer:
+        raise ValueError(f"layer: {name} takes no layer")
+    if "upsample" in params and not is_layer:
+        raise ValueError(f"upsample: {name} is not a layer attribution (its maps are input-sized)")
+    if params.get("upsample", "bilinear") not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample: {params['upsample']!r} is not one of: "
+                         f"{', '.join(UPSAMPLE_MODES)}")
+    if not isinstance(params.get("seed", 0), int):
+        raise ValueError(f"seed: expected an int, got {params['seed']!r}")
+    if params.get("reduce", "abs_max") not in REDUCTIONS:
+        raise ValueError(f"reduce: {params['reduce']!r} is not one of: {', '.join(REDUCTIONS)}")
+    library = {k: v for k, v in params.items() if k not in _OWN}
+    reserved = {**_RESERVED_INIT, **_RESERVED_ATTRIBUTE}
+    split = split_params(name, library, groups, reserved)
+    for group in split.values():
+        for key in ("feature_mask", "layer_mask"):
+            mask = group.get(key)
+            if isinstance(mask, dict) and (set(mask) != {"grid"} or not isinstance(
+                    mask["grid"], int) or mask["grid"] < 1):
+                raise ValueError(f"{key}: expected {{grid: k}} with an int k >= 1, got {mask!r}")
+    return split
+
+
+def _value(key: str, value, x: torch.Tensor):
+    if key == "baselines" and value == "zero":
+        return torch.zeros_like(x[:1])
+    if key in ("feature_mask", "layer_mask") and isinstance(value, dict):
+        cell = value["grid"]
+        rows = torch.arange(x.shape[2], device=x.device) // cell
+        cols = torch.arange(x.shape[3], device=x.device) // cell
+        n_cols = -(-x.shape[3] // cell)
+        return (rows.view(-1, 1) * n_cols + cols.view(1, -1)).view(1, 1, *x.shape[2:])
+    return as_library_value(value)
+
+
+def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+         params: dict) -> torch.Tensor:
+    """Captum's attribution, input-sized: ``[N, C, H, W]`` (input methods) or the layer's
+    ``[N, K, h, w]`` upsampled to ``[N, K, H, W]``."""
+    split = _check(name, cls, params)
+    _, is_layer, takes_layer = _spec(cls)
+    init = {k: _value(k, v, x) for k, v in split["init"].items()}
+    attribute = {k: _value(k, v, x) for k, v in split["attribute"].items()}
+    inputs = x.detach().clone()
+    if issubclass(cls, _attr().GradientAttribution):
+        inputs.requires_grad_(True)
+    with (library_layer(model, x, params.get("layer"), name) if takes_layer
+          else contextlib.nullcontext()) as layer, seeded_global_rngs(params.get("seed", 0),
+                                                                      x.device):
+        if takes_layer:
+            init["layer"] = layer
+        explainer = cls(model, **init)
+        result = explainer.attribute(inputs, target=target, **attribute)
+    if isinstance(result, tuple):
+        result = result[0]
+    result = result.detach()
+    if is_layer:
+        if result.ndim != 4:
+            raise ValueError(f"{name}: the layer attribution must be [N, K, h, w] to map onto the "
+                             f"image, got {tuple(result.shape)}; choose a conv layer (layer=)")
+        result = _attr().LayerAttribution.interpolate(result, tuple(x.shape[2:]),
+                                                      params.get("upsample", "bilinear"))
+    elif tuple(result.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: attribution shaped {tuple(result.shape)}, expected "
+                         f"{tuple(x.shape)}")
+    return result.to(x.dtype)
+
+
+def method(member: str) -> Method:
+    """The ``Method`` ``captum:<member>``."""
+    table = classes()
+    if member not in table:
+        why = f" ({_NOT_METHODS[member]})" if member in _NOT_METHODS else ""
+        raise UnknownNameError(f"unknown Captum attribution class {member!r}{why}. Available "
+                               f"as {PREFIX}:<Class>: {', '.join(table)}")
+    cls = table[member]
+    name = f"{PREFIX}:{member}"
+    _, is_layer, _ = _spec(cls)
+
+    def attribution(model, x, target, **params):
+        return _raw(name, cls, model, x, target, {k: v for k, v in params.items()
+                                                  if k != "reduce"})
+
+    def as_map(model, x, target, *, reduce: str = "abs_max", **params):
+        return reduce_channels(_raw(name, cls, model, x, target, params), reduce)
+
+    def as_signed(model, x, target, *, reduce: str = "abs_max", **params):
+        return signed_channels(_raw(name, cls, model, x, target, params))
+
+    def check_params(params: dict) -> None:
+        _check(name, cls, dict(params))
+
+    version = getattr(require("captum", EXTRA, name), "__version__", "?")
+    return Method(name, as_map, "layer" if is_layer else "attribution",
+                  citation=f"Captum {version} captum.attr.{member} (Kokhlikyan et al. 2020, "
+                           "arXiv:2009.07896); the method's paper is in the class docstring",
+                  summary=_summary(cls), signed=as_signed,
+                  attribution=None if is_layer else attribution,
+                  check_params=check_params)
+
+
+register_family(Family(PREFIX, "Captum", EXTRA, "Captum attribution classes", members, method))

@@ -1,0 +1,146 @@
+"""pytorch-grad-cam adapter: every CAM class of ``pytorch_grad_cam`` is method
+``gradcam:<CAMClass>`` (Gildenblat & contributors, https://github.com/jacobgil/pytorch-grad-cam):
+GradCAM, GradCAMPlusPlus, XGradCAM, EigenCAM, EigenGradCAM, LayerCAM, HiResCAM, ScoreCAM,
+AblationCAM, FullGrad, ... The library computes the maps; nothing of its algorithms is written
+here.
+
+What the library returns, and so what these methods return: per image, the ReLU of the CAM, scaled
+to [0, 1] by its own min-max (``scale_cam_image``: (cam - min) / (max + 1e-7)) and resized to the
+input with ``cv2.resize`` (bilinear). There is no signed variant.
+
+Parameters:
+
+- ``layer``: module name, default the model's ``cam_layer``, exactly as our ``gradcam`` takes it;
+  a module that runs several times per forward (EfficientNet-Lite's shared ``_swish``) is
+  explained at its last call, as our ``gradcam`` does (pytorch-grad-cam given the shared module
+  itself would use its first call). ``FullGrad`` takes no layer (it uses every bias).
+- ``init: {...}`` extra constructor keywords (``AblationCAM``'s ``batch_size``, ``KPCA_CAM``'s
+  ``kernel``, ...) and ``call: {...}`` keywords of the call (``aug_smooth``, ``eigen_smooth``);
+  or the same names flat, placed by signature inspection.
+
+The classes are called with ``ClassifierOutputTarget(target_i)`` per image, on inputs that require
+grad (so gradients reach the layer of a model with frozen parameters), and their hooks are
+released in ``finally`` through ``__exit__`` (not a ``with`` block: pytorch-grad-cam's
+``__exit__`` swallows an ``IndexError`` and would return nothing). The call runs with the global
+random generators seeded with 0 and restored after (none of the offered classes is meant to be
+random). ``RandomCAM`` is not offered: it draws from numpy's global random state, unseeded (use
+our ``random`` control).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+
+import torch
+from torch import nn
+
+from harness.methods._adapt import (
+    as_library_value,
+    library_layer,
+    read_signature,
+    seeded_global_rngs,
+    split_params,
+)
+from harness.methods._core import Family, Method, register_family, require
+from harness.registry import UnknownNameError
+
+PREFIX = "gradcam"
+EXTRA = "gradcam"
+_NO_LAYER = {"FullGrad"}
+_NOT_METHODS = {"RandomCAM": "it draws from numpy's global random state, unseeded; use our "
+                             "'random' control"}
+_RESERVED = {"model": "the model", "target_layers": "the 'layer' parameter, a module name",
+             "input_tensor": "the images x", "targets": "the target classes"}
+
+
+def _library():
+    return require("pytorch_grad_cam", EXTRA, f"method family '{PREFIX}:'")
+
+
+def classes() -> dict[str, type]:
+    """pytorch-grad-cam's CAM classes usable as methods, by name (needs the ``gradcam`` extra)."""
+    library = _library()
+    base = require("pytorch_grad_cam.base_cam", EXTRA, f"method family '{PREFIX}:'").BaseCAM
+    found = {}
+    for name in dir(library):
+        cls = getattr(library, name)
+        if (inspect.isclass(cls) and issubclass(cls, base) and cls is not base
+                and name not in _NOT_METHODS):
+            found[name] = cls
+    return dict(sorted(found.items()))
+
+
+def members() -> list[str]:
+    return list(classes())
+
+
+@functools.cache
+def _groups(cls: type) -> dict:
+    return {"init": read_signature(cls.__init__, skip=set()),
+            "call": read_signature(cls.__call__, skip=set())}
+
+
+def _check(name: str, cls: type, params: dict) -> dict[str, dict]:
+    if "layer" in params and cls.__name__ in _NO_LAYER:
+        raise ValueError(f"layer: {name} takes no layer (it uses every conv/BatchNorm bias)")
+    library = {k: v for k, v in params.items() if k != "layer"}
+    return split_params(name, library, _groups(cls), _RESERVED)
+
+
+def _maps(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+          params: dict) -> torch.Tensor:
+    split = _check(name, cls, params)
+    init = {k: as_library_value(v) for k, v in split["init"].items()}
+    call = {k: as_library_value(v) for k, v in split["call"].items()}
+    targets_module = require("pytorch_grad_cam.utils.model_targets", EXTRA, name)
+    targets = [targets_module.ClassifierOutputTarget(int(t)) for t in target.tolist()]
+    inputs = x.detach().clone().requires_grad_(True)
+    takes_layer = cls.__name__ not in _NO_LAYER
+    with (library_layer(model, x, params.get("layer"), name) if takes_layer
+          else contextlib.nullcontext()) as layer, seeded_global_rngs(0, x.device):
+        cam = cls(model=model, target_layers=[layer] if takes_layer else [], **init)
+        try:
+            maps = cam(input_tensor=inputs, targets=targets, **call)
+        finally:
+            cam.__exit__(None, None, None)  # releases its hooks
+    return torch.as_tensor(maps).to(device=x.device, dtype=x.dtype)
+
+
+def method(member: str) -> Method:
+    """The ``Method`` ``gradcam:<member>``."""
+    table = classes()
+    if member not in table:
+        why = f" ({_NOT_METHODS[member]})" if member in _NOT_METHODS else ""
+        raise UnknownNameError(f"unknown pytorch-grad-cam class {member!r}{why}. Available as "
+                               f"{PREFIX}:<CAMClass>: {', '.join(table)}")
+    cls = table[member]
+    name = f"{PREFIX}:{member}"
+
+    def as_map(model, x, target, **params):
+        return _maps(name, cls, model, x, target, params)
+
+    def check_params(params: dict) -> None:
+        _check(name, cls, dict(params))
+
+    doc = " ".join((cls.__doc__ or "").split()).split(". ")[0]
+    summary = f"pytorch-grad-cam {member}" + (f": {doc}." if doc else " (ReLU, min-max scaled).")
+    version = _version()
+    return Method(name, as_map, "cam",
+                  citation=f"pytorch-grad-cam {version} pytorch_grad_cam.{member} (Gildenblat & "
+                           "contributors 2021, github.com/jacobgil/pytorch-grad-cam)",
+                  summary=summary, check_params=check_params)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("grad-cam")
+    except PackageNotFoundError:
+        return "?"
+
+
+register_family(Family(PREFIX, "pytorch-grad-cam", EXTRA, "pytorch-grad-cam CAM classes", members,
+                       method))
