@@ -141,7 +141,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     maps = {}
     for name in methods:
         maps[name] = saliency_batched(name, model, x, target, batch_size=args.batch_size,
-                                      **params[name])
+                                      method_params=params[name])
     if args.save_maps:
         from harness.data import save_maps
 

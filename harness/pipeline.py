@@ -80,7 +80,8 @@ def figure_inputs(prepared) -> tuple[np.ndarray, list[str], dict[str, torch.Tens
     for m in config.methods:
         kept = figure_maps(prepared.output_dir, m.name, ids)
         maps[m.name] = kept if kept is not None else saliency_batched(
-            m.registry_name, prepared.model, x, target, batch_size=config.batch_size, **m.params)
+            m.registry_name, prepared.model, x, target, batch_size=config.batch_size,
+            method_params=m.params)
     names = prepared.dataset.class_names or info.categories
     titles = [names[int(t)] if int(t) < len(names) else str(int(t)) for t in target]
     return crop_pixels(images, info), titles, maps

@@ -608,3 +608,30 @@ def test_blurred_gradcam_plusplus_and_smoothgrad_of_a_cam(tiny_cnn, x):
                                           r"class 'GradCAMPP'"):
         from_dict({"methods": [{"name": "b", "method": "blurred",
                                 "params": {"base": "gradcam:GradCAMPP"}}]})
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+@pytest.mark.slow
+def test_runner_with_rise_and_adapter_methods(tmp_path):
+    """End to end (tiny): method params may hold the method's own batch_size; adapter names
+    with ':' go through the runner, the randomization check and the kept figure maps."""
+    pytest.importorskip("captum.attr")
+    pytest.importorskip("pytorch_grad_cam")
+    from harness.experiment import run
+
+    config = from_dict({
+        "name": "eco", "model": {"name": "squeezenet1_1", "weights": "random"},
+        "data": {"name": "samples", "options": {"names": ["chelsea", "coffee"]}},
+        "batch_size": 2, "tracking": {"enabled": False}, "output_dir": str(tmp_path / "run"),
+        "methods": [{"name": "rise", "params": {"n_masks": 6, "batch_size": 4}},
+                    {"name": "sal", "method": "captum:Saliency"},
+                    {"name": "cam", "method": "gradcam:GradCAM"}],
+        "metrics": {"deletion": {"step": 12544},
+                    "model_randomization": {"blocks": ["conv10"], "measures": ["spearman_abs"]}},
+    })
+    records = list(run(config, progress=False))
+    assert len(records) == 3 * 2 * 2  # methods x images x (deletion, one randomization step)
+    assert {r["method"] for r in records} == {"rise", "sal", "cam"}
+    assert all(np.isfinite(r["value"]) for r in records if r["value"] is not None)

@@ -99,17 +99,18 @@ class MissingDependencyError(ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
 
 
-def require(module: str, extra: str, what: str):
-    """Import optional ``module`` or raise ``MissingDependencyError`` naming ``extra``."""
+def require(module: str, extra: str, what: str, *, package: str | None = None):
+    """Import optional ``module`` or raise ``MissingDependencyError`` naming the pip ``extra``
+    (and the PyPI ``package``, default the module's top-level name)."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as error:
+        package = package or module.split(".")[0]
         raise MissingDependencyError(
-            f"{what} needs the optional dependency {module.split('.')[0]!r}, which is not "
-            f"installed ({error}): pip install -e '.[{extra}]' (or pip install 'harness[{extra}]')"
-        ) from None
+            f"{what} needs the optional dependency {package!r}, which is not installed "
+            f"({error}): pip install -e '.[{extra}]' (or pip install {package})") from None
 
 
 def register_family(family: Family) -> Family:
@@ -351,9 +352,15 @@ def raw_attribution_batched(name: str, model: nn.Module, x: torch.Tensor, target
 
 
 def saliency_batched(name: str, model: nn.Module, x: torch.Tensor, target, *,
-                     batch_size: int = 32, signed: bool = False, **params) -> torch.Tensor:
+                     batch_size: int = 32, signed: bool = False, method_params: dict | None = None,
+                     **params) -> torch.Tensor:
     """``saliency`` over ``x`` in chunks of ``batch_size`` images (bounded memory): ``[N, H, W]``.
+
+    The method's parameters come as ``method_params`` (a mapping, which may hold the method's
+    own ``batch_size``, as ``rise``, ``integrated_gradients`` and ``smoothgrad`` have) and/or as
+    keywords.
     """
+    params = {**(method_params or {}), **params}
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target = check_inputs(x, target)

@@ -56,13 +56,14 @@ _RESERVED = {"model": "the model", "target_layers": "the 'layer' parameter, a mo
 
 
 def _library():
-    return require("pytorch_grad_cam", EXTRA, f"method family '{PREFIX}:'")
+    return require("pytorch_grad_cam", EXTRA, f"method family '{PREFIX}:'", package="grad-cam")
 
 
 def classes() -> dict[str, type]:
     """pytorch-grad-cam's CAM classes usable as methods, by name (needs the ``gradcam`` extra)."""
     library = _library()
-    base = require("pytorch_grad_cam.base_cam", EXTRA, f"method family '{PREFIX}:'").BaseCAM
+    base = require("pytorch_grad_cam.base_cam", EXTRA, f"method family '{PREFIX}:'",
+                   package="grad-cam").BaseCAM
     found = {}
     for name in dir(library):
         cls = getattr(library, name)
@@ -94,7 +95,8 @@ def _maps(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch
     split = _check(name, cls, params)
     init = {k: as_library_value(v) for k, v in split["init"].items()}
     call = {k: as_library_value(v) for k, v in split["call"].items()}
-    targets_module = require("pytorch_grad_cam.utils.model_targets", EXTRA, name)
+    targets_module = require("pytorch_grad_cam.utils.model_targets", EXTRA, name,
+                             package="grad-cam")
     targets = [targets_module.ClassifierOutputTarget(int(t)) for t in target.tolist()]
     inputs = x.detach().clone().requires_grad_(True)
     takes_layer = cls.__name__ not in _NO_LAYER
