@@ -173,18 +173,19 @@ def get_method(name: str) -> Method:
     ``MissingDependencyError`` naming the pip extra; a plug-in that does not import or has the
     wrong signature raises ``PluginError``.
     """
+    if not isinstance(name, str):
+        return lookup(METHODS, "method", name)  # raises, naming the valid methods
     if name in METHODS:
         return METHODS[name]
-    if isinstance(name, str) and name in _DYNAMIC:
+    if name in _DYNAMIC:
         return _DYNAMIC[name]
     from harness.methods import plugins
 
-    method = None
-    if isinstance(name, str) and ":" in name:
+    if ":" in name:
         prefix, _, member = name.partition(":")
         method = (FAMILIES[prefix].method(member) if prefix in FAMILIES
                   else plugins.import_method(name))
-    elif isinstance(name, str):
+    else:
         method = plugins.entry_point_method(name)
     if method is None:
         try:
