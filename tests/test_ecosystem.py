@@ -635,3 +635,74 @@ def test_runner_with_rise_and_adapter_methods(tmp_path):
     assert len(records) == 3 * 2 * 2  # methods x images x (deletion, one randomization step)
     assert {r["method"] for r in records} == {"rise", "sal", "cam"}
     assert all(np.isfinite(r["value"]) for r in records if r["value"] is not None)
+
+
+@pytest.mark.slow
+def test_a_method_batch_size_reaches_the_method_through_every_runner_path(tmp_path, monkeypatch):
+    """``integrated_gradients`` with its own ``batch_size`` (2 path points per forward) through the
+    runner: the maps of the metric registry's Unit (plain and signed), model randomization under
+    both map normalisations (raw attributions and maps), max-sensitivity, the random-logit test
+    and the figure's maps. Every gradient is taken on 2 points (the method's default,
+    ``batch_size=16``, would take all 4 at once): the method's ``batch_size`` reached it
+    everywhere and never collided with the harness's ``batch_size``."""
+    import harness.methods.gradients as gradients
+    from harness.pipeline import run_experiment
+
+    chunks: list[int] = []
+    original = gradients.input_gradient
+
+    def counted(model, points, target):
+        chunks.append(points.shape[0])
+        return original(model, points, target)
+
+    monkeypatch.setattr(gradients, "input_gradient", counted)
+    ig = {"name": "ig", "method": "integrated_gradients",
+          "params": {"n_steps": 4, "batch_size": 2}}
+
+    def raw(folder: str, metrics: dict) -> dict:
+        return {"name": "ig_batch", "model": {"name": "squeezenet1_1", "weights": "random"},
+                "data": {"name": "samples", "options": {"names": ["chelsea"]}},
+                "batch_size": 1, "tracking": {"enabled": False}, "figure_images": 1,
+                "output_dir": str(tmp_path / folder), "methods": [ig], "metrics": metrics}
+
+    # no metric needs the unit's maps: the figure computes them (harness.pipeline.figure_inputs)
+    first = from_dict(raw("first", {
+        "model_randomization": {"blocks": ["conv10"], "measures": ["spearman_abs", "ssim"]},
+        "max_sensitivity": {"n_samples": 1}}))
+    result = run_experiment(first, progress=False, log=lambda *a: None)
+    summary = result["summary"]
+    assert set(summary["metric"]) == {"rand_spearman_abs", "rand_ssim", "max_sensitivity"}
+    assert list((tmp_path / "first" / "figures").glob("*.png")), "the saliency figure was drawn"
+    assert chunks and max(chunks) == 2
+    chunks.clear()
+    second = from_dict(raw("second", {
+        "model_randomization": {"blocks": ["conv10"], "measures": ["spearman_signed"],
+                                "map_normalisation": "method"},
+        "random_logit": {"measure": "ssim"},
+        "faithfulness_correlation": {"n_subsets": 3, "subset_size": 3136}}))
+    from harness.experiment import run
+
+    records = list(run(second, progress=False))
+    assert {r["metric"] for r in records} == {"model_randomization", "random_logit",
+                                              "faithfulness_correlation"}
+    assert all(np.isfinite(r["value"]) for r in records if r["value"] is not None)
+    assert chunks and max(chunks) == 2
+
+
+def test_method_params_as_a_mapping_or_keywords_but_not_both(tiny_cnn, x):
+    from harness.methods import raw_attribution_batched, saliency_batched
+
+    params = {"n_steps": 4, "batch_size": 2}
+    maps = saliency_batched("integrated_gradients", tiny_cnn, x, TARGET, batch_size=2,
+                            method_params=params)
+    torch.testing.assert_close(maps, harness.saliency("integrated_gradients", tiny_cnn, x,
+                                                      TARGET, **params))
+    raw = raw_attribution_batched("integrated_gradients", tiny_cnn, x, TARGET, batch_size=1,
+                                  method_params=params)
+    assert raw.shape == x.shape
+    with pytest.raises(ValueError, match="method parameter 'n_steps' given both in "
+                                         "method_params and as a keyword"):
+        saliency_batched("integrated_gradients", tiny_cnn, x, TARGET, n_steps=2,
+                         method_params=params)
+    with pytest.raises(ValueError, match="method_params must be a mapping"):
+        raw_attribution_batched("vanilla", tiny_cnn, x, TARGET, method_params=[("n", 1)])

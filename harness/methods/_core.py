@@ -339,10 +339,26 @@ def raw_attribution(name: str, model: nn.Module, x: torch.Tensor, target,
     return values
 
 
+def method_keywords(method_params: dict | None, params: dict) -> dict:
+    """A method's parameters given as the mapping ``method_params`` and/or as keywords, merged;
+    a name given both ways is a ValueError (the mapping is how a method's own ``batch_size``
+    reaches it past the ``*_batched`` functions' ``batch_size``)."""
+    if method_params is not None and not isinstance(method_params, dict):
+        raise ValueError(f"method_params must be a mapping, got {method_params!r}")
+    both = sorted(set(method_params or {}) & set(params))
+    if both:
+        raise ValueError(f"method parameter {both[0]!r} given both in method_params and as a "
+                         "keyword")
+    return {**(method_params or {}), **params}
+
+
 def raw_attribution_batched(name: str, model: nn.Module, x: torch.Tensor, target, *,
-                            batch_size: int = 32, **params) -> torch.Tensor | None:
+                            batch_size: int = 32, method_params: dict | None = None,
+                            **params) -> torch.Tensor | None:
     """``raw_attribution`` over ``x`` in chunks of ``batch_size`` images: ``[N, C, H, W]`` or
-    None."""
+    None. The method's parameters come as ``method_params`` and/or keywords, as in
+    ``saliency_batched``."""
+    params = method_keywords(method_params, params)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target = check_inputs(x, target)
@@ -361,7 +377,7 @@ def saliency_batched(name: str, model: nn.Module, x: torch.Tensor, target, *,
     own ``batch_size``, as ``rise``, ``integrated_gradients`` and ``smoothgrad`` have) and/or as
     keywords.
     """
-    params = {**(method_params or {}), **params}
+    params = method_keywords(method_params, params)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target = check_inputs(x, target)

@@ -72,7 +72,7 @@ class Unit:
         from harness.methods import saliency_batched
 
         return saliency_batched(self.method, self.model, self.x, self.target,
-                                batch_size=self.batch_size, **self.method_params)
+                                batch_size=self.batch_size, method_params=self.method_params)
 
     @cached_property
     def signed_maps(self) -> torch.Tensor | None:
@@ -81,7 +81,7 @@ class Unit:
         if get_method(self.method).signed is None:
             return None
         return saliency_batched(self.method, self.model, self.x, self.target, signed=True,
-                                batch_size=self.batch_size, **self.method_params)
+                                batch_size=self.batch_size, method_params=self.method_params)
 
     @cached_property
     def shared(self) -> dict:

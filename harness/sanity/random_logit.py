@@ -110,12 +110,12 @@ def random_logit(model: nn.Module, method: str, x: torch.Tensor, target, *,
     signed = similarity.MEASURES[measure].view == "signed"
     if maps is None:
         maps = saliency_batched(method, model, x, target, batch_size=batch_size, signed=signed,
-                                **params)
+                                method_params=params)
     elif tuple(maps.shape) != (n_images, *x.shape[2:]):
         raise ValueError(f"maps has shape {tuple(maps.shape)}; x {tuple(x.shape)} needs maps "
                          f"[N, H, W] = {(n_images, *x.shape[2:])}")
     other_maps = saliency_batched(method, model, x, other, batch_size=batch_size, signed=signed,
-                                  **params)
+                                  method_params=params)
     compare = similarity.MEASURES[measure]
     values, status = [], []
     for index in range(n_images):

@@ -149,10 +149,11 @@ def _views(method: str, network: nn.Module, x: torch.Tensor, classes: torch.Tens
     ``[N, H, W]`` a figure shows (the ``abs`` view under ``reference``, the method's map
     otherwise)."""
     if normalisation == "reference":
-        raw = raw_attribution_batched(method, network, x, classes, batch_size=batch_size, **params)
+        raw = raw_attribution_batched(method, network, x, classes, batch_size=batch_size,
+                                      method_params=params)
         if raw is None:  # a 2-D map only: the notebook's three_dims copy, equivalently C = 1
             raw = saliency_batched(method, network, x, classes, batch_size=batch_size,
-                                   **params)[:, None]
+                                   method_params=params)[:, None]
         arrays = raw.detach().double().cpu().permute(0, 2, 3, 1).numpy()
         views = []
         for array in arrays:
@@ -162,9 +163,10 @@ def _views(method: str, network: nn.Module, x: torch.Tensor, classes: torch.Tens
                              if isinstance(v["abs"], UndefinedSimilarity)
                              else torch.from_numpy(v["abs"]) for v in views])
         return views, shown.float()
-    maps = saliency_batched(method, network, x, classes, batch_size=batch_size, **params)
+    maps = saliency_batched(method, network, x, classes, batch_size=batch_size,
+                            method_params=params)
     signed = (saliency_batched(method, network, x, classes, batch_size=batch_size, signed=True,
-                               **params) if want_signed else None)
+                               method_params=params) if want_signed else None)
     views = [method_views(maps[i].double().cpu().numpy(),
                           None if signed is None else signed[i].double().cpu().numpy())
              for i in range(maps.shape[0])]
