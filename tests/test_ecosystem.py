@@ -16,9 +16,10 @@ from torch import nn
 
 import harness
 from harness.config import ConfigError, from_dict
-from harness.methods import MissingDependencyError, PluginError, _core
+from harness.methods import MissingDependencyError, NonFiniteMapError, PluginError, _core
 from harness.methods._core import _hook_counts
 from harness.methods.rise import rise_grids, rise_masks, upsample_matrix
+from harness.metrics.registry import Unit
 from harness.models import attach_info, prepare
 from harness.registry import UnknownNameError
 from tests.conftest import state_hash
@@ -267,14 +268,24 @@ def test_non_finite_maps_are_refused(tmp_path, monkeypatch, fresh_cache, tiny_cn
     (tmp_path / "nan_plugin_mod.py").write_text(textwrap.dedent("""
         import torch
 
-        def nan_map(model, x, target):
+        def nan_map(model, x, target):  # NaN in the map of an image whose pixel (0, 0) is 9
             maps = torch.zeros(x.shape[0], *x.shape[2:])
-            maps[1, 2, 3] = float("nan")
+            maps[x[:, 0, 0, 0] == 9, 2, 3] = float("nan")
             return maps
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(RuntimeError, match="NaN or inf in the map of image 1"):
-        harness.saliency("nan_plugin_mod:nan_map", tiny_cnn, x, TARGET)
+    name = "nan_plugin_mod:nan_map"
+    x = x.clone()
+    x[1, 0, 0, 0] = 9
+    with pytest.raises(NonFiniteMapError, match=r"'nan_plugin_mod:nan_map' gave a NaN/inf map "
+                                                r"for image #1 of its batch"):
+        harness.saliency(name, tiny_cnn, x, TARGET)
+    # batched: the position in x; in a unit of the runner: the image's id (a ValueError)
+    with pytest.raises(ValueError, match=r"NaN/inf map for image #3$"):
+        harness.methods.saliency_batched(name, tiny_cnn, x[[0, 2, 0, 1]], 0, batch_size=2)
+    unit = Unit(tiny_cnn, x[[0, 2, 1]], TARGET, ("a", "b", "c"), name, batch_size=2)
+    with pytest.raises(NonFiniteMapError, match=r"NaN/inf map for image c$"):
+        _ = unit.maps
 
 
 # ----------------------------------------------------------------------------- bad input

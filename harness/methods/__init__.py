@@ -21,6 +21,7 @@ from harness.methods._core import (
     Family,
     Method,
     MissingDependencyError,
+    NonFiniteMapError,
     get_method,
     guarded,
     list_methods,
@@ -36,8 +37,8 @@ from harness.methods._core import (
 from harness.methods.plugins import PluginError, list_plugins
 
 __all__ = [
-    "FAMILIES", "METHODS", "Family", "Method", "MissingDependencyError", "PluginError",
-    "get_method", "guarded", "list_methods", "list_plugins", "raw_attribution",
+    "FAMILIES", "METHODS", "Family", "Method", "MissingDependencyError", "NonFiniteMapError",
+    "PluginError", "get_method", "guarded", "list_methods", "list_plugins", "raw_attribution",
     "raw_attribution_batched", "reduce_channels", "register_attribution", "register_method",
     "saliency", "saliency_batched", "signed_channels",
 ]

@@ -283,12 +283,24 @@ def input_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> t
     return gradient
 
 
+class NonFiniteMapError(ValueError):
+    """A method returned a map holding NaN or inf: ``method`` and ``index``, the image's position
+    in the call's ``x``; callers that know more name the image by ``where`` (its id, the
+    perturbed sample)."""
+
+    def __init__(self, method: str, index: int, where: str | None = None):
+        self.method, self.index = method, index
+        super().__init__(f"method {method!r} gave a NaN/inf map for "
+                         f"{where or f'image #{index} of its batch'}")
+
+
 def saliency(name: str, model: nn.Module, x: torch.Tensor, target, *, signed: bool = False,
              **params) -> torch.Tensor:
     """Saliency maps ``[N, H, W]`` of method ``name`` for inputs ``x`` ``[N, C, H, W]``.
 
     ``signed=True`` returns the method's signed variant (an error if it has none). The model is
     used in eval mode with frozen parameters and left exactly as it was; ``x`` is not modified.
+    A map holding NaN or inf raises ``NonFiniteMapError`` (a ValueError) naming its image.
     """
     method = get_method(name)
     target = check_inputs(x, target)
@@ -307,8 +319,7 @@ def saliency(name: str, model: nn.Module, x: torch.Tensor, target, *, signed: bo
         raise RuntimeError(f"method {name!r} returned {tuple(maps.shape)}, expected {expected}")
     finite = torch.isfinite(maps.reshape(maps.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
-        index = int((~finite).nonzero()[0, 0])
-        raise RuntimeError(f"method {name!r} returned NaN or inf in the map of image {index}")
+        raise NonFiniteMapError(name, int((~finite).nonzero()[0, 0]))
     return maps
 
 
@@ -381,6 +392,12 @@ def saliency_batched(name: str, model: nn.Module, x: torch.Tensor, target, *,
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target = check_inputs(x, target)
-    chunks = [saliency(name, model, x[start:start + batch_size], target[start:start + batch_size],
-                       signed=signed, **params) for start in range(0, x.shape[0], batch_size)]
+    chunks = []
+    for start in range(0, x.shape[0], batch_size):
+        try:
+            chunks.append(saliency(name, model, x[start:start + batch_size],
+                                   target[start:start + batch_size], signed=signed, **params))
+        except NonFiniteMapError as error:  # its position in x, not in the chunk
+            index = start + error.index
+            raise NonFiniteMapError(name, index, f"image #{index}") from None
     return torch.cat(chunks)

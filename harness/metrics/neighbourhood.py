@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from harness.methods import saliency
-from harness.methods._core import check_inputs
+from harness.methods._core import NonFiniteMapError, check_inputs
 from harness.models import model_info
 from harness.seeding import image_generator
 
@@ -95,6 +95,17 @@ def _check_finite(maps: torch.Tensor, method: str, what) -> None:
         raise ValueError(f"method {method!r} gave a NaN/inf map for {where}")
 
 
+def _finite_maps(method: str, model, x: torch.Tensor, target: torch.Tensor, params: dict,
+                 what) -> torch.Tensor:
+    """``saliency`` in float64, a NaN/inf map named by ``what(position in x)``."""
+    try:
+        maps = saliency(method, model, x, target, **params).double()
+    except NonFiniteMapError as error:
+        raise NonFiniteMapError(method, error.index, what(error.index)) from None
+    _check_finite(maps, method, what)
+    return maps
+
+
 @dataclass(frozen=True)
 class Neighbourhood:
     """The sampled neighbourhood of every image: ``n_samples`` deltas per image, U(-r, r)
@@ -147,10 +158,9 @@ class SampleStatistics:
 
 
 def _original_maps(model, method, x, target, params, batch_size, ids) -> torch.Tensor:
-    maps = torch.cat([saliency(method, model, x[s:s + batch_size], target[s:s + batch_size],
-                               **params) for s in range(0, x.shape[0], batch_size)]).double()
-    _check_finite(maps, method, lambda i: f"image {_name(ids, i)}")
-    return maps
+    return torch.cat([_finite_maps(method, model, x[s:s + batch_size], target[s:s + batch_size],
+                                   params, lambda i, s=s: f"image {_name(ids, s + i)}")
+                      for s in range(0, x.shape[0], batch_size)])
 
 
 def perturbed_inputs(x: torch.Tensor, neighbourhood: Neighbourhood, pixel_std, ids, batch_size):
@@ -211,9 +221,10 @@ def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
                                for s in range(0, x.shape[0], batch_size)])
     for images, samples, deltas, inputs in perturbed_inputs(x, neighbourhood, pixel_std, ids,
                                                             batch_size):
-        maps = saliency(method, model, inputs, target[images], **params).double()
-        _check_finite(maps, method, lambda b, images=images, samples=samples: (
-            f"image {_name(ids, int(images[b]))} perturbed by sample {int(samples[b])}"))
+        maps = _finite_maps(method, model, inputs, target[images], params,
+                            lambda b, images=images, samples=samples: (
+                                f"image {_name(ids, int(images[b]))} perturbed by sample "
+                                f"{int(samples[b])}"))
         original = originals[images]
         change = _flat(maps - original)
         where = (images, samples)

@@ -69,19 +69,26 @@ class Unit:
 
     @cached_property
     def maps(self) -> torch.Tensor:
-        from harness.methods import saliency_batched
-
-        return saliency_batched(self.method, self.model, self.x, self.target,
-                                batch_size=self.batch_size, method_params=self.method_params)
+        return self._maps(signed=False)
 
     @cached_property
     def signed_maps(self) -> torch.Tensor | None:
-        from harness.methods import get_method, saliency_batched
+        from harness.methods import get_method
 
         if get_method(self.method).signed is None:
             return None
-        return saliency_batched(self.method, self.model, self.x, self.target, signed=True,
-                                batch_size=self.batch_size, method_params=self.method_params)
+        return self._maps(signed=True)
+
+    def _maps(self, *, signed: bool) -> torch.Tensor:
+        """The method's maps ``[N, H, W]``; a NaN/inf map is named by its image's id."""
+        from harness.methods import NonFiniteMapError, saliency_batched
+
+        try:
+            return saliency_batched(self.method, self.model, self.x, self.target, signed=signed,
+                                    batch_size=self.batch_size, method_params=self.method_params)
+        except NonFiniteMapError as error:
+            where = f"image {self.ids[error.index]}" + (" (signed map)" if signed else "")
+            raise NonFiniteMapError(self.method, error.index, where) from None
 
     @cached_property
     def shared(self) -> dict:
