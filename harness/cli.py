@@ -33,10 +33,13 @@ def parse_assignments(items: Sequence[str], what: str) -> dict[str, object]:
 
 
 def method_params(methods: Sequence[str], items: Sequence[str]) -> dict[str, dict]:
-    """``--param smoothgrad.n=20`` -> ``{"smoothgrad": {"n": 20}}`` for the methods listed."""
+    """``--param smoothgrad.n=20`` -> ``{"smoothgrad": {"n": 20}}`` for the methods listed (a
+    plug-in's import path may hold dots: ``--param mypkg.saliency:edges.power=2``)."""
     params: dict[str, dict] = {name: {} for name in methods}
     for key, value in parse_assignments(items, "--param").items():
-        name, _, field = key.partition(".")
+        name = next((m for m in sorted(methods, key=len, reverse=True)
+                     if key.startswith(f"{m}.")), "")
+        field = key[len(name) + 1:] if name else ""
         if name not in params or not field:
             raise ValueError(f"--param {key!r} must be METHOD.KEY=VALUE with METHOD one of "
                              f"{', '.join(methods)}")

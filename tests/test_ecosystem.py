@@ -5,6 +5,7 @@ composition. Tiny models and images; the adapter tests skip only where a library
 from __future__ import annotations
 
 import copy
+import importlib.util
 import sys
 import textwrap
 
@@ -426,6 +427,33 @@ def test_plugin_by_import_path(plugin_module, tiny_cnn, x):
     expected = gaussian_filter(maps.double().numpy(), sigma=(0, 1.0, 1.0), mode="reflect")
     torch.testing.assert_close(blurred.double(), torch.from_numpy(expected), rtol=1e-6,
                                atol=1e-6)
+
+
+def test_cli_params_of_plugins_and_adapters(plugin_module, monkeypatch, tmp_path, capsys):
+    """``--param`` finds the method of a dotted import path; the checks of a config apply,
+    before any model is loaded (also main's type check by annotation)."""
+    import harness.cli
+    from harness.cli import main, method_params
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was named")
+
+    monkeypatch.setattr(harness.cli, "load_model", forbidden)
+    name = f"{plugin_module}:centre_weight"
+    assert method_params([name, "vanilla"], [f"{name}.power=2", "vanilla.reduce=abs_sum"]) == {
+        name: {"power": 2}, "vanilla": {"reduce": "abs_sum"}}
+    out = str(tmp_path / "x.png")
+    assert main(["saliency", "--methods", f"vanilla,{name}", "--param", f"{name}.powr=2",
+                 "--out", out]) == 2
+    assert f"--param {name}.powr: not a parameter of '{name}'; valid: power" in \
+        capsys.readouterr().err
+    assert main(["saliency", "--methods", name, "--param", f"{name}.power=abc",
+                 "--out", out]) == 2
+    assert f"--param {name}.power: expected float, got 'abc'" in capsys.readouterr().err
+    if importlib.util.find_spec("captum") is not None:
+        assert main(["saliency", "--methods", "captum:Occlusion", "--out", out]) == 2
+        assert "--param captum:Occlusion.sliding_window_shapes: captum:Occlusion needs" in \
+            capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path, message", [
