@@ -496,7 +496,7 @@ def test_plugin_by_entry_point(tmp_path, monkeypatch, fresh_cache, tiny_cnn, x, 
     maps = harness.saliency("demo_centre", tiny_cnn, x, TARGET, power=1.0)
     assert float(maps[0, 7, 7]) == 7.0
     assert "entry point demo_centre" in harness.get_method("demo_centre").citation
-    config = from_dict({"methods": ["vanilla", "demo_centre"]})
+    config = from_dict({"methods": ["vanilla", "demo_centre"], "metrics": {"sparseness": {}}})
     assert [m.registry_name for m in config.methods] == ["vanilla", "demo_centre"]
     from harness.cli import main
 
@@ -624,7 +624,8 @@ def test_smoothgrad_of_captum_saliency_equals_smoothgrad_of_vanilla(tiny_cnn, x)
                                   base_params={"abs": False}, **params)
     torch.testing.assert_close(via_captum, ours, rtol=1e-5, atol=1e-7)
     config = from_dict({"methods": [{"name": "sg", "method": "smoothgrad", "params": {
-        "base": "captum:Saliency", "base_params": {"abs": False}, "n": 3}}]})
+        "base": "captum:Saliency", "base_params": {"abs": False}, "n": 3}}],
+        "metrics": {"sparseness": {}}})
     assert config.methods[0].params["base"] == "captum:Saliency"
     with pytest.raises(ConfigError, match=r"methods\[0\].params.base_params.abs_: not a "
                                           r"parameter of captum:Saliency"):
