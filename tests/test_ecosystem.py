@@ -23,6 +23,7 @@ from harness.methods.rise import rise_grids, rise_masks, upsample_matrix
 from harness.metrics.registry import Unit
 from harness.models import attach_info, prepare
 from harness.registry import UnknownNameError
+from harness.seeding import content_seed
 from tests.conftest import state_hash
 
 X_SHAPE = (3, 3, 16, 16)
@@ -119,11 +120,38 @@ def test_captum_random_methods_are_seeded(tiny_cnn, x):
                                                seed=3, **params))
     assert not torch.equal(first, harness.saliency("captum:GradientShap", tiny_cnn, x, TARGET,
                                                    seed=4, **params))
-    torch.manual_seed(3)
-    np.random.seed(3)  # noqa: NPY002 - GradientShap draws from numpy's global generator
-    direct = attr.GradientShap(unfrozen_copy(tiny_cnn)).attribute(
-        x.clone(), baselines=torch.zeros(1, 3, 16, 16), target=TARGET, n_samples=4, stdevs=0.1)
-    torch.testing.assert_close(first, direct.detach().abs().amax(dim=1), rtol=1e-5, atol=1e-7)
+    # Captum called directly, one image at a time, its global generators seeded as the adapter
+    # seeds them: with (seed, the image's values)
+    direct = []
+    for i in range(3):
+        seed = content_seed(3, x[i], salt="captum:GradientShap")
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)  # noqa: NPY002 - GradientShap draws from numpy's generator
+        direct.append(attr.GradientShap(unfrozen_copy(tiny_cnn)).attribute(
+            x[i:i + 1].clone(), baselines=torch.zeros(1, 3, 16, 16), target=TARGET[i:i + 1],
+            n_samples=4, stdevs=0.1).detach())
+    direct = torch.cat(direct)
+    torch.testing.assert_close(first, direct.abs().amax(dim=1), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("GradientShap", {"baselines": "zero", "n_samples": 4, "stdevs": 0.1}),
+    ("LayerGradientShap", {"baselines": "zero", "n_samples": 4, "stdevs": 0.1,
+                           "layer": "features.3"}),
+    ("KernelShap", {"n_samples": 16, "feature_mask": {"grid": 4}}),
+])
+def test_captum_random_methods_do_not_depend_on_the_batch(name, params, tiny_cnn, x):
+    """Captum draws these methods' samples from the global generators for the whole batch; an
+    image's map must not depend on the images computed with it (nor on its position)."""
+    pytest.importorskip("captum.attr")
+    together = harness.saliency(f"captum:{name}", tiny_cnn, x, TARGET, seed=3, **params)
+    for i in range(3):
+        alone = harness.saliency(f"captum:{name}", tiny_cnn, x[i:i + 1], TARGET[i:i + 1], seed=3,
+                                 **params)
+        torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-7)
+    flipped = harness.saliency(f"captum:{name}", tiny_cnn, x.flip(0), TARGET.flip(0), seed=3,
+                               **params)
+    torch.testing.assert_close(flipped.flip(0), together, rtol=1e-5, atol=1e-7)
 
 
 def test_captum_feature_mask_grid(tiny_cnn, x):

@@ -29,9 +29,14 @@ Parameters (``params`` of a config entry or keywords of ``saliency``):
   Captum's own default is ``"nearest"``).
 - ``seed`` (default 0): Captum's random methods (GradientShap, Lime, KernelShap,
   ShapleyValueSampling, FeaturePermutation, ...) draw from torch's and numpy's global generators;
-  each call runs with them seeded with ``seed`` and restored after, so maps are reproducible and
-  the caller's random streams are untouched (the draws cover the whole batch, so for these
-  methods an image's map depends on the batch it is computed in).
+  each call runs with them seeded and restored after, so maps are reproducible and the caller's
+  random streams are untouched. Captum draws GradientShap's, LayerGradientShap's, Lime's and
+  KernelShap's samples for the whole batch in sequence, so these (``DRAW_PER_IMAGE``) are called
+  one image at a time, seeded with ``harness.seeding.content_seed(seed, image)``: an image's map
+  does not depend on its batch. ShapleyValueSampling draws permutations shared by the batch (the
+  same at any batch size); FeaturePermutation permutes features across the batch, so its maps
+  depend on the batch by definition. GradientShap's noise is drawn on the input's device (CUDA's
+  generator on a GPU): the same seed gives other numbers on another device.
 - ``reduce``: the channel reduction to ``[N, H, W]`` (``REDUCTIONS``, default ``abs_max``); the
   signed variant is the channel sum. Layer attributions are upsampled first, then reduced over
   the layer's channels (``LayerGradCam`` has one channel: its map is |CAM|, pass
@@ -68,6 +73,7 @@ from harness.methods._core import (
     signed_channels,
 )
 from harness.registry import UnknownNameError
+from harness.seeding import content_seed
 
 PREFIX = "captum"
 EXTRA = "captum"
@@ -80,6 +86,10 @@ _RESERVED_ATTRIBUTE = {
     "additional_forward_args": "the model takes the images only",
     "return_convergence_delta": "a method returns maps only",
 }
+# classes whose samples Captum draws from the global generators for the whole batch at once (an
+# image's draws would depend on the images computed with it): called one image at a time, the
+# generators seeded by (seed, the image's values), harness.seeding.content_seed
+DRAW_PER_IMAGE = frozenset({"GradientShap", "LayerGradientShap", "Lime", "KernelShap"})
 _NOT_METHODS = {
     "NoiseTunnel": "use our smoothgrad with base: 'captum:<Class>'",
     "LayerActivation": "it has no target class",
@@ -181,19 +191,27 @@ def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.
     _, is_layer, takes_layer = _spec(cls)
     init = {k: _value(k, v, x) for k, v in split["init"].items()}
     attribute = {k: _value(k, v, x) for k, v in split["attribute"].items()}
-    inputs = x.detach().clone()
-    if issubclass(cls, _attr().GradientAttribution):
-        inputs.requires_grad_(True)
-    with (library_layer(model, x, params.get("layer"), name) if takes_layer
-          else contextlib.nullcontext()) as layer, seeded_global_rngs(params.get("seed", 0),
-                                                                      x.device):
-        if takes_layer:
-            init["layer"] = layer
-        explainer = cls(model, **init)
-        result = explainer.attribute(inputs, target=target, **attribute)
-    if isinstance(result, tuple):
-        result = result[0]
-    result = result.detach()
+    seed = params.get("seed", 0)
+    if cls.__name__ in DRAW_PER_IMAGE:  # one image per call, seeded by its values
+        calls = [(x[i:i + 1], target[i:i + 1], content_seed(seed, x[i], salt=name))
+                 for i in range(x.shape[0])]
+    else:
+        calls = [(x, target, seed)]
+    results = []
+    for images, targets, call_seed in calls:
+        inputs = images.detach().clone()
+        if issubclass(cls, _attr().GradientAttribution):
+            inputs.requires_grad_(True)
+        with (library_layer(model, x, params.get("layer"), name) if takes_layer
+              else contextlib.nullcontext()) as layer, seeded_global_rngs(call_seed, x.device):
+            if takes_layer:
+                init["layer"] = layer
+            explainer = cls(model, **init)
+            result = explainer.attribute(inputs, target=targets, **attribute)
+        if isinstance(result, tuple):
+            result = result[0]
+        results.append(result.detach())
+    result = torch.cat(results)
     if is_layer:
         if result.ndim != 4:
             raise ValueError(f"{name}: the layer attribution must be [N, K, h, w] to map onto the "
