@@ -274,6 +274,18 @@ def test_guard_holds_for_adapter_methods(name, tiny_cnn, x):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_failing_cam_call_leaves_no_hook_and_keeps_its_error(tiny_cnn, x):
+    """ShapleyCAM on a layer with a linear head fails; pytorch-grad-cam's own release then fails
+    too (it detaches stored views in place), which hid the real error and left its hooks."""
+    pytest.importorskip("pytorch_grad_cam")
+    before = _hook_counts(tiny_cnn)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        harness.saliency("gradcam:ShapleyCAM", tiny_cnn, x, TARGET, layer="pool")
+    assert _hook_counts(tiny_cnn) == before
+    maps = harness.saliency("gradcam:GradCAM", tiny_cnn, x, TARGET, layer="features.3")
+    assert torch.isfinite(maps).all() and _hook_counts(tiny_cnn) == before
+
+
 def test_guard_catches_a_leaked_library_hook(tmp_path, monkeypatch, fresh_cache, tiny_cnn, x):
     """A plug-in that builds a pytorch-grad-cam object and never releases it leaves hooks."""
     pytest.importorskip("pytorch_grad_cam")

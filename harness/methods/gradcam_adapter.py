@@ -5,8 +5,8 @@ AblationCAM, FullGrad, ... The library computes the maps; nothing of its algorit
 here.
 
 What the library returns, and so what these methods return: per image, the ReLU of the CAM, scaled
-to [0, 1] by its own min-max (``scale_cam_image``: (cam - min) / (max + 1e-7)) and resized to the
-input with ``cv2.resize`` (bilinear). There is no signed variant.
+to [0, 1] by its own min-max (``scale_cam_image``: c = cam - min(cam), c / (max(c) + 1e-7)) and
+resized to the input with ``cv2.resize`` (bilinear). There is no signed variant.
 
 Parameters:
 
@@ -20,11 +20,12 @@ Parameters:
 
 The classes are called with ``ClassifierOutputTarget(target_i)`` per image, on inputs that require
 grad (so gradients reach the layer of a model with frozen parameters), and their hooks are
-released in ``finally`` through ``__exit__`` (not a ``with`` block: pytorch-grad-cam's
-``__exit__`` swallows an ``IndexError`` and would return nothing). The call runs with the global
-random generators seeded with 0 and restored after (none of the offered classes is meant to be
-random). ``RandomCAM`` is not offered: it draws from numpy's global random state, unseeded (use
-our ``random`` control).
+released through ``__exit__`` (not a ``with`` block: pytorch-grad-cam's ``__exit__`` swallows an
+``IndexError`` and would return nothing); after a failed call the hooks are removed without the
+library's in-place detach, which can fail and hide the call's error (``_release_after_failure``).
+The call runs with the global random generators seeded with 0 and restored after (none of the
+offered classes is meant to be random). ``RandomCAM`` is not offered: it draws from numpy's
+global random state, unseeded (use our ``random`` control).
 """
 
 from __future__ import annotations
@@ -105,9 +106,21 @@ def _maps(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch
         cam = cls(model=model, target_layers=[layer] if takes_layer else [], **init)
         try:
             maps = cam(input_tensor=inputs, targets=targets, **call)
-        finally:
-            cam.__exit__(None, None, None)  # releases its hooks
+        except BaseException:
+            _release_after_failure(cam)
+            raise
+        cam.__exit__(None, None, None)  # releases its hooks
     return torch.as_tensor(maps).to(device=x.device, dtype=x.dtype)
+
+
+def _release_after_failure(cam) -> None:
+    """Remove a CAM object's hooks after its call failed. pytorch-grad-cam's release
+    (``__exit__``) first detaches the stored activations and gradients in place, which itself
+    raises after some failed calls (views); raised from ``finally`` it hid the call's error and
+    left the hooks on the model. The stored tensors are dropped instead, then the hooks removed."""
+    hooks = cam.activations_and_grads
+    hooks.activations, hooks.gradients = [], []
+    hooks.release()
 
 
 def method(member: str) -> Method:
