@@ -154,6 +154,23 @@ def test_captum_random_methods_do_not_depend_on_the_batch(name, params, tiny_cnn
     torch.testing.assert_close(flipped.flip(0), together, rtol=1e-5, atol=1e-7)
 
 
+def test_captum_per_image_tensors_follow_their_image(tiny_cnn, x):
+    """Lime and KernelShap run one image at a time; a baselines tensor with one row per image
+    (Captum's per-input form) must reach each image with its own row, as one call would use it."""
+    pytest.importorskip("captum.attr")
+    baselines = torch.stack([torch.full_like(x[0], float(v)) for v in (0.0, 0.5, -0.5)])
+    params = {"n_samples": 16, "feature_mask": {"grid": 4}}
+    together = harness.saliency("captum:KernelShap", tiny_cnn, x, TARGET, seed=3,
+                                baselines=baselines, **params)
+    for i in range(3):
+        alone = harness.saliency("captum:KernelShap", tiny_cnn, x[i:i + 1], TARGET[i:i + 1],
+                                 seed=3, baselines=baselines[i:i + 1], **params)
+        torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-7)
+    other = harness.saliency("captum:KernelShap", tiny_cnn, x, TARGET, seed=3,
+                             baselines=baselines.flip(0), **params)
+    assert not torch.allclose(other[0], together[0])
+
+
 def test_captum_feature_mask_grid(tiny_cnn, x):
     attr = pytest.importorskip("captum.attr")
     ours = harness.saliency("captum:FeatureAblation", tiny_cnn, x, TARGET,

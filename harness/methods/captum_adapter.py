@@ -183,6 +183,16 @@ def _value(key: str, value, x: torch.Tensor):
     return as_library_value(value)
 
 
+def _image_arguments(cls_name: str, attribute: dict, i: int, n: int) -> dict:
+    """``attribute`` keywords for image ``i`` of ``n`` called alone: Lime's and KernelShap's
+    per-input tensors (``baselines``, ``feature_mask`` ``[N, ...]``) are cut to the image's row
+    (GradientShap's ``baselines`` are a distribution shared by every image: kept whole)."""
+    if cls_name not in ("Lime", "KernelShap") or n == 1:
+        return attribute
+    return {k: v[i:i + 1] if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n
+            else v for k, v in attribute.items()}
+
+
 def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
          params: dict) -> torch.Tensor:
     """Captum's attribution, input-sized: ``[N, C, H, W]`` (input methods) or the layer's
@@ -193,12 +203,13 @@ def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.
     attribute = {k: _value(k, v, x) for k, v in split["attribute"].items()}
     seed = params.get("seed", 0)
     if cls.__name__ in DRAW_PER_IMAGE:  # one image per call, seeded by its values
-        calls = [(x[i:i + 1], target[i:i + 1], content_seed(seed, x[i], salt=name))
+        calls = [(x[i:i + 1], target[i:i + 1], content_seed(seed, x[i], salt=name),
+                  _image_arguments(cls.__name__, attribute, i, x.shape[0]))
                  for i in range(x.shape[0])]
     else:
-        calls = [(x, target, seed)]
+        calls = [(x, target, seed, attribute)]
     results = []
-    for images, targets, call_seed in calls:
+    for images, targets, call_seed, attribute in calls:
         inputs = images.detach().clone()
         if issubclass(cls, _attr().GradientAttribution):
             inputs.requires_grad_(True)
