@@ -179,7 +179,8 @@ def seeded_global_rngs(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's (CPU and ``device``'s CUDA), numpy's and Python's global generators with
     ``seed`` for a library that draws from them, and restore their states on exit (the caller's
     random streams are untouched)."""
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = ([device.index if device.index is not None else torch.cuda.current_device()]
+               if device.type == "cuda" else [])
     # the libraries draw from numpy's legacy global state, so that is what is seeded here
     numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
     with torch.random.fork_rng(devices=devices):
