@@ -185,7 +185,8 @@ def _unique(table):
 
 def load_frame(output_dir: str | os.PathLike, *, curves: bool = True) -> pd.DataFrame:
     """Every record of the run in ``output_dir`` as a frame (one row per record, first occurrence
-    of each key; ``curve`` as float arrays when ``curves``), whatever the store: the compacted
+    of each key; ``curve`` as float arrays when ``curves``: float32 from a compacted store whose
+    curves are exact in float32, else float64; the same values), whatever the store: the compacted
     ``records.parquet``, write-ahead shards of any number of ranks, or harness 0.1's
     ``records.jsonl``. Never writes."""
     output_dir = Path(output_dir)
