@@ -164,10 +164,11 @@ def describe_metrics(config: ExperimentConfig) -> tuple[str, str]:
     directions = []
     for name, settings in config.metrics.items():
         entry = get_metric(name)
-        arrow = "↑" if entry.direction == "up" else "↓"
+        arrow = entry.directions_text()
         lines.append(f"- `{name}` {arrow} {entry.summary} ({entry.citation}). Settings: "
                      f"{', '.join(f'{k}={v}' for k, v in vars(settings).items() if v is not None)}")
-        directions.append(f"{name}={entry.direction}")
+        directions.extend([f"{c}={d}" for c, d in entry.column_directions]
+                          or [f"{name}={entry.direction}"])
     return "\n".join(lines), ",".join(directions)
 
 
