@@ -89,9 +89,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         elif kind == "metrics":
             for name in list_metrics():
                 metric = get_metric(name)
-                arrow = "higher" if metric.direction == "up" else "lower"
+                arrow = (f"{'higher' if metric.direction == 'up' else 'lower'} is better"
+                         if not metric.column_directions else
+                         ", ".join(f"{c}: {'higher' if d == 'up' else 'lower'} is better"
+                                   for c, d in metric.column_directions))
                 defaults = ", ".join(f"{k}={v}" for k, v in metric.defaults().items())
-                print(f"  {name:22s} {metric.summary} ({arrow} is better; needs "
+                print(f"  {name:22s} {metric.summary} ({arrow}; needs "
                       f"{', '.join(sorted(metric.needs))})  [{metric.citation}]\n"
                       f"  {'':22s} defaults: {defaults}")
         else:

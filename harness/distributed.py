@@ -15,7 +15,10 @@ launcher of its own: torchrun's rendezvous gives multi-node runs (``--nnodes``,
 - Backend: NCCL when the device is CUDA, gloo on CPUs. ``device: auto`` is ``cuda:LOCAL_RANK``
   where CUDA exists, else the CPU; ``device: cuda`` under torchrun also means ``cuda:LOCAL_RANK``.
 - A rank that cannot join the rendezvous within ``HARNESS_DIST_TIMEOUT`` seconds (default 600)
-  stops with an error naming the address it tried and what to change.
+  stops with an error naming the address it tried and what to change. That timeout bounds the
+  joining only: at the end a rank that finished its share waits for the others (up to
+  ``WAIT``, on a gloo group of its own), however long they still compute; ranks finish hours
+  apart at paper scale, and on a resume one rank may hold every missing unit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+WAIT = timedelta(days=7)  # the longest a rank waits at a barrier for the others to finish
+_waiting: dist.ProcessGroup | None = None  # the group of that wait (gloo, timeout WAIT)
 
 
 class DistributedError(RuntimeError):
@@ -101,11 +107,16 @@ def init(world: World, device: str) -> None:
             "the same --rdzv-endpoint (or --master-addr/--master-port), that the address is "
             "reachable from this machine and the port open; HARNESS_DIST_TIMEOUT sets the "
             "wait") from None
+    global _waiting
+    # made now, while every rank is here: a gloo group connects its ranks through the store,
+    # whose timeout is the rendezvous's
+    _waiting = dist.new_group(backend="gloo", timeout=WAIT)
 
 
 def barrier(world: World) -> None:
+    """Wait for every rank (as long as ``WAIT``: the others may still be computing)."""
     if world.distributed and dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=_waiting)
 
 
 def agree(world: World, message: str | None) -> str | None:
@@ -119,5 +130,7 @@ def agree(world: World, message: str | None) -> str | None:
 
 
 def close(world: World) -> None:
+    global _waiting
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+        _waiting = None

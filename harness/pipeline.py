@@ -164,11 +164,23 @@ def describe_metrics(config: ExperimentConfig) -> tuple[str, str]:
     directions = []
     for name, settings in config.metrics.items():
         entry = get_metric(name)
-        arrow = "↑" if entry.direction == "up" else "↓"
+        arrow = entry.directions_text()
         lines.append(f"- `{name}` {arrow} {entry.summary} ({entry.citation}). Settings: "
                      f"{', '.join(f'{k}={v}' for k, v in vars(settings).items() if v is not None)}")
-        directions.append(f"{name}={entry.direction}")
+        directions.extend([f"{c}={d}" for c, d in entry.column_directions]
+                          or [f"{name}={entry.direction}"])
     return "\n".join(lines), ",".join(directions)
+
+
+def column_tags(summary: pd.DataFrame, description: str) -> dict[str, str]:
+    """The directions of the table's columns, which name the logged metrics (``rand_<measure>``,
+    ``road_morf`` lower and ``road_lerf`` higher, ...), where the run's start knew only each
+    metric's: the ``harness.metric_directions`` tag and a line added to the description."""
+    columns = dict(zip(summary["metric"], summary["direction"], strict=True))
+    listed = ", ".join(f"`{c}` {'↑' if d == 'up' else '↓'}" for c, d in columns.items())
+    return {"harness.metric_directions": ",".join(f"{c}={d}" for c, d in columns.items()),
+            "mlflow.note.content": f"{description}\n\nTable columns (the logged metrics' "
+                                   f"names) and their better direction: {listed}."}
 
 
 def tracking_payload(config: ExperimentConfig, prepared, source: str) -> dict:
@@ -294,7 +306,8 @@ def _execute(config: ExperimentConfig, prepared, tracking, *, progress: bool, lo
             from harness.models import weights_fingerprint
 
             final_tags = {"harness.dataset_fingerprint": prepared.dataset.fingerprint(),
-                          "harness.weights_sha256": weights_fingerprint(prepared.model)}
+                          "harness.weights_sha256": weights_fingerprint(prepared.model),
+                          **column_tags(outputs["summary"], payload["description"])}
             if outputs["similarity"]:
                 final_tags["harness.similarity"] = outputs["similarity"]
             state["tracking_final_tags"] = final_tags

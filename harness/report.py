@@ -58,8 +58,8 @@ def per_image_table(records: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
 def summarize(records: Sequence[dict], *, reference: str | None = None, seed: int = 0,
               n_resamples: int = 10_000, ci_method: str = "bca") -> pd.DataFrame:
     """Per (method, metric): mean, ci_low, ci_high (``harness.stats.bootstrap_ci`` with
-    ``ci_method``), n, undefined (values missing), and against the reference method: p (Wilcoxon)
-    and p_holm."""
+    ``ci_method``), n, undefined (values missing or not finite), and against the reference
+    method: p (Wilcoxon) and p_holm."""
     table = per_image_table(records)
     methods = list(dict.fromkeys(table["method"]))
     metrics = list(dict.fromkeys(table["metric"]))
@@ -70,7 +70,8 @@ def summarize(records: Sequence[dict], *, reference: str | None = None, seed: in
             values = table[(table["method"] == method) & (table["metric"] == metric)]
             if values.empty:  # the metric did not run for this method (e.g. ``methods:``)
                 continue
-            finite = values["value"].dropna().to_numpy(dtype=float)
+            finite = values["value"].to_numpy(dtype=float, na_value=np.nan)
+            finite = finite[np.isfinite(finite)]  # as bootstrap_ci and the paired test count
             row = {"method": method, "metric": metric, "direction": directions[metric],
                    "n": int(finite.size), "undefined": int(len(values) - finite.size)}
             if finite.size:

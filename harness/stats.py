@@ -5,8 +5,9 @@
   ch. 14, eqs. 14.9-14.15, acceleration from the jackknife) by default, or the plain percentile
   interval;
 - ``paired_wilcoxon``: Wilcoxon signed-rank test of paired per-image values (scipy, two-sided,
-  zero differences dropped by Wilcoxon's rule, exact distribution for small n without ties/zeros,
-  normal approximation otherwise; scipy's ``method="auto"``);
+  zero differences dropped by Wilcoxon's rule; scipy's ``method="auto"``: the exact distribution
+  for n <= 50 without ties or zeros; with ties or zeros (scipy 1.17) all sign flips enumerated for
+  n <= 13, the normal approximation above);
 - ``holm``: Holm's step-down correction of a family of p-values (Holm 1979).
 """
 

@@ -114,6 +114,10 @@ def _shard_table(path: Path, *, curves: bool):
         index = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths,
                                                                      strict=True)]) \
             if lengths.sum() else np.empty(0, dtype=np.int64)
+        if lengths.sum() > np.iinfo(np.int32).max:  # Arrow list offsets are int32
+            raise ValueError(f"{companion}: {lengths.sum():,} curve values in one shard exceed "
+                             "Arrow's list offsets (2**31 - 1); run with more ranks or smaller "
+                             "curves (a larger step)")
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         mask = np.array([ref is None for ref in refs])
         column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[index]),
@@ -185,7 +189,8 @@ def _unique(table):
 
 def load_frame(output_dir: str | os.PathLike, *, curves: bool = True) -> pd.DataFrame:
     """Every record of the run in ``output_dir`` as a frame (one row per record, first occurrence
-    of each key; ``curve`` as float arrays when ``curves``), whatever the store: the compacted
+    of each key; ``curve`` as float arrays when ``curves``: float32 from a compacted store whose
+    curves are exact in float32, else float64; the same values), whatever the store: the compacted
     ``records.parquet``, write-ahead shards of any number of ranks, or harness 0.1's
     ``records.jsonl``. Never writes."""
     output_dir = Path(output_dir)

@@ -138,3 +138,36 @@ def test_bad_worlds_are_named(tmp_path):
     assert "rank 1 of 2 could not join the rendezvous at 127.0.0.1:" in lonely.stderr
     assert "--rdzv-endpoint" in lonely.stderr
 
+
+
+SLOW_RANK_ONE = textwrap.dedent("""
+    import os, sys, time
+    import harness.store
+    original = harness.store.ShardWriter.append
+
+    def append(self, records):
+        if os.environ.get("RANK") == "1":
+            time.sleep(float(os.environ["SLOW_SECONDS"]))  # a rank with more work left
+        return original(self, records)
+
+    harness.store.ShardWriter.append = append
+    from harness.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_rank_that_finishes_early_waits_for_the_others(tmp_path):
+    # HARNESS_DIST_TIMEOUT bounds the rendezvous, not the wait at the end of the computation:
+    # at paper scale (and on a resume, where one rank may hold all the missing units) ranks
+    # finish hours apart, and the waiting ones must not time out and take the run down
+    config = write(tmp_path, output_dir=str(tmp_path / "run"), methods=["sobel", "vanilla"],
+                   reference=None, metrics={"deletion": {"step": 12544}},
+                   data={"name": "samples", "options": {"names": ["coffee"]}})
+    (tmp_path / "slow.py").write_text(SLOW_RANK_ONE)
+    env = {**one_thread(), "HARNESS_DIST_TIMEOUT": "20", "SLOW_SECONDS": "30"}
+    done = subprocess.run(TORCHRUN + ["--nproc-per-node", "2", str(tmp_path / "slow.py"), "run",
+                                      str(config), "--no-progress"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert len(load_records(tmp_path / "run")) == 2
+    assert not (tmp_path / "run" / "shards").exists(), "merged into records.parquet"

@@ -236,3 +236,32 @@ def test_tables_name_the_similarity_settings_also_for_runs_before_measure_versio
     text = paths[1].read_text()
     assert "map_normalisation=method" in text and "harness 0.1" in text
     assert "hog: Spearman of HOG descriptors with 1x1-cell blocks" in text
+
+
+def test_mlflow_names_the_direction_of_every_logged_column(tmp_path):
+    # the logged metrics are the table's columns (rand_<measure>, road_morf, ...), whose
+    # directions can differ from their metric's (ROAD: road_morf lower, road_lerf higher)
+    from mlflow.tracking import MlflowClient
+
+    from harness.pipeline import run_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = from_dict(tiny_raw(tmp_path, methods=["vanilla", "sobel"], reference=None,
+                                data={"name": "samples", "options": {"names": ["coffee"]}},
+                                metrics={"deletion": {"step": 12544},
+                                         "model_randomization": {"blocks": ["conv10"],
+                                                                 "measures": ["ssim"]}},
+                                tracking={"enabled": True, "uri": uri, "experiment": "dirs"}))
+    result = run_experiment(config, progress=False, log=lambda *args: None)
+    summary = result["summary"]
+    expected = dict(zip(summary["metric"], summary["direction"], strict=True))
+    client = MlflowClient(uri)
+    for found in client.search_runs([client.get_experiment_by_name("dirs").experiment_id]):
+        tagged = dict(pair.split("=") for pair in
+                      found.data.tags["harness.metric_directions"].split(","))
+        assert tagged == expected
+        logged = {key.rsplit(".", 1)[0] for key in found.data.metrics
+                  if not key.startswith("curve.")}
+        assert logged <= set(tagged)
+        note = found.data.tags["mlflow.note.content"]
+        assert "`rand_ssim` ↓" in note and "`deletion` ↓" in note

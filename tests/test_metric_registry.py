@@ -37,6 +37,26 @@ def test_every_registered_metric_is_described(name):
         settings.__setattr__(dataclasses.fields(settings)[0].name, None)
 
 
+def test_metrics_with_columns_of_both_directions_say_so_before_the_run(capsys):
+    # ROAD's road_morf is lower-is-better, road_lerf and road_combined higher: the run's
+    # description and tag (written when the run starts) and `harness list metrics` name each
+    from harness.pipeline import describe_metrics
+
+    entry = get_metric("road")
+    assert dict(entry.column_directions) == {"road_morf": "down", "road_lerf": "up",
+                                             "road_combined": "up"}
+    config = from_dict(tiny_raw(Path("unused"), metrics={"road": {}, "deletion": {"step": 224}}))
+    description, directions = describe_metrics(config)
+    assert "`road` (road_morf ↓, road_lerf ↑, road_combined ↑)" in description
+    assert "`deletion` ↓" in description
+    assert dict(pair.split("=") for pair in directions.split(",")) == {
+        "road_morf": "down", "road_lerf": "up", "road_combined": "up", "deletion": "down"}
+    assert main(["list", "metrics"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.strip().startswith("road "))
+    assert "road_morf: lower is better" in line and "road_lerf: higher is better" in line
+
+
 TOY = '''
 from dataclasses import dataclass
 

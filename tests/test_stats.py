@@ -157,3 +157,13 @@ def test_no_finite_pair_is_no_test_and_stays_out_of_holm():
     good = summary[summary.method == "good"].iloc[0]
     assert np.isnan(undefined["p"]) and np.isnan(undefined["p_holm"])
     assert good["p_holm"] == pytest.approx(good["p"]), "a family of one test"
+
+
+def test_a_non_finite_value_is_undefined_in_n_as_in_the_interval():
+    values = [0.1, 0.4, 0.2, float("inf"), 0.3, 0.5]
+    records = [{"method": "m", "metric": "deletion", "image_id": f"i{i}", "value": v}
+               for i, v in enumerate(values)]
+    row = summarize(records, n_resamples=200).iloc[0]
+    interval = bootstrap_ci(values, n_resamples=200)
+    assert row["n"] == interval.n == 5 and row["undefined"] == 1
+    assert row["mean"] == interval.mean

@@ -122,6 +122,16 @@ class Metric:
     columns: Callable[[pd.DataFrame], pd.DataFrame]
     parts: Callable[[Any, nn.Module], list[tuple]]
     curves: Callable[[pd.DataFrame], dict[str, tuple[np.ndarray, np.ndarray]]]
+    # the table columns and their directions where they differ from ``direction`` (e.g. ROAD's
+    # road_morf lower, road_lerf and road_combined higher); empty: one column, ``direction``
+    column_directions: tuple[tuple[str, str], ...] = ()
+
+    def directions_text(self) -> str:
+        """``↑`` / ``↓``, or each column's arrow where the columns differ."""
+        if not self.column_directions:
+            return "↑" if self.direction == "up" else "↓"
+        return "(" + ", ".join(f"{c} {'↑' if d == 'up' else '↓'}"
+                               for c, d in self.column_directions) + ")"
 
     def defaults(self) -> dict:
         return {f.name: _default(f) for f in dataclasses.fields(self.settings)}
@@ -180,10 +190,13 @@ def register_metric(name: str, *, settings: type, direction: str, citation: str,
                     columns: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
                     parts: Callable[[Any, nn.Module], list[tuple]] | None = None,
                     curves: Callable[[pd.DataFrame], dict] | None = None,
-                    summary: str | None = None) -> Callable:
+                    summary: str | None = None,
+                    column_directions: Sequence[tuple[str, str]] = ()) -> Callable:
     """Decorator registering ``fn(unit, settings) -> records`` as metric ``name``."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"metric {name!r}: direction {direction!r} is not one of: up, down")
+    for label, value in [("direction", direction), *column_directions]:
+        if value not in DIRECTIONS:
+            raise ValueError(f"metric {name!r}: {label} direction {value!r} is not one of: up, "
+                             "down")
     unknown = set(needs) - NEEDS
     if unknown:
         raise ValueError(f"metric {name!r}: unknown needs {sorted(unknown)}; valid: "
@@ -197,7 +210,7 @@ def register_metric(name: str, *, settings: type, direction: str, citation: str,
         text = " ".join((summary or (fn.__doc__ or "").strip().split("\n\n")[0]).split())
         METRICS[name] = Metric(name, fn, settings, direction, citation, text, frozenset(needs),
                                columns or value_column(name, direction), parts or one_part,
-                               curves or record_curves(name))
+                               curves or record_curves(name), tuple(column_directions))
         return fn
 
     return add

@@ -518,6 +518,7 @@ def _road_curves(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]
                  citation="Rong, Leemann et al. 2022, ROAD (arXiv:2202.00449), road_evaluation",
                  needs=("maps",), columns=_road_columns, parts=_road_parts,
                  curves=_road_curves,
+                 column_directions=(*ROAD_COLUMNS.values(), ("road_combined", "up")),
                  summary="ROAD: the model's accuracy (or probability) as the most (MoRF) or "
                          "least (LeRF) relevant pixels are removed and noisily imputed")
 def _road_records(unit, settings: RoadSettings) -> list[dict]:
