@@ -330,6 +330,17 @@ def test_pointing_game_summary_averages_over_classes():
         metrics.pointing_game_summary([1, 0], [1, 2, 3])
 
 
+def test_pointing_game_summary_takes_object_names_as_classes():
+    """The README's advice for pasted_objects: the object (from the sample id) as the class."""
+    ids = ["0000-cat-on-brick", "0001-espresso-on-grass", "0005-cat-on-page"]
+    summary = metrics.pointing_game_summary([1.0, 1.0, 0.0], [i.split("-")[1] for i in ids])
+    assert summary.class_accuracies == {"cat": 0.5, "espresso": 1.0}
+    assert summary.class_counts == {"cat": 2, "espresso": 1}
+    assert summary.accuracy == 0.75
+    tensor = metrics.pointing_game_summary(torch.tensor([1.0, 0.0]), torch.tensor([4, 4]))
+    assert tensor.class_accuracies == {4: 0.5}  # tensor classes still give int keys
+
+
 def test_localisation_bad_input_is_named():
     mask, saliency = block_mask(), torch.rand(2, 32, 32)
     with pytest.raises(ValueError, match=r"mask has shape \(2, 16, 16\); the maps are"):

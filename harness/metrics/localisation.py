@@ -156,20 +156,24 @@ def pointing_game(saliency: torch.Tensor, mask: torch.Tensor, *, tolerance: int 
 
 
 def pointing_game_summary(hits: torch.Tensor | Sequence[float],
-                          classes: torch.Tensor | Sequence[int]) -> PointingGameSummary:
+                          classes: torch.Tensor | Sequence) -> PointingGameSummary:
     """Accuracy per class (hits / images of that class), then the mean over the classes that
-    occur (TorchRay's ``PointingGame.accuracy``, which also counts classes without images as 0)."""
+    occur (TorchRay's ``PointingGame.accuracy``, which also counts classes without images as 0).
+    ``classes``: one label per image, any sortable hashable value (class indices, or object
+    names such as ``pasted_objects``' objects)."""
     hits = torch.as_tensor(hits, dtype=torch.float64).reshape(-1).cpu()
-    classes = torch.as_tensor(classes).reshape(-1).cpu()
-    if hits.numel() != classes.numel():
-        raise ValueError(f"hits has {hits.numel()} entries but classes {classes.numel()}")
+    if isinstance(classes, torch.Tensor):
+        classes = classes.reshape(-1).tolist()
+    classes = list(classes)
+    if hits.numel() != len(classes):
+        raise ValueError(f"hits has {hits.numel()} entries but classes {len(classes)}")
     if hits.numel() == 0:
         raise ValueError("pointing_game_summary needs at least one image")
     if bool(((hits != 0) & (hits != 1)).any()):
         raise ValueError("hits must be 0 (miss) or 1 (hit)")
     accuracies, counts = {}, {}
-    for label in sorted(set(classes.tolist())):
-        chosen = hits[classes == label]
+    for label in sorted(set(classes)):
+        chosen = hits[torch.tensor([c == label for c in classes], dtype=torch.bool)]
         accuracies[label] = float(chosen.mean())
         counts[label] = int(chosen.numel())
     accuracy = sum(accuracies.values()) / len(accuracies)
