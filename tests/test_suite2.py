@@ -239,6 +239,12 @@ def test_robustness_bad_input_is_named(linear):
         metrics.avg_sensitivity(linear, "vanilla", x, target, ids=["a"], n_samples=2)
     with pytest.raises(ValueError, match="radius"):
         metrics.local_lipschitz_estimate(linear, "vanilla", x, target, radius=0, n_samples=2)
+    for eps_min in (0.0, -1.0, float("nan")):  # a guard <= 0 gave 0 or NaN values silently
+        with pytest.raises(ValueError, match="eps_min must be > 0"):
+            metrics.relative_input_stability(linear, "vanilla", x, target, eps_min=eps_min,
+                                             n_samples=2)
+    with pytest.raises(ValueError, match="p must be > 0"):
+        metrics.relative_input_stability(linear, "vanilla", x, target, p=0, n_samples=2)
 
 
 # ----------------------------------------------------------------------------- localisation

@@ -203,6 +203,8 @@ def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
     neighbourhood.check()
     if not p > 0:
         raise ValueError(f"p must be > 0, got {p}")
+    if not eps_min > 0:
+        raise ValueError(f"eps_min must be > 0 (the guard for zero divisors), got {eps_min}")
     if ids is not None and len(ids) != x.shape[0]:
         raise ValueError(f"ids has {len(ids)} entries for {x.shape[0]} images")
     batch_size = neighbourhood.batch_size or default_batch_size(x.device)
