@@ -29,9 +29,9 @@ The rocket of ``skimage.data.rocket`` is not offered: cut from its launch tower 
 EfficientNet-Lite0 recognised it in none of 24 placements even at 50-100% size (mostly
 "matchstick"). Survival under Lite0 with the defaults (first 120 candidates): cat 16/24,
 espresso 8/24, tripod 5/24, uniform 4/24, motorcycle 0/24 (it survives 11/24 at
-``scale=(0.5, 1.0)``); ``size=24`` is reached at candidate 82. Larger objects survive more
-often but make the pointing game easy for a centre prior (at 0.5-1.0 the ``center`` control hit
-as often as Grad-CAM), hence the default.
+``scale=(0.5, 1.0)``); ``size=24`` is reached at candidate k = 81 (the 82nd). Larger objects
+survive more often but make the pointing game easy for a centre prior (at 0.5-1.0 the
+``center`` control hit as often as Grad-CAM), hence the default.
 
 Limits (stated in the README too): the outlines are hand-drawn, accurate to a few pixels, so a thin
 rim of the source photo's background travels with some objects and is inside the mask; the cut
