@@ -688,3 +688,24 @@ def test_cpu_and_cuda_agree(tiny_cnn):
     logit = random_logit(model, "vanilla", x.cuda(), target.cuda())
     torch.testing.assert_close(logit.values, random_logit(tiny_cnn.cpu(), "vanilla", x,
                                                           target).values, rtol=1e-3, atol=1e-4)
+
+
+def test_a_constant_map_leaves_the_image_exactly_unchanged(tiny_cnn):
+    # M = 1 everywhere: E must be x itself, not x up to the rounding of the round trip through
+    # pixels, or 1[O > Y] counts rounding noise as an increase (it did on 4 of these 64 images)
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    target = torch.arange(64) % 5
+    for constant in (torch.zeros(64, 8, 8), torch.full((64, 8, 8), 0.3)):
+        assert torch.equal(metrics.masked_image(tiny_cnn, x, constant), x)
+        result = metrics.increase_in_confidence(tiny_cnn, x, constant, target)
+        assert torch.equal(result.explained, result.clean)
+        assert torch.equal(result.increase, torch.zeros(64, dtype=torch.float64))
+        assert torch.equal(result.drop, torch.zeros(64, dtype=torch.float64))
+    # M = 0 is exactly black (pixel 0), M = 1 exactly the image, in one map
+    half = torch.zeros(2, 8, 8)
+    half[:, :4] = 1
+    masked = metrics.masked_image(tiny_cnn, x[:2], half)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (tiny_cnn.harness_info.mean,
+                                                             tiny_cnn.harness_info.std))
+    assert torch.equal(masked[:, :, :4], x[:2, :, :4])
+    assert torch.equal(masked[:, :, 4:], (-mean / std).expand(2, 3, 4, 8))

@@ -94,10 +94,13 @@ def scale_map(saliency: torch.Tensor) -> torch.Tensor:
 
 def masked_image(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
     """The Grad-CAM++ explanation map as model input ``[N, C, H, W]``: the image's pixels
-    ``x * std + mean`` multiplied by ``scale_map(saliency)``, normalised back."""
+    ``x * std + mean`` multiplied by ``scale_map(saliency)``, normalised back. Computed as the
+    algebraically equal x * M + (M - 1) * mean / std, so M = 1 gives x exactly (the round trip
+    through pixels is off by rounding, which 1[O > Y] counted as an increase) and M = 0 exactly
+    black, (0 - mean) / std."""
     mean, std = pixel_scale(model, x)
     weights = scale_map(saliency.to(x.device, x.dtype))[:, None]
-    return ((x * std + mean) * weights - mean) / std
+    return x * weights + (weights - 1) * (mean / std)
 
 
 def confidence_change(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
