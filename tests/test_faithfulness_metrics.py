@@ -14,6 +14,7 @@ from torch import nn
 import harness
 from harness import metrics
 from harness.data import deprocess, normalize
+from harness.metrics.correlation import pearson
 from harness.metrics.infidelity import square_count, squares
 from harness.models import attach_info
 from harness.sanity import MEASURES, other_classes, random_logit
@@ -709,3 +710,21 @@ def test_a_constant_map_leaves_the_image_exactly_unchanged(tiny_cnn):
                                                              tiny_cnn.harness_info.std))
     assert torch.equal(masked[:, :, :4], x[:2, :, :4])
     assert torch.equal(masked[:, :, 4:], (-mean / std).expand(2, 3, 4, 8))
+
+
+def test_correlation_of_a_constant_float64_map_is_undefined_not_zero(tiny_cnn):
+    # the subsets' sums of a constant map are all equal, but their float64 mean is not exactly
+    # that value, so centring left rounding noise and r came out ~1e-16 with status "ok"
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    constant = torch.full((2, 16, 16), 1 / 3, dtype=torch.float64)
+    result = metrics.faithfulness_correlation(tiny_cnn, x, constant, [0, 1], subset_size=100,
+                                              n_subsets=100)
+    assert bool(result.values.isnan().all())
+    assert result.status == ("undefined: the attribution sums are equal for every subset",) * 2
+    values, status = pearson(torch.full((1, 100), 0.1 * 224, dtype=torch.float64),
+                             torch.randn(1, 100, dtype=torch.float64))
+    assert bool(values.isnan().all()) and status[0].startswith("undefined")
+    values, status = pearson(torch.randn(1, 100, dtype=torch.float64),
+                             torch.full((1, 100), 0.1 * 224, dtype=torch.float64))
+    assert bool(values.isnan().all()) and status == ["undefined: the score drops are equal for "
+                                                     "every subset"]

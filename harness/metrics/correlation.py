@@ -87,20 +87,23 @@ class CorrelationResult:
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """Row-wise Pearson correlation of ``a``, ``b`` ``[N, K]`` (float64) and a status per row:
-    NaN with the reason where a row is constant."""
-    a = a.double() - a.double().mean(1, keepdim=True)
-    b = b.double() - b.double().mean(1, keepdim=True)
+    NaN with the reason where a row is constant. Constant means all entries equal (not a zero
+    norm after centring: the float64 mean of equal values can differ from them by rounding)."""
+    a, b = a.double(), b.double()
+    flat_a, flat_b = (a == a[:, :1]).all(1), (b == b[:, :1]).all(1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
     norm_a, norm_b = a.norm(dim=1), b.norm(dim=1)
     values = (a * b).sum(1) / (norm_a * norm_b)
     status = []
     for row in range(a.shape[0]):
-        if float(norm_a[row]) == 0:
+        if bool(flat_a[row]):
             status.append("undefined: the attribution sums are equal for every subset")
-        elif float(norm_b[row]) == 0:
+        elif bool(flat_b[row]):
             status.append("undefined: the score drops are equal for every subset")
         else:
             status.append("ok")
-    values = torch.where((norm_a > 0) & (norm_b > 0), values.clamp(-1, 1), float("nan"))
+    values = torch.where(~flat_a & ~flat_b, values.clamp(-1, 1), float("nan"))
     return values, status
 
 
