@@ -728,3 +728,36 @@ def test_correlation_of_a_constant_float64_map_is_undefined_not_zero(tiny_cnn):
                              torch.full((1, 100), 0.1 * 224, dtype=torch.float64))
     assert bool(values.isnan().all()) and status == ["undefined: the score drops are equal for "
                                                      "every subset"]
+
+
+class Counting(nn.Module):
+    """Counts the forward passes of the wrapped model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x)
+
+
+def test_a_bad_target_is_named_before_the_perturbed_passes(tiny_cnn, monkeypatch):
+    # the last image's target is out of range: the clean pass (one forward for 3 images) must
+    # find it before any perturbed input is scored or any image is segmented
+    model = described(Counting(tiny_cnn), 5, 16)
+    x = normalize(blocky_images(3), tiny_cnn.harness_info)
+    saliency = torch.rand(3, 16, 16)
+    with pytest.raises(ValueError, match="target 7 of image #2 is out of range"):
+        metrics.faithfulness_correlation(model, x, saliency, [0, 1, 7], subset_size=5,
+                                         n_subsets=4, batch_size=4)
+    assert model.calls == 1
+    irof_module = importlib.import_module("harness.metrics.irof")
+    segmented = []
+    original = irof_module.slic
+    monkeypatch.setattr(irof_module, "slic", lambda *a, **k: segmented.append(1) or original(
+        *a, **k))
+    model.calls = 0
+    with pytest.raises(ValueError, match="target 7 of image #2 is out of range"):
+        metrics.irof(model, x, saliency, [0, 1, 7], batch_size=4)
+    assert model.calls == 1 and not segmented

@@ -34,9 +34,10 @@ infidelity, the method's signed map where it has one, else its own map (records 
 signed score change, which a non-negative map cannot do for subsets that raise the score.
 
 Determinism: image i draws its subsets from ``image_generator(seed, ids[i] or i,
-salt="faithfulness_correlation")`` (one ``randperm`` per subset, on the CPU) before any scoring,
-so values do not depend on the batch or the device. Perturbed inputs are built on the model's
-device and scored ``batch_size`` at a time.
+salt="faithfulness_correlation")`` (one ``randperm`` per subset, on the CPU) before any perturbed
+input is scored, so values do not depend on the batch or the device. The clean images are scored
+first (an out-of-range target is named before the perturbed passes); perturbed inputs are built
+on the model's device and scored ``batch_size`` at a time.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, saliency: torch.
     maps = saliency.detach().to(x.device).reshape(n_images, n_pixels)
     mean, std = pixel_scale(model, x)
     fill = baseline_fill(baseline, x, mean, std, BASELINES)
+    # the clean pass first: it names an out-of-range target before the perturbed passes
+    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
     subsets = torch.stack([
         torch.stack([torch.randperm(n_pixels, generator=generator)[:subset_size]
                      for _ in range(n_subsets)])
@@ -146,7 +149,6 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, saliency: torch.
     owners = torch.arange(n_images).repeat_interleave(n_subsets)
     perturbed = score_stream(model, owners, build, target, score=score, batch_size=batch_size,
                              ids=ids).view(n_images, n_subsets)
-    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
     drops = clean[:, None] - perturbed
     sums = sums.cpu()
     values, status = pearson(sums, drops)
