@@ -15,7 +15,7 @@ import harness
 from harness import metrics
 from harness.data import deprocess, normalize
 from harness.metrics.correlation import pearson
-from harness.metrics.infidelity import square_count, squares
+from harness.metrics.infidelity import InfidelitySettings, square_count, squares
 from harness.models import attach_info
 from harness.sanity import MEASURES, other_classes, random_logit
 from harness.seeding import image_generator
@@ -289,7 +289,7 @@ def test_infidelity_bad_input_is_named(tiny_cnn):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], perturbation="noise")
     with pytest.raises(ValueError, match="baseline 'white' is not one of: black, zero, mean"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], baseline="white")
-    with pytest.raises(ValueError, match=r"n_perturbations must be an integer \[1, 204\]"):
+    with pytest.raises(ValueError, match=r"n_perturbations must be an integer \[2, 204\]"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], perturbation="square", n_perturbations=205)
     with pytest.raises(ValueError, match="noise must be a finite number > 0"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], noise=0)
@@ -761,3 +761,19 @@ def test_a_bad_target_is_named_before_the_perturbed_passes(tiny_cnn, monkeypatch
     with pytest.raises(ValueError, match="target 7 of image #2 is out of range"):
         metrics.irof(model, x, saliency, [0, 1, 7], batch_size=4)
     assert model.calls == 1 and not segmented
+
+
+def test_scaled_infidelity_needs_two_perturbations(tiny_cnn):
+    # with one perturbation beta = d / e fits it exactly: every map scored 0 (the best value)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1))
+    for perturbation in ("gaussian", "square"):
+        with pytest.raises(ValueError, match=r"n_perturbations must be an integer (\[2, |>= 2)"):
+            metrics.infidelity(tiny_cnn, x, noise, [0, 1], perturbation=perturbation,
+                               n_perturbations=1)
+        unscaled = metrics.infidelity(tiny_cnn, x, noise, [0, 1], perturbation=perturbation,
+                                      n_perturbations=1, scaling=False)
+        assert bool((unscaled.values > 0).all())
+    with pytest.raises(ValueError, match="n_perturbations: must be an integer >= 2 with scaling"):
+        InfidelitySettings(n_perturbations=1).check()
+    InfidelitySettings(n_perturbations=1, scaling=False).check()
