@@ -777,3 +777,16 @@ def test_scaled_infidelity_needs_two_perturbations(tiny_cnn):
     with pytest.raises(ValueError, match="n_perturbations: must be an integer >= 2 with scaling"):
         InfidelitySettings(n_perturbations=1).check()
     InfidelitySettings(n_perturbations=1, scaling=False).check()
+
+
+def test_a_target_probability_of_zero_is_named_without_a_wrong_hint():
+    # softmax underflows to 0 in float32 for a logit gap of 500: dividing by Y is undefined, and
+    # the error must not advise score='prob', which is the score already in use
+    model = described(LinearModel(2, (8, 8)), 2, 8)
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([0.0, 500.0]))
+    x = 0.01 * torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for metric in (metrics.average_drop, metrics.irof):
+        with pytest.raises(ValueError, match=r"image #0: the prob of class 0 is 0\.0") as error:
+            metric(model, x, torch.rand(1, 8, 8), [0])
+        assert "use score='prob'" not in str(error.value)

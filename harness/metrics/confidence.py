@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from harness.metrics._common import (
+    POSITIVE_HINTS,
     SCORES,
     check_choice,
     clean_scores,
@@ -119,7 +120,7 @@ def confidence_change(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor,
         index = int((clean <= 0).nonzero()[0, 0])
         raise ValueError(f"image {image_name(ids, index)}: the {score} of class "
                          f"{int(target[index])} is {float(clean[index])!r}; Average Drop divides "
-                         "by it and needs it > 0 (use score='prob')")
+                         f"by it and needs it > 0 {POSITIVE_HINTS[score]}")
     maps = saliency.detach()
     explained = score_stream(
         model, torch.arange(x.shape[0]),

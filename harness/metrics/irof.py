@@ -58,6 +58,7 @@ from skimage.segmentation import slic
 from torch import nn
 
 from harness.metrics._common import (
+    POSITIVE_HINTS,
     SCORES,
     baseline_fill,
     check_choice,
@@ -140,7 +141,7 @@ def irof(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
         index = int((clean <= 0).nonzero()[0, 0])
         raise ValueError(f"image {image_name(ids, index)}: the {score} of class "
                          f"{int(target[index])} is {float(clean[index])!r}; IROF divides by it "
-                         "and needs it > 0 (use score='prob')")
+                         f"and needs it > 0 {POSITIVE_HINTS[score]}")
     pixels = (x * std + mean).permute(0, 2, 3, 1).double().cpu().numpy()
     labels = torch.stack([torch.from_numpy(superpixels(
         image, n_segments=n_segments, compactness=compactness, sigma=sigma)) for image in pixels])
