@@ -14,7 +14,8 @@ from torch import nn
 import harness
 from harness import metrics
 from harness.data import deprocess, normalize
-from harness.metrics.infidelity import square_count, squares
+from harness.metrics.correlation import pearson
+from harness.metrics.infidelity import InfidelitySettings, square_count, squares
 from harness.models import attach_info
 from harness.sanity import MEASURES, other_classes, random_logit
 from harness.seeding import image_generator
@@ -288,7 +289,7 @@ def test_infidelity_bad_input_is_named(tiny_cnn):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], perturbation="noise")
     with pytest.raises(ValueError, match="baseline 'white' is not one of: black, zero, mean"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], baseline="white")
-    with pytest.raises(ValueError, match=r"n_perturbations must be an integer \[1, 204\]"):
+    with pytest.raises(ValueError, match=r"n_perturbations must be an integer \[2, 204\]"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], perturbation="square", n_perturbations=205)
     with pytest.raises(ValueError, match="noise must be a finite number > 0"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], noise=0)
@@ -688,3 +689,104 @@ def test_cpu_and_cuda_agree(tiny_cnn):
     logit = random_logit(model, "vanilla", x.cuda(), target.cuda())
     torch.testing.assert_close(logit.values, random_logit(tiny_cnn.cpu(), "vanilla", x,
                                                           target).values, rtol=1e-3, atol=1e-4)
+
+
+def test_a_constant_map_leaves_the_image_exactly_unchanged(tiny_cnn):
+    # M = 1 everywhere: E must be x itself, not x up to the rounding of the round trip through
+    # pixels, or 1[O > Y] counts rounding noise as an increase (it did on 4 of these 64 images)
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    target = torch.arange(64) % 5
+    for constant in (torch.zeros(64, 8, 8), torch.full((64, 8, 8), 0.3)):
+        assert torch.equal(metrics.masked_image(tiny_cnn, x, constant), x)
+        result = metrics.increase_in_confidence(tiny_cnn, x, constant, target)
+        assert torch.equal(result.explained, result.clean)
+        assert torch.equal(result.increase, torch.zeros(64, dtype=torch.float64))
+        assert torch.equal(result.drop, torch.zeros(64, dtype=torch.float64))
+    # M = 0 is exactly black (pixel 0), M = 1 exactly the image, in one map
+    half = torch.zeros(2, 8, 8)
+    half[:, :4] = 1
+    masked = metrics.masked_image(tiny_cnn, x[:2], half)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (tiny_cnn.harness_info.mean,
+                                                             tiny_cnn.harness_info.std))
+    assert torch.equal(masked[:, :, :4], x[:2, :, :4])
+    assert torch.equal(masked[:, :, 4:], (-mean / std).expand(2, 3, 4, 8))
+
+
+def test_correlation_of_a_constant_float64_map_is_undefined_not_zero(tiny_cnn):
+    # the subsets' sums of a constant map are all equal, but their float64 mean is not exactly
+    # that value, so centring left rounding noise and r came out ~1e-16 with status "ok"
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    constant = torch.full((2, 16, 16), 1 / 3, dtype=torch.float64)
+    result = metrics.faithfulness_correlation(tiny_cnn, x, constant, [0, 1], subset_size=100,
+                                              n_subsets=100)
+    assert bool(result.values.isnan().all())
+    assert result.status == ("undefined: the attribution sums are equal for every subset",) * 2
+    values, status = pearson(torch.full((1, 100), 0.1 * 224, dtype=torch.float64),
+                             torch.randn(1, 100, dtype=torch.float64))
+    assert bool(values.isnan().all()) and status[0].startswith("undefined")
+    values, status = pearson(torch.randn(1, 100, dtype=torch.float64),
+                             torch.full((1, 100), 0.1 * 224, dtype=torch.float64))
+    assert bool(values.isnan().all()) and status == ["undefined: the score drops are equal for "
+                                                     "every subset"]
+
+
+class Counting(nn.Module):
+    """Counts the forward passes of the wrapped model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x)
+
+
+def test_a_bad_target_is_named_before_the_perturbed_passes(tiny_cnn, monkeypatch):
+    # the last image's target is out of range: the clean pass (one forward for 3 images) must
+    # find it before any perturbed input is scored or any image is segmented
+    model = described(Counting(tiny_cnn), 5, 16)
+    x = normalize(blocky_images(3), tiny_cnn.harness_info)
+    saliency = torch.rand(3, 16, 16)
+    with pytest.raises(ValueError, match="target 7 of image #2 is out of range"):
+        metrics.faithfulness_correlation(model, x, saliency, [0, 1, 7], subset_size=5,
+                                         n_subsets=4, batch_size=4)
+    assert model.calls == 1
+    irof_module = importlib.import_module("harness.metrics.irof")
+    segmented = []
+    original = irof_module.slic
+    monkeypatch.setattr(irof_module, "slic", lambda *a, **k: segmented.append(1) or original(
+        *a, **k))
+    model.calls = 0
+    with pytest.raises(ValueError, match="target 7 of image #2 is out of range"):
+        metrics.irof(model, x, saliency, [0, 1, 7], batch_size=4)
+    assert model.calls == 1 and not segmented
+
+
+def test_scaled_infidelity_needs_two_perturbations(tiny_cnn):
+    # with one perturbation beta = d / e fits it exactly: every map scored 0 (the best value)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1))
+    for perturbation in ("gaussian", "square"):
+        with pytest.raises(ValueError, match=r"n_perturbations must be an integer (\[2, |>= 2)"):
+            metrics.infidelity(tiny_cnn, x, noise, [0, 1], perturbation=perturbation,
+                               n_perturbations=1)
+        unscaled = metrics.infidelity(tiny_cnn, x, noise, [0, 1], perturbation=perturbation,
+                                      n_perturbations=1, scaling=False)
+        assert bool((unscaled.values > 0).all())
+    with pytest.raises(ValueError, match="n_perturbations: must be an integer >= 2 with scaling"):
+        InfidelitySettings(n_perturbations=1).check()
+    InfidelitySettings(n_perturbations=1, scaling=False).check()
+
+
+def test_a_target_probability_of_zero_is_named_without_a_wrong_hint():
+    # softmax underflows to 0 in float32 for a logit gap of 500: dividing by Y is undefined, and
+    # the error must not advise score='prob', which is the score already in use
+    model = described(LinearModel(2, (8, 8)), 2, 8)
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([0.0, 500.0]))
+    x = 0.01 * torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for metric in (metrics.average_drop, metrics.irof):
+        with pytest.raises(ValueError, match=r"image #0: the prob of class 0 is 0\.0") as error:
+            metric(model, x, torch.rand(1, 8, 8), [0])
+        assert "use score='prob'" not in str(error.value)

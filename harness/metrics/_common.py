@@ -24,6 +24,9 @@ from harness.metrics.causal import default_batch_size, resolve_memory_format
 from harness.models import model_info
 
 SCORES = ("prob", "logit")
+# why a score that a metric divides by is not positive, by score
+POSITIVE_HINTS = {"logit": "(use score='prob')",
+                  "prob": "(the softmax probability underflows to 0 in the model's precision)"}
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> None:

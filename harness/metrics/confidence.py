@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from harness.metrics._common import (
+    POSITIVE_HINTS,
     SCORES,
     check_choice,
     clean_scores,
@@ -94,10 +95,13 @@ def scale_map(saliency: torch.Tensor) -> torch.Tensor:
 
 def masked_image(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
     """The Grad-CAM++ explanation map as model input ``[N, C, H, W]``: the image's pixels
-    ``x * std + mean`` multiplied by ``scale_map(saliency)``, normalised back."""
+    ``x * std + mean`` multiplied by ``scale_map(saliency)``, normalised back. Computed as the
+    algebraically equal x * M + (M - 1) * mean / std, so M = 1 gives x exactly (the round trip
+    through pixels is off by rounding, which 1[O > Y] counted as an increase) and M = 0 exactly
+    black, (0 - mean) / std."""
     mean, std = pixel_scale(model, x)
     weights = scale_map(saliency.to(x.device, x.dtype))[:, None]
-    return ((x * std + mean) * weights - mean) / std
+    return x * weights + (weights - 1) * (mean / std)
 
 
 def confidence_change(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
@@ -116,7 +120,7 @@ def confidence_change(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor,
         index = int((clean <= 0).nonzero()[0, 0])
         raise ValueError(f"image {image_name(ids, index)}: the {score} of class "
                          f"{int(target[index])} is {float(clean[index])!r}; Average Drop divides "
-                         "by it and needs it > 0 (use score='prob')")
+                         f"by it and needs it > 0 {POSITIVE_HINTS[score]}")
     maps = saliency.detach()
     explained = score_stream(
         model, torch.arange(x.shape[0]),

@@ -34,9 +34,10 @@ infidelity, the method's signed map where it has one, else its own map (records 
 signed score change, which a non-negative map cannot do for subsets that raise the score.
 
 Determinism: image i draws its subsets from ``image_generator(seed, ids[i] or i,
-salt="faithfulness_correlation")`` (one ``randperm`` per subset, on the CPU) before any scoring,
-so values do not depend on the batch or the device. Perturbed inputs are built on the model's
-device and scored ``batch_size`` at a time.
+salt="faithfulness_correlation")`` (one ``randperm`` per subset, on the CPU) before any perturbed
+input is scored, so values do not depend on the batch or the device. The clean images are scored
+first (an out-of-range target is named before the perturbed passes); perturbed inputs are built
+on the model's device and scored ``batch_size`` at a time.
 """
 
 from __future__ import annotations
@@ -87,20 +88,23 @@ class CorrelationResult:
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """Row-wise Pearson correlation of ``a``, ``b`` ``[N, K]`` (float64) and a status per row:
-    NaN with the reason where a row is constant."""
-    a = a.double() - a.double().mean(1, keepdim=True)
-    b = b.double() - b.double().mean(1, keepdim=True)
+    NaN with the reason where a row is constant. Constant means all entries equal (not a zero
+    norm after centring: the float64 mean of equal values can differ from them by rounding)."""
+    a, b = a.double(), b.double()
+    flat_a, flat_b = (a == a[:, :1]).all(1), (b == b[:, :1]).all(1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
     norm_a, norm_b = a.norm(dim=1), b.norm(dim=1)
     values = (a * b).sum(1) / (norm_a * norm_b)
     status = []
     for row in range(a.shape[0]):
-        if float(norm_a[row]) == 0:
+        if bool(flat_a[row]):
             status.append("undefined: the attribution sums are equal for every subset")
-        elif float(norm_b[row]) == 0:
+        elif bool(flat_b[row]):
             status.append("undefined: the score drops are equal for every subset")
         else:
             status.append("ok")
-    values = torch.where((norm_a > 0) & (norm_b > 0), values.clamp(-1, 1), float("nan"))
+    values = torch.where(~flat_a & ~flat_b, values.clamp(-1, 1), float("nan"))
     return values, status
 
 
@@ -123,6 +127,8 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, saliency: torch.
     maps = saliency.detach().to(x.device).reshape(n_images, n_pixels)
     mean, std = pixel_scale(model, x)
     fill = baseline_fill(baseline, x, mean, std, BASELINES)
+    # the clean pass first: it names an out-of-range target before the perturbed passes
+    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
     subsets = torch.stack([
         torch.stack([torch.randperm(n_pixels, generator=generator)[:subset_size]
                      for _ in range(n_subsets)])
@@ -143,7 +149,6 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, saliency: torch.
     owners = torch.arange(n_images).repeat_interleave(n_subsets)
     perturbed = score_stream(model, owners, build, target, score=score, batch_size=batch_size,
                              ids=ids).view(n_images, n_subsets)
-    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
     drops = clean[:, None] - perturbed
     sums = sums.cpu()
     values, status = pearson(sums, drops)

@@ -169,7 +169,7 @@ def squares(index: torch.Tensor, height: int, width: int,
 
 
 def _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline, score,
-                    height, width) -> tuple[int, tuple[int, ...]]:
+                    scaling, height, width) -> tuple[int, tuple[int, ...]]:
     check_choice("perturbation", perturbation, PERTURBATIONS)
     check_choice("baseline", baseline, BASELINES)
     check_choice("score", score, SCORES)
@@ -181,12 +181,14 @@ def _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline
     if not sizes or len(set(sizes)) != len(sizes) or min(sizes) > min(height, width):
         raise ValueError(f"square_sizes must be distinct sides, at least one fitting the "
                          f"{height} x {width} image, got {square_sizes!r}")
+    # with scaling, one perturbation is fitted exactly (beta = d / e): every map would score 0
+    least = 2 if scaling else 1
     if perturbation == "gaussian":
         count = REFERENCE_GAUSSIAN_COUNT if n_perturbations is None else n_perturbations
-        return check_int("n_perturbations", count, 1), sizes
+        return check_int("n_perturbations", count, least), sizes
     total = square_count(height, width, sizes)
     count = total if n_perturbations is None else n_perturbations
-    return check_int("n_perturbations", count, 1, total), sizes
+    return check_int("n_perturbations", count, least, total), sizes
 
 
 def _integral(saliency: torch.Tensor) -> torch.Tensor:
@@ -206,12 +208,13 @@ def infidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target
     for the definition, the perturbations and the peers.
 
     ``n_perturbations``: None = the reference's count (10000 Gaussian draws; every square of the
-    ``square_sizes``), or an integer. ``batch_size`` perturbed inputs per forward (default 8 on the
+    ``square_sizes``), or an integer (>= 2 with ``scaling``: beta fits one perturbation exactly,
+    so every map would score 0). ``batch_size`` perturbed inputs per forward (default 8 on the
     CPU, 256 on accelerators)."""
     target = validate_maps(x, saliency, target, ids)
     n_images, _, height, width = x.shape
     count, sizes = _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline,
-                                   score, height, width)
+                                   score, scaling, height, width)
     batch_size = resolve_batch_size(batch_size, x.device)
     x = x.detach()
     maps = saliency.detach().to(x.device)
@@ -335,6 +338,9 @@ class InfidelitySettings:
     def check(self) -> None:
         setting_choice("perturbation", self.perturbation, PERTURBATIONS)
         setting_int("n_perturbations", self.n_perturbations, 1, optional=True)
+        if self.scaling and self.n_perturbations == 1:
+            raise ValueError("n_perturbations: must be an integer >= 2 with scaling (one "
+                             "perturbation is fitted exactly: every map would score 0), got 1")
         setting_number("noise", self.noise, low=0, inclusive=False)
         sides = list(self.square_sizes)
         if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1

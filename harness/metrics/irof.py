@@ -58,6 +58,7 @@ from skimage.segmentation import slic
 from torch import nn
 
 from harness.metrics._common import (
+    POSITIVE_HINTS,
     SCORES,
     baseline_fill,
     check_choice,
@@ -134,18 +135,19 @@ def irof(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     n_images = x.shape[0]
     mean, std = pixel_scale(model, x)
     fill = baseline_fill(baseline, x, mean, std, BASELINES)
+    # the clean pass first: a bad target or score is named before any image is segmented
+    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
+    if not bool((clean > 0).all()):
+        index = int((clean <= 0).nonzero()[0, 0])
+        raise ValueError(f"image {image_name(ids, index)}: the {score} of class "
+                         f"{int(target[index])} is {float(clean[index])!r}; IROF divides by it "
+                         f"and needs it > 0 {POSITIVE_HINTS[score]}")
     pixels = (x * std + mean).permute(0, 2, 3, 1).double().cpu().numpy()
     labels = torch.stack([torch.from_numpy(superpixels(
         image, n_segments=n_segments, compactness=compactness, sigma=sigma)) for image in pixels])
     ranks = torch.stack([removal_ranks(labels[i], saliency[i].detach().cpu())
                          for i in range(n_images)]).to(x.device)
     counts = labels.reshape(n_images, -1).amax(1) + 1  # K per image
-    clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
-    if not bool((clean > 0).all()):
-        index = int((clean <= 0).nonzero()[0, 0])
-        raise ValueError(f"image {image_name(ids, index)}: the {score} of class "
-                         f"{int(target[index])} is {float(clean[index])!r}; IROF divides by it "
-                         "and needs it > 0 (use score='prob')")
     owners = torch.arange(n_images).repeat_interleave(counts)
     starts = counts.cumsum(0) - counts
     owners_device = owners.to(x.device)
