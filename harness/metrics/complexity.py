@@ -34,13 +34,12 @@ A NaN/inf map raises ``ValueError`` naming the image.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from harness.metrics.registry import register_metric
+from harness.metrics.registry import register_metric, value_records
 
 
 @dataclass(frozen=True)
@@ -130,22 +129,12 @@ class EffectiveComplexitySettings:
             raise ValueError(f"eps: must be >= 0, got {self.eps!r}")
 
 
-def _records(unit, values: torch.Tensor, reason: str) -> list[dict]:
-    records = []
-    for image_id, value in zip(unit.ids, values.tolist(), strict=True):
-        record = {"image_id": image_id, "value": value if math.isfinite(value) else None}
-        if not math.isfinite(value):
-            record["status"] = f"undefined: {reason}"
-        records.append(record)
-    return records
-
-
 @register_metric("sparseness", settings=ComplexitySettings, direction="up",
                  citation="Chalasani et al. 2020 (ICML, arXiv:1810.06583); Quantus Sparseness",
                  needs=("maps",))
 def _sparseness_records(unit, settings: ComplexitySettings) -> list[dict]:
     """Sparseness: the Gini index of |map| (higher: sparser)."""
-    return _records(unit, sparseness(unit.maps, ids=list(unit.ids)).values, "not finite")
+    return value_records(unit, sparseness(unit.maps, ids=list(unit.ids)).values, "not finite")
 
 
 @register_metric("complexity", settings=ComplexitySettings, direction="down",
@@ -153,8 +142,8 @@ def _sparseness_records(unit, settings: ComplexitySettings) -> list[dict]:
                           "Complexity", needs=("maps",))
 def _complexity_records(unit, settings: ComplexitySettings) -> list[dict]:
     """Complexity: the entropy of |map| / sum |map| (lower: simpler)."""
-    return _records(unit, complexity(unit.maps, ids=list(unit.ids)).values,
-                    "the map is all zeros")
+    return value_records(unit, complexity(unit.maps, ids=list(unit.ids)).values,
+                         "the map is all zeros")
 
 
 @register_metric("effective_complexity", settings=EffectiveComplexitySettings, direction="down",
@@ -164,4 +153,4 @@ def _effective_records(unit, settings: EffectiveComplexitySettings) -> list[dict
     """Effective complexity: the number of pixels with |map| / max |map| above eps."""
     result = effective_complexity(unit.maps, eps=settings.eps, normalise=settings.normalise,
                                   ids=list(unit.ids))
-    return _records(unit, result.values, "not finite")
+    return value_records(unit, result.values, "not finite")

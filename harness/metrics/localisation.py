@@ -52,14 +52,13 @@ positive relevance gives NaN for the mass-based metrics (0 / 0).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from harness.metrics.causal import pixel_ranks
-from harness.metrics.registry import register_metric
+from harness.metrics.registry import register_metric, value_records
 
 
 @dataclass(frozen=True)
@@ -255,16 +254,6 @@ def _unit_masks(unit) -> torch.Tensor:
     return unit.masks
 
 
-def _value_records(unit, values: torch.Tensor, reason: str) -> list[dict]:
-    records = []
-    for image_id, value in zip(unit.ids, values.tolist(), strict=True):
-        record = {"image_id": image_id, "value": value if math.isfinite(value) else None}
-        if not math.isfinite(value):
-            record["status"] = f"undefined: {reason}"
-        records.append(record)
-    return records
-
-
 @dataclass(frozen=True)
 class PointingGameSettings:
     """``tolerance`` in pixels of the maps' resolution (TorchRay's 15; 0: the maximum itself must
@@ -315,7 +304,7 @@ _ARRAS = "Arras, Osman & Samek 2022 (Information Fusion 81, arXiv:2003.07258)"
 def _mass_records(unit, settings: MaskSettings) -> list[dict]:
     """Relevance mass accuracy: the share of the map's positive relevance inside the mask."""
     result = relevance_mass_accuracy(unit.maps, _unit_masks(unit), ids=list(unit.ids))
-    return _value_records(unit, result.values, "the map has no positive relevance")
+    return value_records(unit, result.values, "the map has no positive relevance")
 
 
 @register_metric("relevance_rank_accuracy", settings=MaskSettings, direction="up",
@@ -323,7 +312,7 @@ def _mass_records(unit, settings: MaskSettings) -> list[dict]:
 def _rank_records(unit, settings: MaskSettings) -> list[dict]:
     """Relevance rank accuracy: the share of the |mask| highest-ranked pixels inside the mask."""
     result = relevance_rank_accuracy(unit.maps, _unit_masks(unit), ids=list(unit.ids))
-    return _value_records(unit, result.values, "not finite")
+    return value_records(unit, result.values, "not finite")
 
 
 @dataclass(frozen=True)
@@ -343,7 +332,7 @@ def _attribution_records(unit, settings: AttributionLocalisationSettings) -> lis
     in the image."""
     result = attribution_localisation(unit.maps, _unit_masks(unit), weighted=settings.weighted,
                                       ids=list(unit.ids))
-    return _value_records(unit, result.values, "the map has no positive relevance")
+    return value_records(unit, result.values, "the map has no positive relevance")
 
 
 @dataclass(frozen=True)
@@ -367,4 +356,4 @@ def _top_k_records(unit, settings: TopKSettings) -> list[dict]:
     """Top-k intersection: the share of the k highest-ranked pixels inside the mask."""
     result = top_k_intersection(unit.maps, _unit_masks(unit), k=settings.k,
                                 concept_influence=settings.concept_influence, ids=list(unit.ids))
-    return _value_records(unit, result.values, "not finite")
+    return value_records(unit, result.values, "not finite")

@@ -30,6 +30,7 @@ is summarised column-wise.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -146,6 +147,18 @@ def _default(spec: dataclasses.Field):
 
 
 METRICS: dict[str, Metric] = {}
+
+
+def value_records(unit: Unit, values: torch.Tensor, reason: str) -> list[dict]:
+    """One record per image of ``unit`` from its ``values`` ``[N]``: a non-finite value is
+    ``None`` with the status ``undefined: <reason>``."""
+    records = []
+    for image_id, value in zip(unit.ids, values.tolist(), strict=True):
+        record = {"image_id": image_id, "value": value if math.isfinite(value) else None}
+        if not math.isfinite(value):
+            record["status"] = f"undefined: {reason}"
+        records.append(record)
+    return records
 
 
 def value_column(name: str, direction: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
