@@ -88,6 +88,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from harness.metrics._common import validate_maps
 from harness.metrics.imputation import (
     IMPUTERS,
     add_noise,
@@ -310,28 +311,14 @@ def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str
         raise ValueError(problem)
     if not _is_number(noise) or not noise >= 0:
         raise ValueError(f"noise must be a number >= 0 (pixel units), got {noise!r}")
-    if x.ndim != 4:
-        raise ValueError(f"x must be [N, C, H, W], got {tuple(x.shape)}")
+    target = validate_maps(x, saliency, target, ids)
     n_images, _, height, width = x.shape
-    if tuple(saliency.shape) != (n_images, height, width):
-        raise ValueError(f"saliency has shape {tuple(saliency.shape)}; x {tuple(x.shape)} needs "
-                         f"maps [N, H, W] = {(n_images, height, width)}")
-    if ids is not None and len(ids) != n_images:
-        raise ValueError(f"ids has {len(ids)} entries for {n_images} images")
-    finite = torch.isfinite(saliency.reshape(n_images, -1)).all(dim=1)
-    if not bool(finite.all()):
-        index = int((~finite).nonzero()[0, 0])
-        name = ids[index] if ids is not None else f"#{index}"
-        raise ValueError(f"saliency map of image {name} contains NaN or inf")
     if imputer == "linear" and order == "lerf":
         for p in percentages:
             if kept_count(height, width, p) == 0:
                 raise ValueError(f"percentage {p!r}: LeRF keeps int(H * W * p) = 0 of the "
                                  f"{height} x {width} pixels, so linear imputation has nothing "
                                  "to impute from")
-    target = torch.as_tensor(target, device=x.device).long().reshape(-1)
-    if target.shape[0] != n_images:
-        raise ValueError(f"target has {target.shape[0]} entries for {n_images} images")
     if labels is not None:
         labels = torch.as_tensor(labels, device=x.device).long().reshape(-1)
         if labels.shape[0] != n_images:
