@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from harness.models import get_module
+from harness.registry import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,18 @@ def _check_name(what: str, path: str, name: str, signature: Signature, reserved:
     if name not in signature.names and not signature.open:
         raise ValueError(f"{path}: not a {group} parameter of {what}; valid: "
                          f"{', '.join(sorted(signature.names - set(reserved)))}")
+
+
+def library_class(table: dict[str, type], member: str, not_methods: dict[str, str], what: str,
+                  form: str) -> type:
+    """``table[member]``, else an ``UnknownNameError`` naming ``what`` (e.g. "Captum attribution
+    class"), why ``member`` is no method where ``not_methods`` says, and every available name as
+    ``form`` (e.g. ``captum:<Class>``) takes it."""
+    if member not in table:
+        why = f" ({not_methods[member]})" if member in not_methods else ""
+        raise UnknownNameError(f"unknown {what} {member!r}{why}. Available as {form}: "
+                               f"{', '.join(table)}")
+    return table[member]
 
 
 def as_library_value(value):

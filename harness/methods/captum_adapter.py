@@ -58,6 +58,7 @@ from torch import nn
 from harness.methods._adapt import (
     Signature,
     as_library_value,
+    library_class,
     library_layer,
     read_signature,
     seeded_global_rngs,
@@ -72,7 +73,6 @@ from harness.methods._core import (
     require,
     signed_channels,
 )
-from harness.registry import UnknownNameError
 from harness.seeding import content_seed
 
 PREFIX = "captum"
@@ -237,12 +237,8 @@ def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.
 
 def method(member: str) -> Method:
     """The ``Method`` ``captum:<member>``."""
-    table = classes()
-    if member not in table:
-        why = f" ({_NOT_METHODS[member]})" if member in _NOT_METHODS else ""
-        raise UnknownNameError(f"unknown Captum attribution class {member!r}{why}. Available "
-                               f"as {PREFIX}:<Class>: {', '.join(table)}")
-    cls = table[member]
+    cls = library_class(classes(), member, _NOT_METHODS, "Captum attribution class",
+                        f"{PREFIX}:<Class>")
     name = f"{PREFIX}:{member}"
     _, is_layer, _ = _spec(cls)
 

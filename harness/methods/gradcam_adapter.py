@@ -39,13 +39,13 @@ from torch import nn
 
 from harness.methods._adapt import (
     as_library_value,
+    library_class,
     library_layer,
     read_signature,
     seeded_global_rngs,
     split_params,
 )
 from harness.methods._core import Family, Method, register_family, require
-from harness.registry import UnknownNameError
 
 PREFIX = "gradcam"
 EXTRA = "gradcam"
@@ -125,12 +125,8 @@ def _release_after_failure(cam) -> None:
 
 def method(member: str) -> Method:
     """The ``Method`` ``gradcam:<member>``."""
-    table = classes()
-    if member not in table:
-        why = f" ({_NOT_METHODS[member]})" if member in _NOT_METHODS else ""
-        raise UnknownNameError(f"unknown pytorch-grad-cam class {member!r}{why}. Available as "
-                               f"{PREFIX}:<CAMClass>: {', '.join(table)}")
-    cls = table[member]
+    cls = library_class(classes(), member, _NOT_METHODS, "pytorch-grad-cam class",
+                        f"{PREFIX}:<CAMClass>")
     name = f"{PREFIX}:{member}"
 
     def as_map(model, x, target, **params):
