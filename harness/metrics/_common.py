@@ -20,7 +20,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from harness.metrics.causal import default_batch_size, resolve_memory_format
+from harness.metrics.causal import (  # validate_maps: the metrics' shared input check
+    default_batch_size,
+    resolve_memory_format,
+    validate_maps,  # noqa: F401
+)
 from harness.models import model_info
 
 SCORES = ("prob", "logit")
@@ -52,31 +56,6 @@ def image_name(ids: Sequence[str] | None, index: int) -> str:
 def image_key(ids: Sequence[str] | None, index: int) -> int | str:
     """The key of ``harness.seeding.image_generator``: the image id when given, else the index."""
     return ids[index] if ids is not None else index
-
-
-def validate_maps(x: torch.Tensor, saliency: torch.Tensor, target,
-                  ids: Sequence[str] | None) -> torch.Tensor:
-    """Check ``x`` ``[N, C, H, W]``, ``saliency`` ``[N, H, W]`` (finite: a NaN/inf map is named by
-    its image), ``target`` ``[N]`` and ``ids``; return ``target`` as long ``[N]`` on x's device."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a tensor [N, C, H, W], got {shape}")
-    n_images, _, height, width = x.shape
-    if not isinstance(saliency, torch.Tensor) or tuple(saliency.shape) != (n_images, height,
-                                                                            width):
-        shape = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency)
-        raise ValueError(f"saliency has shape {shape}; x {tuple(x.shape)} needs maps [N, H, W] = "
-                         f"{(n_images, height, width)}")
-    if ids is not None and len(ids) != n_images:
-        raise ValueError(f"ids has {len(ids)} entries for {n_images} images")
-    finite = torch.isfinite(saliency.reshape(n_images, -1)).all(dim=1)
-    if not bool(finite.all()):
-        index = int((~finite).nonzero()[0, 0])
-        raise ValueError(f"saliency map of image {image_name(ids, index)} contains NaN or inf")
-    target = torch.as_tensor(target, device=x.device).long().reshape(-1)
-    if target.shape[0] != n_images:
-        raise ValueError(f"target has {target.shape[0]} entries for {n_images} images")
-    return target
 
 
 def pixel_scale(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

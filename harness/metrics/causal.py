@@ -98,28 +98,42 @@ def pixel_ranks(saliency: torch.Tensor, *, descending: bool = True) -> torch.Ten
     return ranks.scatter_(1, order, positions)
 
 
-def validate(model_input: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | Sequence,
-             step: int, score: str, ids: Sequence[str] | None) -> torch.Tensor:
-    """Check shapes, finiteness, step and score; return target as long ``[N]``."""
-    if model_input.ndim != 4:
-        raise ValueError(f"x must be [N, C, H, W], got {tuple(model_input.shape)}")
-    n_images, _, height, width = model_input.shape
-    if tuple(saliency.shape) != (n_images, height, width):
-        raise ValueError(f"saliency has shape {tuple(saliency.shape)}; x {tuple(model_input.shape)}"
-                         f" needs maps [N, H, W] = {(n_images, height, width)}")
-    check_finite_inputs(model_input, ids)
+def validate_maps(x: torch.Tensor, saliency: torch.Tensor, target,
+                  ids: Sequence[str] | None) -> torch.Tensor:
+    """Check ``x`` ``[N, C, H, W]``, ``saliency`` ``[N, H, W]`` (finite: a NaN/inf map is named by
+    its image), ``target`` ``[N]`` and ``ids``; return ``target`` as long ``[N]`` on x's device."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor [N, C, H, W], got {shape}")
+    n_images, _, height, width = x.shape
+    if not isinstance(saliency, torch.Tensor) or tuple(saliency.shape) != (n_images, height,
+                                                                            width):
+        shape = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency)
+        raise ValueError(f"saliency has shape {shape}; x {tuple(x.shape)} needs maps [N, H, W] = "
+                         f"{(n_images, height, width)}")
+    if ids is not None and len(ids) != n_images:
+        raise ValueError(f"ids has {len(ids)} entries for {n_images} images")
     finite = torch.isfinite(saliency.reshape(n_images, -1)).all(dim=1)
     if not bool(finite.all()):
         index = int((~finite).nonzero()[0, 0])
         name = ids[index] if ids is not None else f"#{index}"
         raise ValueError(f"saliency map of image {name} contains NaN or inf")
+    target = torch.as_tensor(target, device=x.device).long().reshape(-1)
+    if target.shape[0] != n_images:
+        raise ValueError(f"target has {target.shape[0]} entries for {n_images} images")
+    return target
+
+
+def validate(model_input: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | Sequence,
+             step: int, score: str, ids: Sequence[str] | None) -> torch.Tensor:
+    """Check shapes, finiteness, step and score; return target as long ``[N]``."""
+    target = validate_maps(model_input, saliency, target, ids)
+    check_finite_inputs(model_input, ids)
+    height, width = model_input.shape[2:]
     if not isinstance(step, int) or not 1 <= step <= height * width:
         raise ValueError(f"step must be an integer in [1, H*W = {height * width}], got {step}")
     if score not in SCORES:
         raise ValueError(f"score {score!r} is not one of: {', '.join(SCORES)}")
-    target = torch.as_tensor(target, device=model_input.device).long().reshape(-1)
-    if target.shape[0] != n_images:
-        raise ValueError(f"target has {target.shape[0]} entries for {n_images} images")
     return target
 
 
