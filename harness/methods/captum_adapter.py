@@ -209,19 +209,20 @@ def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.
     else:
         calls = [(x, target, seed, attribute)]
     results = []
-    for images, targets, call_seed, attribute in calls:
-        inputs = images.detach().clone()
-        if issubclass(cls, _attr().GradientAttribution):
-            inputs.requires_grad_(True)
-        with (library_layer(model, x, params.get("layer"), name) if takes_layer
-              else contextlib.nullcontext()) as layer, seeded_global_rngs(call_seed, x.device):
-            if takes_layer:
-                init["layer"] = layer
-            explainer = cls(model, **init)
-            result = explainer.attribute(inputs, target=targets, **attribute)
-        if isinstance(result, tuple):
-            result = result[0]
-        results.append(result.detach())
+    with (library_layer(model, x, params.get("layer"), name) if takes_layer
+          else contextlib.nullcontext()) as layer:  # resolved once for all the calls
+        if takes_layer:
+            init["layer"] = layer
+        for images, targets, call_seed, attribute in calls:
+            inputs = images.detach().clone()
+            if issubclass(cls, _attr().GradientAttribution):
+                inputs.requires_grad_(True)
+            with seeded_global_rngs(call_seed, x.device):
+                explainer = cls(model, **init)
+                result = explainer.attribute(inputs, target=targets, **attribute)
+            if isinstance(result, tuple):
+                result = result[0]
+            results.append(result.detach())
     result = torch.cat(results)
     if is_layer:
         if result.ndim != 4:
