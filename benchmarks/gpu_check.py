@@ -38,7 +38,7 @@ import runner as runner_benchmark  # noqa: E402
 import harness  # noqa: E402
 from harness import metrics  # noqa: E402
 from harness.config import from_dict  # noqa: E402
-from harness.experiment import run  # noqa: E402
+from harness.runner import run  # noqa: E402
 
 FULL = {"batch_sizes": [32, 64, 128, 256, 512], "images": 64, "step": 224, "quantus_images": 16,
         "runner_images": 256, "workers": 8, "batch_size": 64}

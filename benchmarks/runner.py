@@ -28,7 +28,7 @@ from PIL import Image
 import harness
 from harness import metrics
 from harness.config import from_dict
-from harness.experiment import run
+from harness.runner import run
 
 
 def synthetic_folder(folder: Path, images: int, seed: int = 0) -> Path:

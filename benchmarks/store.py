@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.store import ShardWriter, compact, load_frame, shard_paths
+from harness.store import ShardWriter, compact, load_frame
+from harness.store import shard_path as shard_paths
 
 
 def folder_size(folder: Path) -> int:

@@ -1,24 +1,42 @@
-"""Command line: ``harness list``, ``harness saliency`` (the seed's figure), and the experiment
-commands as they land."""
+"""The command line, a thin shell over the Python API (``harness.api``).
+
+``harness list``, ``harness saliency`` (the seed's figure), ``harness score`` (maps made
+elsewhere), ``harness run`` (an experiment config), ``harness log`` (a run folder to MLflow) and
+``harness table`` (a run's paper tables). An error the harness raises on purpose
+(``HarnessError``) prints as ``harness: error: ...`` and exits 2; anything else is a bug and
+shows its traceback (exit 1).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from shlex import quote
 
+import numpy as np
 import yaml
 
-import harness
-from harness.data import crop_pixels, load_dataset, preprocess, resolve_targets
-from harness.distributed import DistributedError
-from harness.io import FolderLocked, atomic_write
-from harness.methods import list_methods, saliency_batched
-from harness.models import WeightsUnavailableError, load_model
-from harness.registry import UnknownNameError
-from harness.tracking import TrackingUnavailableError
+from harness.api import load_config, log_run, run, score_curves, score_maps, score_summary, table
+from harness.config import check_device, check_signature_options, validate_method
+from harness.datasets import get_dataset, list_datasets, load_dataset
+from harness.errors import ConfigError, HarnessError, MissingDependencyError
+from harness.figures import saliency_grid
+from harness.files import atomic_save, atomic_write
+from harness.images import crop_pixels, preprocess
+from harness.mapsfile import save_maps
+from harness.methods import FAMILIES, get_method, list_methods, saliency_batched
+from harness.methods.plugins import SIGNATURE
+from harness.metrics.registry import get_metric, list_metrics, per_image_table
+from harness.models import list_models, load_model
+from harness.registry import import_plugins, plugin_folders
+from harness.report import render_tables, table_meta
+from harness.targets import resolve_targets
+from harness.tracking import masked, resolve_tracking
+from harness.version import __version__
 
 
 def parse_assignments(items: Sequence[str], what: str) -> dict[str, object]:
@@ -27,8 +45,12 @@ def parse_assignments(items: Sequence[str], what: str) -> dict[str, object]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"{what} {item!r} must look like key=value")
-        parsed[key.strip()] = yaml.safe_load(value)
+            raise ConfigError(f"{what} {item!r} must look like key=value")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{what} {item!r}: the value is not valid YAML "
+                              f"({str(error).splitlines()[0]})") from None
     return parsed
 
 
@@ -41,60 +63,54 @@ def method_params(methods: Sequence[str], items: Sequence[str]) -> dict[str, dic
                      if key.startswith(f"{m}.")), "")
         field = key[len(name) + 1:] if name else ""
         if name not in params or not field:
-            raise ValueError(f"--param {key!r} must be METHOD.KEY=VALUE with METHOD one of "
-                             f"{', '.join(methods)}")
+            raise ConfigError(f"--param {key!r} must be METHOD.KEY=VALUE with METHOD one of "
+                              f"{', '.join(methods)}")
         params[name][field] = value
     return params
 
 
 def check_methods(methods: Sequence[str], params: dict[str, dict]) -> None:
     """The config's method checks for ``--methods``/``--param`` (errors name ``--param M.KEY``)."""
-    from harness.config import ConfigError, _validate_methods
-
-    for index, name in enumerate(methods):
-        try:
-            _validate_methods([{"name": name, "params": params[name]}])
-        except ConfigError as error:
-            text = str(error).replace("methods[0].params.", f"--param {name}.")
-            raise ConfigError(text.replace("methods[0].name", f"--methods[{index}]")) from None
+    for name in methods:
+        validate_method(name, params[name], f"--param {name}")
 
 
 def check_data_options(args: argparse.Namespace) -> dict:
     """``--data-opt`` and ``--device`` with the config's checks."""
-    from harness.config import check_device, check_signature_options
-    from harness.data import DATASETS
-    from harness.registry import lookup
-
     options = parse_assignments(args.data_opt, "--data-opt")
-    check_signature_options(lookup(DATASETS, "dataset", args.data), options, "--data-opt",
+    check_signature_options(get_dataset(args.data), options, "--data-opt",
                             f"dataset {args.data!r}")
     check_device(args.device, "--device")
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     return options
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from harness.metrics import get_metric, list_metrics
+# ----------------------------------------------------------------------------- list
 
-    listings = {"models": harness.list_models, "methods": list_methods,
-                "datasets": harness.list_datasets, "metrics": list_metrics}
+
+def _direction_words(metric) -> str:
+    if not metric.column_directions:
+        return f"{'higher' if metric.direction == 'up' else 'lower'} is better"
+    return ", ".join(f"{c}: {'higher' if d == 'up' else 'lower'} is better"
+                     for c, d in metric.column_directions)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    listings = {"models": list_models, "methods": list_methods, "datasets": list_datasets,
+                "metrics": list_metrics}
     for kind in [args.kind] if args.kind else listings:
         print(f"{kind}:")
         if kind == "methods":
             for name in list_methods():
-                method = harness.get_method(name)
+                method = get_method(name)
                 print(f"  {name:22s} {method.summary}  [{method.citation}]")
             print_dynamic_methods()
         elif kind == "metrics":
             for name in list_metrics():
                 metric = get_metric(name)
-                arrow = (f"{'higher' if metric.direction == 'up' else 'lower'} is better"
-                         if not metric.column_directions else
-                         ", ".join(f"{c}: {'higher' if d == 'up' else 'lower'} is better"
-                                   for c, d in metric.column_directions))
                 defaults = ", ".join(f"{k}={v}" for k, v in metric.defaults().items())
-                print(f"  {name:22s} {metric.summary} ({arrow}; needs "
+                print(f"  {name:22s} {metric.summary} ({_direction_words(metric)}; needs "
                       f"{', '.join(sorted(metric.needs))})  [{metric.citation}]\n"
                       f"  {'':22s} defaults: {defaults}")
         else:
@@ -104,11 +120,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def print_dynamic_methods() -> None:
     """The adapter families (with their classes, or the extra to install) and the plug-ins."""
-    import textwrap
-
-    from harness.methods import FAMILIES, MissingDependencyError
-    from harness.methods.plugins import ENTRY_POINT_GROUP, SIGNATURE, list_plugins
-
     print("adapters (optional libraries; a method is <prefix>:<Class>):")
     for prefix, family in FAMILIES.items():
         try:
@@ -121,12 +132,13 @@ def print_dynamic_methods() -> None:
         print(f"  {prefix + ':<Class>':22s} {family.summary} ({len(members)}):")
         for line in lines:
             print(f"  {'':22s}   {line}")
-    print(f"plug-ins (entry points of group {ENTRY_POINT_GROUP!r}):")
-    for name in list_plugins():
-        print(f"  {name:22s} {harness.get_method(name).summary}")
-    if not list_plugins():
-        print("  (none installed)")
-    print(f"  any package.module:function with the signature {SIGNATURE}")
+    print("plug-ins: entry points of group 'harness.methods' are listed above with the "
+          "registered methods;")
+    print(f"  any package.module:function with the signature {SIGNATURE}, or a module named "
+          "in a config's plugins: / --plugin")
+
+
+# ----------------------------------------------------------------------------- saliency
 
 
 def cmd_saliency(args: argparse.Namespace) -> int:
@@ -135,7 +147,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     check_methods(methods, params)
     options = check_data_options(args)
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint,
                        device=args.device)
     info = model.harness_info
@@ -144,45 +156,39 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     x = preprocess(images, info, device=args.device, ids=dataset.ids)
     target = resolve_targets(model, x, [s.label for s in dataset], dataset.ids,
                              mode=args.target_mode)
+    if args.save_maps and "{method}" not in args.save_maps and len(methods) > 1:
+        raise ConfigError("--save-maps needs '{method}' in the path for several methods")
     maps = {}
     for name in methods:
         maps[name] = saliency_batched(name, model, x, target, batch_size=args.batch_size,
                                       method_params=params[name])
     if args.save_maps:
-        from harness.data import save_maps
-
         for name, values in maps.items():
-            target_path = args.save_maps.replace("{method}", name)
-            if "{method}" not in args.save_maps and len(maps) > 1:
-                raise ValueError("--save-maps needs '{method}' in the path for several methods")
+            target_path = args.save_maps.replace("{method}", name.replace(":", "_"))
             save_maps(target_path, values, dataset.ids, targets=target.cpu().numpy())
             print(f"wrote {target_path}")
     class_names = dataset.class_names or info.categories
     titles = [class_names[int(t)] if int(t) < len(class_names) else str(int(t)) for t in target]
-    from harness.figures import saliency_grid
-
     saliency_grid(crop_pixels(images, info), titles, maps, args.out)
     print(f"wrote {args.out}: {len(dataset)} images x {len(methods)} methods "
           f"({args.model}, weights {info.weights})")
     return 0
 
 
-def score_settings(chosen: Sequence[str], args: argparse.Namespace) -> dict:
-    """Each metric's registry settings: its defaults, then the flags it has a field for
-    (``--step``, ``--score``, ``--batch-size``; ``--deletion-substrate`` for the removal metrics,
-    ``--insertion-substrate`` for insertion), then ``--option METRIC.KEY=VALUE``; validated as
-    a config's ``metrics:`` section is (errors name ``metrics.<metric>.<key>``)."""
-    import dataclasses
+# ----------------------------------------------------------------------------- score
 
-    from harness.config import _validate_metrics
-    from harness.metrics import get_metric
 
-    options = {name: {} for name in chosen}
+def score_settings(chosen: Sequence[str], args: argparse.Namespace) -> dict[str, dict]:
+    """Each metric's settings mapping: the flags it has a field for (``--step``, ``--score``,
+    ``--batch-size``; ``--deletion-substrate`` for the removal metrics, ``--insertion-substrate``
+    for insertion), then ``--option METRIC.KEY=VALUE``; validated by ``harness.score_maps`` as a
+    config's ``metrics:`` section is (errors name ``metrics.<metric>.<key>``)."""
+    options: dict[str, dict] = {name: {} for name in chosen}
     for key, value in parse_assignments(args.option, "--option").items():
         name, _, field = key.partition(".")
         if name not in options or not field:
-            raise ValueError(f"--option {key!r} must be METRIC.KEY=VALUE with METRIC one of "
-                             f"{', '.join(chosen)}")
+            raise ConfigError(f"--option {key!r} must be METRIC.KEY=VALUE with METRIC one of "
+                              f"{', '.join(chosen)}")
         options[name][field] = value
     raw = {}
     for name in chosen:
@@ -192,105 +198,63 @@ def score_settings(chosen: Sequence[str], args: argparse.Namespace) -> dict:
                                else args.deletion_substrate)}
         raw[name] = {**{k: v for k, v in flags.items() if k in fields and v is not None},
                      **options[name]}
-    return _validate_metrics(raw)
+    return raw
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score saliency maps made by any tool with every registered metric that needs only maps."""
-    import numpy as np
-    import torch
-
-    from harness.data import load_maps
-    from harness.metrics import Unit, get_metric, list_metrics
-    from harness.report import metric_curves, per_image_table
-
     chosen = [name.strip() for name in args.metrics.split(",") if name.strip()]
-    for name in chosen:
-        needs = get_metric(name).needs
-        if not needs <= {"maps"}:
-            usable = [m for m in list_metrics() if get_metric(m).needs <= {"maps"}]
-            raise ValueError(f"metric {name!r} needs {', '.join(sorted(needs - {'maps'}))}, not "
-                             f"only maps: run it with `harness run`; scorable from maps: "
-                             f"{', '.join(usable)}")
     settings = score_settings(chosen, args)
     options = check_data_options(args)
-    maps, map_ids = load_maps(args.maps)
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint,
                        device=args.device)
     dataset = load_dataset(args.data, limit=args.limit, seed=args.seed, **options)
-    if map_ids is None:
-        if len(maps) != len(dataset):
-            raise ValueError(f"{args.maps} has {len(maps)} maps without ids for {len(dataset)} "
-                             "images; store ids or match the dataset")
-        samples = list(dataset)
-    else:
-        by_id = {sample.id: sample for sample in dataset}
-        missing = [i for i in map_ids if i not in by_id]
-        if missing:
-            raise ValueError(f"maps for images not in the dataset: {missing[:5]}")
-        samples = [by_id[i] for i in map_ids]
-    ids = [sample.id for sample in samples]
-    x = preprocess([sample.load() for sample in samples], model.harness_info, device=args.device,
-                   ids=ids)
-    labels = tuple(s.label for s in samples)
-    target = resolve_targets(model, x, list(labels), ids, mode=args.target_mode)
-    unit = Unit(model, x, target, tuple(ids), method="(maps file)", labels=labels,
-                batch_size=args.batch_size or 8)
-    unit.__dict__["maps"] = torch.from_numpy(maps).to(args.device)  # the given maps, not a method
-    unit.__dict__["signed_maps"] = None
-    records = []
-    for name in chosen:
-        for record in get_metric(name).fn(unit, settings[name]):
-            index = ids.index(record["image_id"])
-            records.append({"method": "maps", "metric": name, "target": int(target[index]),
-                            **record})
-    table = per_image_table(records)
-    for column, rows in table.groupby("metric", sort=False):
-        print(f"{column:18s} mean {rows['value'].mean():.4f} over {rows['value'].notna().sum()} "
-              f"images ({'higher' if rows['direction'].iloc[0] == 'up' else 'lower'} is better)")
-    atomic_write(args.out, table.drop(columns="method").to_csv(index=False))
-    curves = {name: by_method["maps"][1] for name, by_method in metric_curves(records).items()}
-    np.savez_compressed(str(args.out).rsplit(".", 1)[0] + "_curves.npz", ids=np.array(ids),
-                        **curves)
-    print(f"wrote {args.out} ({args.target_mode} targets; "
-          + "; ".join(f"{n}: {settings[n]}" for n in chosen) + ")")
+    frame = score_maps(args.maps, model, dataset, settings, target=args.target_mode,
+                       batch_size=args.batch_size or 8, device=args.device)
+    for row in score_summary(frame).to_dict("records"):
+        print(f"{row['metric']:18s} mean {row['mean']:.4f} over {row['n']} images "
+              f"({'higher' if row['direction'] == 'up' else 'lower'} is better)")
+    out = Path(args.out)
+    cells = per_image_table(frame.assign(method="maps")).drop(columns="method")
+    atomic_write(out, cells.to_csv(index=False))
+    curves_path = out.with_name(f"{out.stem}_curves.npz")
+    curves = score_curves(frame)
+    atomic_save(curves_path, lambda temporary: np.savez_compressed(
+        temporary, ids=np.array(list(dict.fromkeys(frame["image_id"]))), **curves))
+    used = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                     for name, values in settings.items() if values)
+    print(f"wrote {out} and {curves_path} ({args.target_mode} targets"
+          + (f"; {used}" if used else "; every metric at its defaults") + ")")
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from harness.config import load_config
-    from harness.pipeline import run_experiment, table_meta
-    from harness.report import render_tables
+# ----------------------------------------------------------------------------- run, log, table
 
-    config = load_config(args.config, args.set)
-    source = f"harness run {args.config}"
-    result = run_experiment(config, resume=args.resume, progress=not args.no_progress,
-                            source=source)
-    summary = result["summary"]
-    if summary is None:  # a rank other than 0 of a distributed run: rank 0 reports
-        print(f"rank {result['rank']}: {result['computed']} records computed in "
-              f"{result['output_dir']}")
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set, smoke_run=args.smoke)
+    result = run(config, resume=args.resume, overwrite=args.overwrite, force=args.force,
+                 progress=not args.no_progress, source=f"harness run {args.config}")
+    if result.table is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        print(f"rank {result.rank}: {result.computed} records computed in {result.output_dir}")
         return 0
     print()
-    source = f"MLflow run {result['run_id']}" if result["run_id"] else str(result["output_dir"])
-    print(render_tables(summary, {**table_meta(config, result["weights"], source),
-                                  "similarity": result.get("similarity")})["md"])
-    output = result["output_dir"]
+    source = f"MLflow run {result.run_id}" if result.run_id else str(result.output_dir)
+    print(render_tables(result.table, {**table_meta(config, result.weights, source),
+                                       "similarity": result.similarity})["md"])
+    output = result.output_dir
     print(f"results: {output}/results.csv, tables: {output}/tables/, figures: {output}/figures/")
-    if result["run_id"]:
-        from harness.tracking import resolve_tracking
-
+    if result.run_id:
         uri, experiment, _ = resolve_tracking(config.tracking.uri, config.tracking.experiment)
-        print(f"MLflow: parent run {result['run_id']} in experiment '{experiment}' ({uri}).")
-        for line in run_hints(result["run_id"], uri, Path(sys.executable).parent):
+        print(f"MLflow: parent run {result.run_id} in experiment '{experiment}' "
+              f"({masked(uri)}).")
+        for line in run_hints(result.run_id, uri, Path(sys.executable).parent):
             print(line)
     return 0
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from harness.pipeline import log_folder
-
-    log_folder(args.run_dir)
+    log_run(args.run_dir)
     return 0
 
 
@@ -305,30 +269,37 @@ def run_hints(run_id: str, uri: str, tools: Path) -> list[str]:
                      f"{quote(uri)}   (then http://127.0.0.1:5000, select the method runs, "
                      "Compare)")
     lines.append(f"  paper table:  {quote(str(harness_cli))} table {quote(run_id)} "
-                 f"--tracking-uri {quote(uri)}")
+                 f"--tracking-uri {quote(masked(uri))}")
     return lines
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from harness.pipeline import table_for
-
-    summary, paths = table_for(args.run, tracking_uri=args.tracking_uri,
-                               reference=args.reference, out=args.out, ci_method=args.ci)
+    _, paths = table(args.run, tracking_uri=args.tracking_uri, reference=args.reference,
+                     out=args.out, ci_method=args.ci)
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
+# ----------------------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
-    parser.add_argument("--version", action="version", version=harness.__version__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a module (a name, or a .py file) that registers methods, "
+                             "metrics, datasets or models (repeatable)")
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    listing = sub.add_parser("list", help="list models, methods, datasets and metrics")
+    listing = sub.add_parser("list", parents=[common],
+                             help="list models, methods, datasets and metrics")
     listing.add_argument("kind", nargs="?", choices=["models", "methods", "datasets", "metrics"])
     listing.set_defaults(func=cmd_list)
 
-    figure = sub.add_parser("saliency", help="the seed's figure: images over one row per method")
+    figure = sub.add_parser("saliency", parents=[common],
+                            help="the seed's figure: images over one row per method")
     _model_args(figure)
     _data_args(figure)
     figure.add_argument("--methods", default="vanilla", help="comma-separated method names")
@@ -340,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also save the maps as .npz (use {method} in PATH for several)")
     figure.set_defaults(func=cmd_saliency)
 
-    score = sub.add_parser("score", help="deletion/insertion/MoRF/LeRF/ABPC of maps saved on disk")
+    score = sub.add_parser("score", parents=[common],
+                           help="score maps saved on disk with the metrics that need only maps")
     _model_args(score)
     _data_args(score)
     score.add_argument("--maps", required=True,
@@ -358,30 +330,43 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", default="scores.csv", help="per-image CSV (curves beside, .npz)")
     score.set_defaults(func=cmd_score)
 
-    runner = sub.add_parser("run", help="run an experiment config (records, tables, MLflow)")
+    runner = sub.add_parser("run", parents=[common],
+                            help="run an experiment config (records, tables, MLflow)")
     runner.add_argument("config", help="experiments/*.yaml")
     runner.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                        help="override a config key, e.g. data.limit=2 or methods.1.params.n=10")
+                        help="override a config key, e.g. data.limit=2, "
+                             "methods.smoothgrad.params.n=10 or methods.1.params.n=10")
     runner.add_argument("--resume", action="store_true",
                         help="continue the run in the config's output_dir without recomputing")
+    runner.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output_dir that holds an earlier run (its "
+                             "records, maps, tables and figures are replaced)")
+    runner.add_argument("--force", action="store_true",
+                        help="with --resume: continue under another CPU thread count or device "
+                             "type (the records then mix values whose last digits differ)")
+    runner.add_argument("--smoke", action="store_true",
+                        help="a one-minute try: 2 images, coarse steps, few samples, into "
+                             "<output_dir>-smoke")
     runner.add_argument("--no-progress", action="store_true")
     runner.set_defaults(func=cmd_run)
 
-    logger = sub.add_parser("log", help="upload a finished run folder to MLflow (what a lost "
-                                        "tracking server missed); nothing is duplicated")
+    logger = sub.add_parser("log", parents=[common],
+                            help="upload a finished run folder to MLflow (what a lost tracking "
+                                 "server missed; nothing is duplicated), or end the MLflow runs "
+                                 "of a run whose process died as KILLED")
     logger.add_argument("run_dir", help="an output folder of `harness run`")
     logger.set_defaults(func=cmd_log)
 
-    table = sub.add_parser("table", help="LaTeX/Markdown/CSV table of a run")
-    table.add_argument("run", help="an output folder of `harness run` or an MLflow run id")
-    table.add_argument("--tracking-uri", default=None,
-                       help="MLflow store of a run id (default: MLFLOW_TRACKING_URI, else "
-                            "sqlite:///mlflow.db)")
-    table.add_argument("--reference", default=None, help="method for the paired tests")
-    table.add_argument("--out", default=None, help="folder for table.tex/.md/.csv")
-    table.add_argument("--ci", default=None, choices=("bca", "percentile"),
-                       help="bootstrap CI method (default: the run's config, bca)")
-    table.set_defaults(func=cmd_table)
+    tables = sub.add_parser("table", parents=[common], help="LaTeX/Markdown/CSV table of a run")
+    tables.add_argument("run", help="an output folder of `harness run` or an MLflow run id")
+    tables.add_argument("--tracking-uri", default=None,
+                        help="MLflow store of a run id (default: MLFLOW_TRACKING_URI, else "
+                             "sqlite:///mlflow.db)")
+    tables.add_argument("--reference", default=None, help="method for the paired tests")
+    tables.add_argument("--out", default=None, help="folder for table.tex/.md/.csv")
+    tables.add_argument("--ci", default=None, choices=("bca", "percentile"),
+                        help="bootstrap CI method (default: the run's config, bca)")
+    tables.set_defaults(func=cmd_table)
     return parser
 
 
@@ -403,13 +388,20 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for a ``HarnessError``). Any other
+    exception propagates: it is a bug, and its traceback is what a report needs."""
     args = build_parser().parse_args(argv)
     try:
+        import_plugins(args.plugin, plugin_folders())
         return args.func(args)
-    except (UnknownNameError, ValueError, WeightsUnavailableError, TrackingUnavailableError,
-            FolderLocked, DistributedError) as error:
+    except HarnessError as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM during a run (RunTerminated)
+        text = str(error) or "interrupted (Ctrl-C)"
+        print(f"harness: {text}; the records stored so far are kept (--resume continues)",
+              file=sys.stderr)
+        return 143 if "SIGTERM" in text else 130
 
 
 if __name__ == "__main__":

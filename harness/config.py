@@ -1,8 +1,12 @@
 """Experiment configs: YAML -> typed, validated, frozen dataclasses, before any compute.
 
-An unknown key, an unknown registry name or a wrong type is an error naming the key path (for
-example ``methods[1].params.n``) and the valid choices. ``--set path.to.key=value`` overrides are
-applied to the raw YAML before validation (list items by index: ``methods.1.params.n=10``).
+An unknown key, an unknown registry name or a wrong type is a ``ConfigError`` naming the key path
+(for example ``methods[1].params.n``), a near match and the valid choices; every method's and
+metric's settings go through the one validation path of ``harness.settings``. ``plugins:`` (and
+``--plugin``) import the user's modules first, from the config's folder and the working folder,
+so what they register is valid here. ``--set path.to.key=value`` overrides are applied to the raw
+YAML before validation (list items by index, ``methods.1.params.n=10``, or methods by display
+name, ``methods.smoothgrad.params.n=10``); ``--smoke`` shrinks any config to a one-minute try.
 """
 
 from __future__ import annotations
@@ -11,19 +15,24 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
-from harness.registry import UnknownNameError
+import harness.sanity  # noqa: F401  (registers the sanity checks as metrics)
+from harness.datasets import DATASETS, MASKED_DATASETS, has_masks
+from harness.errors import ConfigError, HarnessError
+from harness.files import check_file_name, file_name
+from harness.methods import get_method
+from harness.metrics.registry import get_metric
+from harness.metrics.substrates import SUBSTRATES
+from harness.models import get_model_builder
+from harness.registry import did_you_mean, import_plugins, plugin_folders
+from harness.settings import build, check, check_choice, type_name, type_ok
 from harness.stats import CI_METHODS
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key path."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
+    """A method entry: its display ``name`` (tables, MLflow, file names), the registry ``method``
+    (default: the display name) and its ``params``."""
+
     name: str
     method: str | None = None
     params: dict = field(default_factory=dict)
@@ -78,6 +90,8 @@ class ExperimentConfig:
     figure_images: int = 6
     output_dir: str = "outputs/experiment"
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    plugins: tuple[str, ...] = ()  # user modules (names or .py files) imported before validation
+    smoke: bool = False  # a smoke run: 2 images, coarse steps, few samples (``--smoke``)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -89,6 +103,9 @@ class ExperimentConfig:
         content = self.to_dict()
         for key in ("tracking", "output_dir", "figure_images", "ci_method"):
             content.pop(key)
+        for key, empty in (("plugins", []), ("smoke", False)):  # as before these keys existed
+            if content[key] == empty:
+                content.pop(key)
         content["data"].pop("workers")  # how images are decoded changes no number
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -101,131 +118,36 @@ def _plain(value):
     return value
 
 
-# ----------------------------------------------------------------------------- generic checking
-
-
-def _type_ok(value, annotation) -> bool:
-    origin = typing.get_origin(annotation)
-    if annotation is typing.Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, tuple) or annotation in (list, tuple):
-        return isinstance(value, list | tuple)
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    if isinstance(annotation, type):
-        return isinstance(value, annotation)
-    return True
-
-
-def _type_name(annotation) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def build(cls, raw, path: str):
-    """Instantiate dataclass ``cls`` from mapping ``raw``: unknown keys, missing required keys and
-    wrong types are ``ConfigError``s naming ``path.key``."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key {_join(path, unknown[0])!r}; valid keys at "
-                          f"{path or 'top level'}: {', '.join(fields)}")
-    values = {}
-    for name, spec in fields.items():
-        key = _join(path, name)
-        if name not in raw:
-            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"missing required key {key!r}")
-            continue
-        value = raw[name]
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            values[name] = build(annotation, value, key)
-            continue
-        if not _type_ok(value, annotation):
-            raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
-        values[name] = value
-    return cls(**values)
-
-
-def _join(path: str, key) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-# ----------------------------------------------------------------------------- the experiment
-
-
-def _check_choice(value: str, choices, key: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
-
-
-def _method_param_names(method_name: str) -> set[str] | None:
-    from harness.methods import get_method
-
-    method = get_method(method_name)
-    signature = inspect.signature(method.attribution or method.fn)
-    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        return None
-    names = {p for p in list(signature.parameters)[3:]}
-    if method.attribution is not None:
-        names.add("reduce")
-    return names
-
-
-def _check_param_types(method_name: str, params: dict, path: str) -> None:
-    """Each parameter against the annotation of the method's function (``n: int`` refuses
-    ``"20"``), so a wrong type is named before any compute, not raised mid-run."""
-    from harness.methods import get_method
-
-    method = get_method(method_name)
-    functions = [f for f in (method.fn, method.attribution) if f is not None]
-    for function in functions:
-        try:
-            hints = typing.get_type_hints(function)
-        except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
-            continue
-        for name, value in params.items():
-            if name in hints and not _type_ok(value, hints[name]):
-                raise ConfigError(f"{path}.{name}: expected {_type_name(hints[name])}, got "
-                                  f"{value!r}")
+# ----------------------------------------------------------------------------- checks
 
 
 def check_signature_options(fn, options: dict, path: str, what: str,
                             skip: tuple[str, ...] = ()) -> None:
-    """``options`` against the keyword parameters of ``fn``: an unknown key, a missing required
-    one or a value of the wrong type (by annotation) is a ``ConfigError`` naming ``path.key``."""
+    """``options`` against the keyword parameters of ``fn`` (a dataset builder, a substrate): an
+    unknown key (with a near match), a missing required one or a value of the wrong type (by
+    annotation) is a ``ConfigError`` naming ``path.key``."""
     signature = inspect.signature(fn)
     parameters = {name: p for name, p in signature.parameters.items()
                   if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in skip}
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         return
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, got {options!r}")
     for name in options:
         if name not in parameters:
-            raise ConfigError(f"{path}.{name}: not an option of {what}; valid: "
+            raise ConfigError(f"{path}.{name}: not an option of {what}."
+                              f"{did_you_mean(name, list(parameters))} Valid: "
                               f"{', '.join(parameters) or '(none)'}")
     for name, parameter in parameters.items():
         if parameter.default is inspect.Parameter.empty and name not in options:
             raise ConfigError(f"{path}.{name}: required by {what}")
     try:
-        hints = typing.get_type_hints(fn)
+        hints = inspect.get_annotations(fn, eval_str=True)
     except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
         hints = {}
     for name, value in options.items():
-        if name in hints and not _type_ok(value, hints[name]):
-            raise ConfigError(f"{path}.{name}: expected {_type_name(hints[name])}, got {value!r}")
+        if name in hints and not type_ok(value, hints[name]):
+            raise ConfigError(f"{path}.{name}: expected {type_name(hints[name])}, got {value!r}")
 
 
 DEVICE_TYPES = ("cpu", "cuda", "cuda:N", "mps", "auto")
@@ -234,8 +156,6 @@ DEVICE_TYPES = ("cpu", "cuda", "cuda:N", "mps", "auto")
 def check_device(device: str, key: str = "device") -> None:
     """A device string torch knows and this machine has: ``cpu``, ``cuda`` / ``cuda:N`` (with
     CUDA and that many GPUs), ``mps``."""
-    import torch
-
     if device == "auto":  # cuda:LOCAL_RANK where CUDA exists, else the CPU (harness.distributed)
         return
     try:
@@ -258,49 +178,20 @@ def check_device(device: str, key: str = "device") -> None:
                           f"{', '.join(DEVICE_TYPES)}")
 
 
-def _default_base(method_name: str) -> str | None:
-    """The default ``base`` of a wrapper method (``smoothgrad``: ``vanilla``), else None."""
-    from harness.methods import get_method
-
-    parameter = inspect.signature(get_method(method_name).fn).parameters.get("base")
-    if parameter is None or parameter.default is inspect.Parameter.empty:
-        return None
-    return parameter.default
-
-
-def _resolve_method(name, key: str):
+def _method_entry(name, key: str):
     """The registry entry of method ``name`` (registered, adapter or plug-in), or a ConfigError
     naming ``key``: an unknown name, a missing optional library, a plug-in that does not import."""
-    from harness.methods import MissingDependencyError, get_method, list_methods, list_plugins
-
     try:
         return get_method(name)
-    except UnknownNameError as error:
-        if isinstance(name, str) and ":" in name:
-            raise ConfigError(f"{key}: {error}") from None
-        valid = ", ".join([*list_methods(), *list_plugins()])
-        raise ConfigError(f"{key}: unknown method {name!r}; valid: {valid} (or captum:<Class>, "
-                          "gradcam:<CAMClass>, package.module:function)") from None
-    except (MissingDependencyError, ValueError) as error:  # PluginError is a ValueError
+    except HarnessError as error:
         raise ConfigError(f"{key}: {error}") from None
 
 
-def _check_method_params(name: str, params, path: str) -> None:
-    """Parameter names against the method's signature, then the method's own check."""
-    entry = _resolve_method(name, path)
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {params!r}")
-    allowed = _method_param_names(name)
-    for param in params:
-        if allowed is not None and param not in allowed:
-            raise ConfigError(f"{path}.{param}: not a parameter of {name!r}; valid: "
-                              f"{', '.join(sorted(allowed))}")
-    _check_param_types(name, params, path)
-    if entry.check_params is not None:
-        try:
-            entry.check_params(params)
-        except ValueError as error:
-            raise ConfigError(f"{path}.{error}") from None
+def validate_method(name: str, params, path: str) -> None:
+    """Method ``name`` exists and ``params`` pass its settings (names, types, ranges), named by
+    ``path`` (e.g. ``methods[1].params``)."""
+    entry = _method_entry(name, path.rsplit(".", 1)[0] + ".method")
+    entry.validate(params, path)
 
 
 def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig, ...]:
@@ -312,28 +203,30 @@ def _validate_methods(raw_methods, path: str = "methods") -> tuple[MethodConfig,
         if isinstance(raw, str):
             raw = {"name": raw}
         method = build(MethodConfig, raw, key)
+        if not isinstance(method.name, str) or not method.name:
+            raise ConfigError(f"{key}.name: expected a non-empty string, got {method.name!r}")
+        check_file_name(method.name, f"{key}.name")
         field_name = "method" if method.method else "name"
-        _resolve_method(method.registry_name, f"{key}.{field_name}")
-        _check_method_params(method.registry_name, method.params, f"{key}.params")
-        base = method.params.get("base", _default_base(method.registry_name))
-        if base is not None:
-            _resolve_method(base, f"{key}.params.base")
-            _check_method_params(base, method.params.get("base_params") or {},
-                                 f"{key}.params.base_params")
+        entry = _method_entry(method.registry_name, f"{key}.{field_name}")
+        entry.validate(method.params, f"{key}.params")
         methods.append(method)
     names = [m.name for m in methods]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"{path}: display name {duplicates[0]!r} is used twice; give each "
                           "entry its own name (and the registry name under 'method')")
+    folded = [file_name(n).casefold() for n in names]
+    clash = sorted({n for n in names if folded.count(file_name(n).casefold()) > 1})
+    if clash:
+        raise ConfigError(f"{path}: display names {', '.join(map(repr, clash))} give the same "
+                          "file name (':' becomes '_', and case-insensitive disks ignore case); "
+                          "rename one")
     return tuple(methods)
 
 
-def _validate_metrics(raw_metrics) -> dict:
-    """Each metric's settings through its registry entry: unknown metric names and keys, types
-    and the settings' own range checks, named by key path."""
-    from harness.metrics.registry import METRICS, check_settings
-
+def validate_metrics(raw_metrics) -> dict:
+    """Each metric's settings through its registry entry: unknown metric names and keys (with a
+    near match), types and the settings' own range checks, named by key path."""
     if raw_metrics is None:
         return {}
     if not isinstance(raw_metrics, dict):
@@ -341,16 +234,13 @@ def _validate_metrics(raw_metrics) -> dict:
     metrics = {}
     for name, raw in raw_metrics.items():
         key = f"metrics.{name}"
-        _check_choice(name, tuple(METRICS), "metrics")
-        settings = build(METRICS[name].settings, raw, key)
         try:
-            check_settings(settings)
-        except ValueError as error:
-            raise ConfigError(f"{key}.{error}") from None
+            entry = get_metric(name)
+        except HarnessError as error:
+            raise ConfigError(f"metrics: {error}") from None
+        settings = check(build(entry.settings, raw, key), key)
         substrate = getattr(settings, "substrate", None)
         if isinstance(substrate, dict):
-            from harness.metrics.substrates import SUBSTRATES
-
             params = {k: v for k, v in substrate.items() if k != "name"}
             check_signature_options(SUBSTRATES[substrate["name"]], params, f"{key}.substrate",
                                     f"substrate {substrate['name']!r}", skip=("x",))
@@ -358,33 +248,37 @@ def _validate_metrics(raw_metrics) -> dict:
     return metrics
 
 
-def from_dict(raw: dict) -> ExperimentConfig:
-    """Validate a raw config mapping (see ``load_config``)."""
-    from harness.data import list_datasets
-    from harness.models import list_models
-
+def from_dict(raw: dict, *, config_path: str | Path | None = None) -> ExperimentConfig:
+    """Validate a raw config mapping (see ``load_config``); ``config_path`` is where it was read
+    from (its folder is searched for ``plugins``)."""
     if not isinstance(raw, dict):
-        raise ConfigError("config: expected a mapping at the top level")
+        raise ConfigError(f"config: expected a mapping at the top level, got "
+                          f"{type(raw).__name__} {raw!r}")
     raw = dict(raw)
+    plugins = raw.get("plugins") or []
+    if not isinstance(plugins, list | tuple) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"plugins: expected a list of module names or .py files, got "
+                          f"{plugins!r}")
+    import_plugins(plugins, plugin_folders(config_path))
     methods = _validate_methods(raw.pop("methods", None))
-    metrics = _validate_metrics(raw.pop("metrics", None))
+    metrics = validate_metrics(raw.pop("metrics", None))
     raw.setdefault("name", "experiment")
-    config = build(ExperimentConfig, {**raw, "methods": [], "metrics": {}}, "")
-    config = dataclasses.replace(config, methods=methods, metrics=metrics)
-    if config.model.name not in list_models():
-        raise ConfigError(f"model.name: unknown model {config.model.name!r}; see "
-                          "`harness list models` (e.g. efficientnet_lite0, squeezenet1_1)")
-    _check_choice(config.data.name, tuple(list_datasets()), "data.name")
-    from harness.data import DATASETS
-
-    check_signature_options(DATASETS[config.data.name], config.data.options, "data.options",
+    config = build(ExperimentConfig, {**raw, "methods": [], "metrics": {},
+                                      "plugins": list(plugins)}, "")
+    config = dataclasses.replace(config, methods=methods, metrics=metrics,
+                                 plugins=tuple(plugins))
+    if not isinstance(config.name, str) or not config.name:
+        raise ConfigError(f"name: expected a non-empty string, got {config.name!r}")
+    try:
+        get_model_builder(config.model.name)
+    except HarnessError as error:
+        raise ConfigError(f"model.name: {error}") from None
+    check_choice("data.name", config.data.name, DATASETS.list())
+    check_signature_options(DATASETS.get(config.data.name), config.data.options, "data.options",
                             f"dataset {config.data.name!r}")
-    from harness.data import MASKED_DATASETS, has_masks
-    from harness.metrics.registry import METRICS
-
     for name in metrics:
-        if "masks" in METRICS[name].needs and not has_masks(config.data.name,
-                                                             config.data.options):
+        if "masks" in get_metric(name).needs and not has_masks(config.data.name,
+                                                               config.data.options):
             with_masks = ", ".join(sorted(MASKED_DATASETS)) or "none registered"
             raise ConfigError(f"metrics.{name}: needs ground-truth masks, which dataset "
                               f"{config.data.name!r} with these options does not give; datasets "
@@ -399,9 +293,12 @@ def from_dict(raw: dict) -> ExperimentConfig:
                           f"{config.method_batch_size}")
     if config.figure_images < 0:
         raise ConfigError(f"figure_images: must be >= 0, got {config.figure_images}")
+    if not math.isfinite(config.tracking.update_seconds) or config.tracking.update_seconds < 0:
+        raise ConfigError(f"tracking.update_seconds: must be a finite number >= 0, got "
+                          f"{config.tracking.update_seconds}")
     check_device(config.device)
-    _check_choice(config.target, ("label", "predicted"), "target")
-    _check_choice(config.ci_method, CI_METHODS, "ci_method")
+    check_choice("target", config.target, ("label", "predicted"))
+    check_choice("ci_method", config.ci_method, CI_METHODS)
     names = [m.name for m in methods]
     if not metrics:
         raise ConfigError("metrics: name at least one metric (see `harness list metrics`)")
@@ -411,22 +308,48 @@ def from_dict(raw: dict) -> ExperimentConfig:
             raise ConfigError(f"metrics.{metric}.methods: an empty list runs the metric for no "
                               "method; omit the key for every method")
         for name in chosen or []:
-            _check_choice(name, tuple(names), f"metrics.{metric}.methods")
+            check_choice(f"metrics.{metric}.methods", name, names)
     for key, value in (("seed", config.seed), ("data.seed", config.data.seed)):
-        if value is not None and value < 0:
-            raise ConfigError(f"{key}: must be >= 0 (numpy's generators refuse negative seeds), "
-                              f"got {value}")
-    if config.reference is not None and config.reference not in names:
-        raise ConfigError(f"reference: {config.reference!r} is not one of the methods: "
-                          f"{', '.join(names)}")
+        if value is not None and not 0 <= value < 2**63:
+            raise ConfigError(f"{key}: must be in [0, 2**63) (numpy and torch refuse other "
+                              f"seeds), got {value}")
+    if config.reference is not None:
+        check_choice("reference", config.reference, names)
     if config.batch_size < 1:
         raise ConfigError(f"batch_size: must be >= 1, got {config.batch_size}")
     return config
 
 
+# ----------------------------------------------------------------------------- overrides
+
+
+def _method_index(part: str, node: list, parts: list[str]) -> int:
+    """A method addressed by display name (``methods.smoothgrad.params.n``)."""
+    names = [item if isinstance(item, str) else item.get("name") if isinstance(item, dict)
+             else None for item in node]
+    if part in names:
+        return names.index(part)
+    raise ConfigError(f"--set {'.'.join(parts)}: no method named {part!r}."
+                      f"{did_you_mean(part, [n for n in names if isinstance(n, str)])} Methods: "
+                      f"{', '.join(str(n) for n in names)} (or an index 0..{len(node) - 1})")
+
+
+def _index(part: str, node: list, parts: list[str], depth: int) -> int:
+    if part.isdigit() and int(part) < len(node):
+        return int(part)
+    if parts[:depth] == ["methods"] and not part.isdigit():
+        return _method_index(part, node, parts)
+    raise ConfigError(f"--set {'.'.join(parts)}: {part!r} is not an index of a list of "
+                      f"{len(node)}")
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``path.to.key=value`` overrides (YAML-parsed values) to a raw config mapping."""
-    raw = json.loads(json.dumps(raw))  # deep copy
+    """Apply ``path.to.key=value`` overrides (YAML-parsed values) to a raw config mapping (not
+    modified: a copy is returned)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping at the top level to apply --set to, got "
+                          f"{type(raw).__name__} {raw!r}")
+    raw = json.loads(json.dumps(raw, default=str))  # deep copy (YAML dates become text)
     for item in overrides:
         path, sep, text = item.partition("=")
         if not sep or not path:
@@ -441,7 +364,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         node = raw
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list):
-                node = node[_index(part, node, parts[: depth + 1])]
+                index = _index(part, node, parts, depth)
+                if isinstance(node[index], str) and parts[:depth] == ["methods"]:
+                    node[index] = {"name": node[index]}  # a method given by name alone
+                node = node[index]
             elif isinstance(node, dict):
                 if node.get(part) is None:
                     node[part] = {}
@@ -454,29 +380,110 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                                   f"set {where} itself (e.g. {where}={{name: {node}, ...}})")
         last = parts[-1]
         if isinstance(node, list):
-            node[_index(last, node, parts)] = value
+            node[_index(last, node, parts, len(parts) - 1)] = value
         else:
             node[last] = value
     return raw
 
 
-def _index(part: str, node: list, parts: list[str]) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"--set {'.'.join(parts)}: {part!r} is not an index of a list of "
-                          f"{len(node)}")
-    return int(part)
+# ----------------------------------------------------------------------------- smoke runs
+
+SMOKE_IMAGES = 2
+# method parameters and their smoke values (only lowered, only where the method has them)
+SMOKE_METHOD = {"n": 4, "n_masks": 256, "n_steps": 8, "n_samples": 8}
+# metric settings and their smoke values (only lowered; ``step`` only raised: fewer steps)
+SMOKE_METRIC = {"n_samples": 4, "n_subsets": 8, "n_perturbations": 4, "n_segments": 20}
+SMOKE_STEP = 224 * 28  # 8 deletion steps on a 224 x 224 input (clamped to smaller inputs)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read, override and validate an experiment YAML file (no model or data is loaded)."""
+def _shrink(params: dict, table: dict) -> dict:
+    out = dict(params)
+    for key, value in table.items():
+        if isinstance(out.get(key), int) and not isinstance(out[key], bool):
+            out[key] = min(out[key], value)
+    return out
+
+
+def smoke(raw: dict) -> dict:
+    """A raw config shrunk for a one-minute try (``--smoke``): 2 images, 2 figure images, fewer
+    noise samples, masks, path steps and perturbations, 8 deletion steps, 3 ROAD percentages;
+    ``-smoke`` appended to the name and the output folder, so a real run's folder is never used.
+    The shrunk values are set only where the method or metric has them (its settings), and only
+    lowered."""
+    raw = json.loads(json.dumps(raw, default=str))
+    data = raw.setdefault("data", {}) or {}
+    raw["data"] = data
+    limit = data.get("limit")
+    data["limit"] = SMOKE_IMAGES if not isinstance(limit, int) else min(limit, SMOKE_IMAGES)
+    raw["figure_images"] = min(raw.get("figure_images", 6), SMOKE_IMAGES)
+    raw["name"] = f"{raw.get('name', 'experiment')}-smoke"
+    raw["output_dir"] = f"{raw.get('output_dir', 'outputs/experiment')}-smoke"
+    raw["smoke"] = True
+    methods = []
+    for item in raw.get("methods") or []:
+        if isinstance(item, dict):
+            item = {**item, "params": _shrink(item.get("params") or {}, SMOKE_METHOD)}
+            base = item["params"].get("base_params")
+            if isinstance(base, dict):
+                item["params"]["base_params"] = _shrink(base, SMOKE_METHOD)
+        methods.append(item)
+    if methods:
+        raw["methods"] = methods
+    for name, settings in (raw.get("metrics") or {}).items():
+        settings = dict(settings or {})
+        try:
+            fields = {f.name: f for f in dataclasses.fields(get_metric(name).settings)}
+        except HarnessError:
+            continue  # named by validation
+        for key, value in SMOKE_METRIC.items():
+            if key in fields:
+                current = settings.get(key, fields[key].default)
+                if isinstance(current, int) and not isinstance(current, bool):
+                    settings[key] = min(current, value)
+                elif current is None:
+                    settings[key] = value
+        if "step" in fields:
+            settings["step"] = max(settings.get("step", fields["step"].default), SMOKE_STEP)
+        if "percentages" in fields:
+            given = list(settings.get("percentages", fields["percentages"].default))
+            settings["percentages"] = sorted({given[0], given[len(given) // 2], given[-1]})
+        raw["metrics"][name] = settings
+    return raw
+
+
+def load_config(path: str | Path | dict, overrides: list[str] | None = None, *,
+                smoke_run: bool = False) -> ExperimentConfig:
+    """Read, override and validate an experiment config (no model or data is loaded).
+
+    Args:
+        path: the YAML file, or a config as a mapping (plug-ins are then looked for in the
+            working folder).
+        overrides: ``path.to.key=value`` items (``--set``).
+        smoke_run: shrink the config for a one-minute try (``smoke``).
+
+    Returns:
+        The validated ``ExperimentConfig``.
+
+    Raises:
+        ConfigError: a missing or invalid file, or a config that cannot run (the key path, a near
+            match and the valid choices named); ``PluginError`` for a plug-in that fails.
+    """
+    if isinstance(path, dict):
+        raw = apply_overrides(path, overrides or [])
+        return from_dict(smoke(raw) if smoke_run else raw)
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
-    try:
-        return from_dict(apply_overrides(raw, overrides or []))
-    except UnknownNameError as error:
-        raise ConfigError(str(error)) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping of keys at the top "
+                          f"level, got {type(raw).__name__} {raw!r}")
+    raw = apply_overrides(raw, overrides or [])
+    if smoke_run:
+        raw = smoke(raw)
+    return from_dict(raw, config_path=path)

@@ -31,12 +31,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from harness.errors import DistributedError
+
 WAIT = timedelta(days=7)  # the longest a rank waits at a barrier for the others to finish
 _waiting: dist.ProcessGroup | None = None  # the group of that wait (gloo, timeout WAIT)
-
-
-class DistributedError(RuntimeError):
-    """A rank cannot join or coordinate the run; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ class World:
         return list(units[self.rank::self.size])
 
 
-SINGLE = World()
+ONE_PROCESS = World()  # a run without torchrun
 
 
 def detect() -> World:

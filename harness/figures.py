@@ -1,4 +1,5 @@
-"""Figures: the seed notebook's saliency grid (images on top, one hot-colormap row per method)."""
+"""Figures: the seed notebook's saliency grid (images on top, one hot-colormap row per method),
+mean perturbation curves and randomization curves."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from harness.io import atomic_save  # noqa: E402
+from harness.files import atomic_save  # noqa: E402
+from harness.metrics.causal import auc  # noqa: E402
+from harness.metrics.registry import as_frame, metric_curves  # noqa: E402
+from harness.sanity.figures import similarity_curves  # noqa: E402
+from harness.sanity.randomization import RandomizationResult  # noqa: E402
 
 
 def saliency_grid(images: np.ndarray, titles: Sequence[str],
@@ -51,3 +57,61 @@ def saliency_grid(images: np.ndarray, titles: Sequence[str],
 def _wrap(title: str, width: int = 22) -> str:
     title = title.split(",")[0]
     return title if len(title) <= width else title[: width - 1] + "…"
+
+
+def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: int = 0
+                     ) -> str | None:
+    """Mean curves per method (deletion, insertion, MoRF/LeRF, ROAD, ...: every metric whose
+    records carry curves, model randomization apart) with 95% bootstrap bands."""
+    curves = metric_curves(records, exclude=("model_randomization",))
+    if not curves:
+        return None
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for axis, (name, by_method) in zip(axes[0], curves.items(), strict=True):
+        bounded = True
+        for method, (xs, values) in by_method.items():
+            mean = np.nanmean(values, axis=0)
+            picks = rng.integers(0, len(values), (2000, len(values)))
+            low, high = np.nanquantile(np.nanmean(values[picks], axis=1), [0.025, 0.975], axis=0)
+            even = np.allclose(xs, np.linspace(0, 1, len(xs)))
+            summary = (f"AUC of mean {float(auc(torch.from_numpy(mean))):.3f}" if even else
+                       f"mean {float(np.mean(mean)):.3f}")
+            axis.plot(xs, mean, marker=None if even else "o", markersize=3,
+                      label=f"{method} ({summary})")
+            axis.fill_between(xs, low, high, alpha=0.2)
+            bounded &= bool(np.nanmin(values) >= 0 and np.nanmax(values) <= 1)
+        axis.set_title(name)
+        axis.set_xlabel("fraction of pixels changed" if even else "fraction")
+        if bounded:
+            axis.set_ylim(0, 1.02)
+    axes[0, 0].set_ylabel("score of the target class")
+    for axis in axes[0]:
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    atomic_save(path, lambda temporary: figure.savefig(temporary, dpi=110))
+    plt.close(figure)
+    return str(path)
+
+
+def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.PathLike, *,
+                       seed: int = 0) -> str | None:
+    """Similarity-versus-block curves with 95% bands, from randomization records."""
+    frame = as_frame(records)
+    if frame.empty or "metric" not in frame:
+        return None
+    frame = frame[frame["metric"] == "model_randomization"]
+    if frame.empty:
+        return None
+    frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
+    results = []
+    for method, rows in frame.groupby("method", sort=False):
+        mine = rows.sort_values("step", kind="stable").to_dict("records")
+        blocks = tuple(dict.fromkeys(r["block"] for r in mine))
+        normalisation = mine[0].get("map_normalisation")
+        results.append(RandomizationResult(
+            method, mine[0]["mode"], mine[0]["target_mode"], seed, blocks, mine,
+            map_normalisation="method" if normalisation is None or pd.isna(normalisation)
+            else normalisation))
+    measures = tuple(dict.fromkeys(frame["measure"]))
+    return similarity_curves(results, path, measures=measures, seed=seed)

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from harness.data import Sample, load_masks, preprocess
+from harness.datasets import Sample, load_masks
+from harness.images import preprocess
 from harness.models import ModelInfo
 
 

@@ -29,7 +29,8 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.registry import lookup, names, register
+from harness.errors import ConfigError, ModelError, PluginError, UnknownNameError
+from harness.registry import Registry, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,11 +71,37 @@ class ModelInfo:
         return len(self.categories)
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(ModelError):
     """Pretrained weights could not be found locally nor downloaded."""
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+def _adopt(name: str, builder: object, origin: str) -> Callable[..., nn.Module]:
+    if not callable(builder):
+        raise PluginError(f"{origin}: {type(builder).__name__} is not a model builder (a function "
+                          "(*, weights, checkpoint, seed, progress) -> nn.Module with "
+                          "harness_info)")
+    return builder
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "harness.models", adopt=_adopt)
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model builder as ``name``.
+
+    Args:
+        name: the name configs use (``model.name``). The builder is called as
+            ``builder(*, weights, checkpoint, seed, progress)`` and returns a ``torch.nn.Module``
+            with a ``ModelInfo`` attached (``attach_info``): preprocessing, classes,
+            randomization blocks and the Grad-CAM layer.
+
+    Returns:
+        The decorator (it returns the builder unchanged).
+
+    Raises:
+        ConfigError: the name is taken.
+    """
+    return MODELS.register(name)
 
 
 def imagenet_categories() -> tuple[str, ...]:
@@ -87,8 +114,43 @@ def imagenet_categories() -> tuple[str, ...]:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Names accepted by ``load_model``: the harness builders and torchvision's classifiers."""
-    return sorted(set(names(MODELS, pattern)) | set(_torchvision_classifiers(pattern)))
+    """Names accepted by ``load_model``.
+
+    Args:
+        pattern: an fnmatch pattern (``"resnet*"``).
+
+    Returns:
+        The sorted names: the harness builders, installed entry points of group
+        ``harness.models`` and torchvision's classifiers.
+
+    Raises:
+        Nothing.
+    """
+    return sorted(set(MODELS.list(pattern)) | set(_torchvision_classifiers(pattern)))
+
+
+def get_model_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of model ``name``.
+
+    Args:
+        name: a model name (``list_models()``).
+
+    Returns:
+        A builder ``(*, weights, checkpoint, seed, progress) -> nn.Module``: the harness's or a
+        plug-in's, else torchvision's.
+
+    Raises:
+        UnknownNameError: no such model (with a near match; ``harness list models``).
+    """
+    if name in _torchvision_classifiers() and name not in MODELS:
+        return _torchvision_builder(name)
+    try:
+        return MODELS.get(name)
+    except UnknownNameError:
+        every = list_models()
+        raise UnknownNameError(f"unknown model {name!r}.{did_you_mean(name, every)} See `harness "
+                               "list models` (e.g. efficientnet_lite0, squeezenet1_1, resnet50)"
+                               ) from None
 
 
 def load_model(
@@ -110,15 +172,22 @@ def load_model(
         seed: seed of the random initialisation when ``weights="random"``.
         device: where the model lives.
         progress: show torchvision's download progress bar.
+
+    Returns:
+        The model, in eval mode with frozen parameters and ``harness_info`` attached.
+
+    Raises:
+        UnknownNameError: no such model.
+        ModelError: weights that cannot be found offline (``WeightsUnavailableError``, naming
+            the file to provide) or that do not fit.
+        ConfigError: unknown ``weights``.
     """
-    if name in MODELS:
-        builder = MODELS[name]
-    elif name in _torchvision_classifiers():
-        builder = _torchvision_builder(name)
-    else:
-        lookup(MODELS | {n: None for n in _torchvision_classifiers()}, "model", name)
-        raise AssertionError("unreachable")
+    builder = get_model_builder(name)
     model = builder(weights=weights, checkpoint=checkpoint, seed=seed, progress=progress)
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"model {name!r}: its builder returned {type(model).__name__}, not a "
+                          "torch.nn.Module")
+    model_info(model)  # a builder must attach the metadata (a named error otherwise)
     return prepare(model, device)
 
 
@@ -131,10 +200,20 @@ def prepare(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
 
 
 def model_info(model: nn.Module) -> ModelInfo:
-    """The ``ModelInfo`` attached by ``load_model`` (or ``attach_info``)."""
+    """The metadata that travels with a model.
+
+    Args:
+        model: a model from ``load_model`` or described with ``attach_info``.
+
+    Returns:
+        Its ``ModelInfo``.
+
+    Raises:
+        ConfigError: the model has no harness metadata (the message says how to attach it).
+    """
     info = getattr(model, "harness_info", None)
     if info is None:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} has no harness metadata: load it with harness.load_model(...) "
             "or describe it with harness.models.attach_info(model, ...)"
         )
@@ -155,11 +234,26 @@ def attach_info(
     blocks: tuple[Block, ...] | None = None,
     cam_layer: str | None = None,
 ) -> nn.Module:
-    """Attach ``ModelInfo`` to a model built elsewhere; blocks and CAM layer follow the generic
-    rules (``default_blocks``, ``default_cam_layer``) unless given."""
+    """Attach ``ModelInfo`` to a model built elsewhere.
+
+    Args:
+        model: the classifier.
+        name, weights: how results name the model and its weights.
+        mean, std, input_size, resize_size: its preprocessing.
+        categories: the class names (or ``num_classes``: ``class 0``, ...).
+        num_classes: the number of classes when ``categories`` is not given.
+        blocks: the randomization blocks from the logits down (default ``default_blocks``).
+        cam_layer: the Grad-CAM layer (default ``default_cam_layer``).
+
+    Returns:
+        ``model``, with ``model.harness_info`` set.
+
+    Raises:
+        ConfigError: neither ``categories`` nor ``num_classes``, or no CAM layer can be chosen.
+    """
     if categories is None:
         if num_classes is None:
-            raise ValueError("attach_info needs categories or num_classes")
+            raise ConfigError("attach_info needs categories or num_classes")
         categories = tuple(f"class {i}" for i in range(num_classes))
     model.harness_info = ModelInfo(
         name=name or type(model).__name__,
@@ -189,8 +283,10 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)
     except AttributeError:
-        valid = ", ".join(name for name, _ in model.named_modules() if name)
-        raise ValueError(f"model has no module {path!r}; modules: {valid}") from None
+        names = [name for name, _ in model.named_modules() if name]
+        valid = ", ".join(names)
+        raise ConfigError(f"model has no module {path!r}.{did_you_mean(path, names)} Modules: "
+                          f"{valid}") from None
 
 
 # ----------------------------------------------------------------------------- generic rules
@@ -233,7 +329,7 @@ def default_cam_layer(model: nn.Module) -> str:
             return candidate
     leaves = [path for path, _ in _param_leaves("", model)]
     if len(leaves) < 2:
-        raise ValueError("cannot choose a Grad-CAM layer for this model; pass cam_layer=")
+        raise ConfigError("cannot choose a Grad-CAM layer for this model; pass cam_layer=")
     return leaves[-2]
 
 
@@ -310,7 +406,7 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
                 chosen = weights_type.DEFAULT if weights == "default" else weights_type[weights]
             except KeyError:
                 valid = ", ".join(["default", "random", *weights_type.__members__])
-                raise ValueError(
+                raise ConfigError(
                     f"unknown weights {weights!r} for {name!r}; valid: {valid}"
                 ) from None
             _load_state(model, _download_state_dict(name, chosen, progress), chosen.url)
@@ -365,7 +461,7 @@ _BLOCKS: dict[str, Callable[[nn.Module], tuple[Block, ...]]] = {
 }
 
 
-@register(MODELS, "model", "efficientnet_lite0")
+@register_model("efficientnet_lite0")
 def efficientnet_lite0(*, weights: str = "default", checkpoint=None, seed: int = 0,
                        progress: bool = True) -> nn.Module:
     """EfficientNet-Lite0 (Tan & Le 2019; TF-Lite variant: ReLU6, no squeeze-excite) with the
@@ -387,7 +483,7 @@ def efficientnet_lite0(*, weights: str = "default", checkpoint=None, seed: int =
         state = _load_checkpoint(source)
         weights_id = Path(source).stem
     else:
-        raise ValueError(f"unknown weights {weights!r} for 'efficientnet_lite0'; "
+        raise ConfigError(f"unknown weights {weights!r} for 'efficientnet_lite0'; "
                          "valid: default, random (or checkpoint=PATH)")
     if state is not None:
         _load_state(model, state, source)

@@ -1,4 +1,4 @@
-"""Paper tables and figures from per-image records.
+"""Paper tables from per-image records, and everything a finished run writes beside them.
 
 A table is methods x metrics: mean and 95% bootstrap CI [low, high] (BCa by default, seeded;
 intervals of skewed per-image scores are asymmetric, so no ± half-width), best per column in bold, a
@@ -15,52 +15,49 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from harness.io import atomic_save, atomic_write
+from harness.config import ExperimentConfig
+from harness.errors import RunFolderError
+from harness.figures import plot_mean_curves, plot_randomization, saliency_grid
+from harness.files import atomic_write, file_name
+from harness.images import crop_pixels, preprocess
+from harness.methods import saliency_batched
+from harness.metrics.registry import as_frame, metric_curves, per_image_table
+from harness.runner import RESOLVED, Prepared, figure_maps
+from harness.sanity.similarity import describe
 from harness.stats import bootstrap_ci, holm, paired_wilcoxon
+from harness.store import PARQUET
+from harness.targets import resolve_targets
 
 CI_NAMES = {"bca": "BCa", "percentile": "percentile"}
 ARROWS = {"up": ("↑", r"$\uparrow$"), "down": ("↓", r"$\downarrow$")}
 
 
-def as_frame(records: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
-    """Records as a frame (one row per record); a frame is returned as it is."""
-    if isinstance(records, pd.DataFrame):
-        return records
-    return pd.DataFrame(list(records))
-
-
-def per_image_table(records: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, table column, image): the value the table aggregates and the column's
-    direction (``up`` if higher is better), from each metric's registry entry (``columns``)."""
-    from harness.metrics.registry import CELL_COLUMNS, METRICS
-
-    frame = as_frame(records)
-    if frame.empty:
-        raise ValueError("no records to report")
-    frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
-    parts = []
-    for (method, metric), rows in frame.groupby(["method", "metric"], sort=False):
-        if metric in METRICS:
-            cells = METRICS[metric].columns(rows)
-            parts.append(cells.assign(method=method)[["method", *CELL_COLUMNS]])
-    if not parts:
-        raise ValueError("no records of a registered metric to report")
-    table = pd.concat(parts, ignore_index=True).rename(columns={"column": "metric"})
-    return table[["method", "metric", "image_id", "value", "direction"]]
-
-
-def summarize(records: Sequence[dict], *, reference: str | None = None, seed: int = 0,
-              n_resamples: int = 10_000, ci_method: str = "bca") -> pd.DataFrame:
-    """Per (method, metric): mean, ci_low, ci_high (``harness.stats.bootstrap_ci`` with
+def summarize(records: Sequence[dict] | pd.DataFrame, *, reference: str | None = None,
+              seed: int = 0, n_resamples: int = 10_000, ci_method: str = "bca",
+              directions: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per (method, table column): mean, ci_low, ci_high (``harness.stats.bootstrap_ci`` with
     ``ci_method``), n, undefined (values missing or not finite), and against the reference
-    method: p (Wilcoxon) and p_holm."""
-    table = per_image_table(records)
+    method: p (Wilcoxon) and p_holm.
+
+    Args:
+        records: per-image records (dicts or a frame).
+        reference: the method of the paired tests (None: no tests).
+        seed, n_resamples, ci_method: the bootstrap's.
+        directions: ``{column: up|down}`` for metrics that are not registered in this process
+            (a plug-in's records read without importing it: ``RunState.metric_directions``).
+
+    Returns:
+        One row per method and column.
+    """
+    table = per_image_table(records, directions=directions)
     methods = list(dict.fromkeys(table["method"]))
     metrics = list(dict.fromkeys(table["metric"]))
     directions = dict(zip(table["metric"], table["direction"], strict=True))
@@ -101,8 +98,6 @@ def summarize(records: Sequence[dict], *, reference: str | None = None, seed: in
 def similarity_note(records: Sequence[dict] | pd.DataFrame) -> str | None:
     """The similarity measures and map normalisation behind the model-randomization records (from
     the records themselves, so tables of older runs name the settings that produced them)."""
-    from harness.sanity.similarity import describe
-
     frame = as_frame(records)
     if frame.empty or "metric" not in frame:
         return None
@@ -117,7 +112,7 @@ def similarity_note(records: Sequence[dict] | pd.DataFrame) -> str | None:
 
     versions, normalisations = values("measure_version"), values("map_normalisation")
     if len(versions) > 1 or len(normalisations) > 1:
-        raise ValueError(f"the records mix similarity settings (measure versions {versions}, "
+        raise RunFolderError(f"the records mix similarity settings (measure versions {versions}, "
                          f"normalisations {normalisations}); tables need one setting per run")
     version = versions.pop()
     measures = list(dict.fromkeys(rows["measure"]))
@@ -233,89 +228,132 @@ def write_tables(summary: pd.DataFrame, meta: dict, folder: str | os.PathLike,
     return paths
 
 
-# ----------------------------------------------------------------------------- figures
+# ----------------------------------------------------------------------------- a run's report
 
 
-def metric_curves(records: Sequence[dict] | pd.DataFrame, *, exclude: Sequence[str] = ()
-                  ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """``{curve name: {method: (x [K], per-image curves [n, K])}}`` from each metric's registry
-    entry (``curves``), for the figures and MLflow's step metrics."""
-    from harness.metrics.registry import METRICS
+def metric_settings(config: ExperimentConfig | dict) -> str:
+    """Each metric's settings as ``name (key=value, ...)`` for a table's caption (``config``: a
+    validated config, or the plain resolved config a reader loads from a run folder)."""
+    if isinstance(config, ExperimentConfig):
+        by_metric = {name: vars(settings) for name, settings in config.metrics.items()}
+    else:
+        by_metric = {name: dict(settings or {})
+                     for name, settings in (config.get("metrics") or {}).items()}
+    parts = []
+    for name, settings in by_metric.items():  # the measures' definitions: similarity_note
+        fields = {k: ("/".join(map(str, v)) if isinstance(v, list) else v)
+                  for k, v in settings.items() if v is not None}
+        parts.append(f"{name} (" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")")
+    return "; ".join(parts)
 
-    frame = as_frame(records)
-    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for (method, metric), rows in frame.groupby(["method", "metric"], sort=False):
-        if metric in exclude or metric not in METRICS:
-            continue
-        for name, curve in METRICS[metric].curves(rows).items():
-            out.setdefault(name, {})[method] = curve
-    return out
+
+def table_meta(config: ExperimentConfig | dict, weights: str, run_label: str) -> dict:
+    """What a table's caption says of its run: model, weights, data, targets, metric settings,
+    seed, reference method, source and CI method (``config`` as for ``metric_settings``)."""
+    plain = config.to_dict() if isinstance(config, ExperimentConfig) else config
+    data_config = plain.get("data") or {}
+    data = str(data_config.get("name", "?")) + (f", limit {data_config['limit']}"
+                                                if data_config.get("limit") else "")
+    if data_config.get("options"):
+        data += ", " + ", ".join(f"{k}={v}" for k, v in data_config["options"].items())
+    return {"name": plain.get("name", "experiment"),
+            "model": (plain.get("model") or {}).get("name", "?"), "weights": weights,
+            "data": data, "target": "top-1 prediction" if plain.get("target") == "predicted"
+            else "dataset label (top-1 where none)", "metric_settings": metric_settings(config),
+            "seed": plain.get("seed", 0), "reference": plain.get("reference"), "run": run_label,
+            "ci_method": plain.get("ci_method", "bca")}
 
 
-def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: int = 0
-                     ) -> str | None:
-    """Mean curves per method (deletion, insertion, MoRF/LeRF, ROAD, ...: every metric whose
-    records carry curves, model randomization apart) with 95% bootstrap bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from harness.metrics import auc
-
-    curves = metric_curves(records, exclude=("model_randomization",))
-    if not curves:
+def figure_inputs(prepared: Prepared
+                  ) -> tuple[np.ndarray, list[str], dict[str, torch.Tensor]] | None:
+    """The figure images (cropped pixels), their titles and every method's maps: kept by the
+    runner, computed here only for a method whose maps it did not keep."""
+    config = prepared.config
+    samples = list(prepared.dataset)[: config.figure_images]
+    if not samples:
         return None
-    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
-    rng = np.random.default_rng(seed)
-    for axis, (name, by_method) in zip(axes[0], curves.items(), strict=True):
-        bounded = True
+    info = prepared.model.harness_info
+    images = [sample.load() for sample in samples]
+    with warnings.catch_warnings():  # the run warned about small images already
+        warnings.simplefilter("ignore")
+        x = preprocess(images, info, device=prepared.device)
+    ids = [s.id for s in samples]
+    target = resolve_targets(prepared.model, x, [s.label for s in samples], ids, mode=config.target)
+    maps = {}
+    for m in config.methods:
+        kept = figure_maps(prepared.output_dir, m.name, ids)
+        maps[m.name] = kept if kept is not None else saliency_batched(
+            m.registry_name, prepared.model, x, target, batch_size=config.batch_size,
+            method_params=m.params)
+    names = prepared.dataset.class_names or info.categories
+    titles = [names[int(t)] if int(t) < len(names) else str(int(t)) for t in target]
+    return crop_pixels(images, info), titles, maps
+
+
+METHODS_FOLDER = "methods"  # methods/<name>/per_image.csv and maps.png: one folder per method
+
+
+def method_folder(output_dir: Path, method: str) -> Path:
+    """``<output_dir>/methods/<method>``: a method's files under the same names in every method's
+    folder (so MLflow's Compare pairs them); display names are checked to be file names when the
+    config is validated (``harness.files.check_file_name``; ``file_name`` turns ':' into
+    '_')."""
+    return Path(output_dir) / METHODS_FOLDER / file_name(method)
+
+
+def method_artifacts(output_dir: Path, methods) -> dict[str, list[Path]]:
+    """The files of each method that exist: ``per_image.csv`` and ``maps.png``."""
+    return {method: [path for path in (method_folder(output_dir, method) / "per_image.csv",
+                                       method_folder(output_dir, method) / "maps.png")
+                     if path.exists()] for method in methods}
+
+
+def write_report(config: ExperimentConfig, prepared: Prepared, records,
+                 run_label: str) -> dict:
+    """Everything a finished run writes besides its records: per-image CSVs (all, and one per
+    method), tables, figures (the saliency grid, one grid per method, mean curves, randomization).
+
+    Returns:
+        ``summary`` (the table's frame), ``curves`` (mean curves per method), ``method_files``,
+        ``similarity`` (the randomization measures' note) and ``artifacts`` (what MLflow logs on
+        the parent run).
+    """
+    output = prepared.output_dir
+    info = prepared.model.harness_info
+    summary = summarize(records, reference=config.reference, seed=config.seed,
+                        ci_method=config.ci_method)
+    table = per_image_table(records)
+    atomic_write(output / "results.csv", table.to_csv(index=False))
+    figures = output / "figures"
+    methods = list(dict.fromkeys(table["method"]))
+    for method in methods:
+        atomic_write(method_folder(output, method) / "per_image.csv",
+                     table[table["method"] == method].to_csv(index=False))
+    inputs = figure_inputs(prepared)
+    if inputs is not None:
+        images, titles, maps = inputs
+        saliency_grid(images, titles, maps, figures / "saliency_grid.png")
+        for method, values in maps.items():
+            saliency_grid(images, titles, {method: values},
+                          method_folder(output, method) / "maps.png")
+    plot_mean_curves(records, figures / "curves.png", seed=config.seed)
+    plot_randomization(records, figures / "randomization.png", seed=config.seed)
+    note = similarity_note(records)
+    write_tables(summary, {**table_meta(config, info.weights, run_label), "similarity": note},
+                 output / "tables")
+    return {"summary": summary, "curves": mean_curves(records),
+            "method_files": method_artifacts(output, [m.name for m in config.methods]),
+            "similarity": note, "artifacts": [output / RESOLVED, output / PARQUET,
+                                              output / "results.csv", figures, output / "tables"]}
+
+
+def mean_curves(records) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``{method: {curve name: (x [K], the mean over images [K])}}`` (MLflow's step metrics
+    ``curve.<name>`` and their x values ``curve.<name>.x``)."""
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for name, by_method in metric_curves(records).items():
         for method, (xs, values) in by_method.items():
-            mean = np.nanmean(values, axis=0)
-            picks = rng.integers(0, len(values), (2000, len(values)))
-            low, high = np.nanquantile(np.nanmean(values[picks], axis=1), [0.025, 0.975], axis=0)
-            even = np.allclose(xs, np.linspace(0, 1, len(xs)))
-            summary = (f"AUC of mean {float(auc(torch.from_numpy(mean))):.3f}" if even else
-                       f"mean {float(np.mean(mean)):.3f}")
-            axis.plot(xs, mean, marker=None if even else "o", markersize=3,
-                      label=f"{method} ({summary})")
-            axis.fill_between(xs, low, high, alpha=0.2)
-            bounded &= bool(np.nanmin(values) >= 0 and np.nanmax(values) <= 1)
-        axis.set_title(name)
-        axis.set_xlabel("fraction of pixels changed" if even else "fraction")
-        if bounded:
-            axis.set_ylim(0, 1.02)
-    axes[0, 0].set_ylabel("score of the target class")
-    for axis in axes[0]:
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    atomic_save(path, lambda temporary: figure.savefig(temporary, dpi=110))
-    plt.close(figure)
-    return str(path)
+            curves.setdefault(method, {})[name] = (np.asarray(xs, dtype=float),
+                                                   np.nanmean(values, axis=0))
+    return curves
 
-
-def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.PathLike, *,
-                       seed: int = 0) -> str | None:
-    """Similarity-versus-block curves with 95% bands, from randomization records."""
-    from harness.sanity.figures import similarity_curves
-    from harness.sanity.randomization import RandomizationResult
-
-    frame = as_frame(records)
-    if frame.empty or "metric" not in frame:
-        return None
-    frame = frame[frame["metric"] == "model_randomization"]
-    if frame.empty:
-        return None
-    frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
-    results = []
-    for method, rows in frame.groupby("method", sort=False):
-        mine = rows.sort_values("step", kind="stable").to_dict("records")
-        blocks = tuple(dict.fromkeys(r["block"] for r in mine))
-        normalisation = mine[0].get("map_normalisation")
-        results.append(RandomizationResult(
-            method, mine[0]["mode"], mine[0]["target_mode"], seed, blocks, mine,
-            map_normalisation="method" if normalisation is None or pd.isna(normalisation)
-            else normalisation))
-    measures = tuple(dict.fromkeys(frame["measure"]))
-    return similarity_curves(results, path, measures=measures, seed=seed)

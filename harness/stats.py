@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from harness.errors import MetricError
+
 CI_METHODS = ("bca", "percentile")
 
 
@@ -81,13 +83,13 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, *, level: float = 0.95,
     ``"percentile"`` takes the plain (1 - level)/2 quantiles. n = 1, or all values equal, gives the
     degenerate interval [mean, mean]."""
     if method not in CI_METHODS:
-        raise ValueError(f"CI method {method!r} is not one of: {', '.join(CI_METHODS)}")
+        raise MetricError(f"CI method {method!r} is not one of: {', '.join(CI_METHODS)}")
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise MetricError(f"level must be in (0, 1), got {level}")
     data = np.asarray(values, dtype=np.float64)
     data = data[np.isfinite(data)]
     if data.size == 0:
-        raise ValueError("bootstrap_ci needs at least one finite value")
+        raise MetricError("bootstrap_ci needs at least one finite value")
     mean = float(data.mean())
     if data.size == 1 or np.all(data == data[0]):
         return Interval(mean, mean, mean, int(data.size), level, method)
@@ -107,7 +109,7 @@ def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in size: {a.shape} and {b.shape}")
+        raise MetricError(f"paired samples differ in size: {a.shape} and {b.shape}")
     keep = np.isfinite(a) & np.isfinite(b)
     differences = a[keep] - b[keep]
     if differences.size == 0:

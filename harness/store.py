@@ -5,8 +5,10 @@ one file): ``records.jsonl`` for a single process, ``shards/rank-<r>.jsonl`` for
 distributed run. A record's curve is stored out of line in the shard's binary companion
 (``.f64``: float64, little-endian, so nothing is rounded), referenced by ``curve_at: [offset,
 length]``; curves are written and fsynced before the line that references them, so a torn binary
-tail is never read. The JSON lines follow ``harness.io.RecordStore``'s rules (append + fsync per
-work unit; readers never write; the resuming writer repairs a torn last line).
+tail is never read. The JSON lines follow ``RecordStore``'s rules: appended and fsynced per work
+unit; reading never modifies the file (a last line without its newline is read if it parses, and
+ignored otherwise; a corrupt line elsewhere is an error naming the file and the line); only the
+resuming writer repairs (``RecordStore.repair``), and it says what it did.
 
 When a run ends, ``compact`` (rank 0 alone) merges the shards in a canonical order into
 ``records.parquet`` (columnar, zstd; the curves a list column, float32 where that is exact, as for
@@ -20,37 +22,163 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.io import RecordStore, atomic_path, fsync_folder
+from harness.errors import RunFolderError
+from harness.files import atomic_path, atomic_write, fsync_folder, note_created
 
 PARQUET = "records.parquet"
-SINGLE = "records.jsonl"
+JSONL = "records.jsonl"  # the write-ahead shard of a single process
 SHARDS = "shards"
-KEY_COLUMNS = ("method", "metric", "image_id", "measure", "block")  # harness.io.record_key
+KEY_COLUMNS = ("method", "metric", "image_id", "measure", "block")  # record_key
 
 
-def shard_paths(output_dir: str | os.PathLike, rank: int | None) -> Path:
+class RecordsCorrupt(RunFolderError, ValueError):
+    """A records file holds a line that is not a JSON record."""
+
+
+def record_key(record: dict) -> tuple:
+    """Identity of a record: (method, metric, image, measure, block)."""
+    return (record["method"], record["metric"], record["image_id"], record.get("measure"),
+            record.get("block"))
+
+
+class RecordStore:
+    """Append-only JSON-lines store of records."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def _lines(self) -> tuple[list[bytes], bytes]:
+        data = self.path.read_bytes() if self.path.exists() else b""
+        lines = data.split(b"\n")
+        return lines[:-1], lines[-1]
+
+    def load(self) -> list[dict]:
+        """Every record, first occurrence of each key; never writes. A corrupt complete line is a
+        ``RecordsCorrupt`` naming the file and line; an unterminated last line is read if it is a
+        whole record, else ignored with a warning (a killed writer's torn tail)."""
+        complete, tail = self._lines()
+        records, seen = [], set()
+        for number, line in enumerate(complete, start=1):
+            if not line.strip():
+                continue
+            record = self._parse(line, number)
+            if record is None:
+                raise RecordsCorrupt(
+                    f"{self.path} line {number} is not a JSON record ({line[:60]!r}...). "
+                    "Rerun with --resume to skip and recompute it (a warning names it), or "
+                    "delete the line")
+            key = record_key(record)
+            if key not in seen:
+                seen.add(key)
+                records.append(record)
+        if tail.strip():
+            record = self._parse(tail, len(complete) + 1)
+            if record is None:
+                warnings.warn(f"{self.path}: ignoring a partly written last line "
+                              f"{len(complete) + 1} (a run killed while writing it; --resume "
+                              "removes it and recomputes its records)", stacklevel=2)
+            elif record_key(record) not in seen:
+                records.append(record)
+        return records
+
+    @staticmethod
+    def _parse(line: bytes, number: int) -> dict | None:
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if not isinstance(record, dict) or not {"method", "metric", "image_id"} <= set(record):
+            return None
+        return record
+
+    def repair(self) -> list[str]:
+        """For the resuming writer: drop corrupt lines and a torn tail, end the file with a
+        newline (atomically, the dropped lines saved beside it); returns what was done."""
+        if not self.path.exists():
+            return []
+        complete, tail = self._lines()
+        kept, dropped, notes = [], [], []
+        for number, line in enumerate(complete + ([tail] if tail else []), start=1):
+            if not line.strip():
+                continue
+            if self._parse(line, number) is None:
+                dropped.append(line)
+                torn = number == len(complete) + 1
+                notes.append(f"{self.path} line {number}: "
+                             + ("partly written last line removed" if torn else
+                                "corrupt line removed") + "; its records are recomputed")
+            else:
+                kept.append(line)
+        if not dropped and not tail:
+            return []
+        if not dropped:
+            notes.append(f"{self.path}: newline added after the last record")
+        if dropped:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            atomic_write(self.path.with_name(f"{self.path.name}.dropped-{stamp}"),
+                         b"\n".join(dropped) + b"\n")
+        atomic_write(self.path, b"".join(line + b"\n" for line in kept))
+        return notes
+
+    def append(self, records: list[dict]) -> None:
+        with self.path.open("a") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+
+def shard_path(output_dir: str | os.PathLike, rank: int | None) -> Path:
     """The JSON-lines shard a process writes: ``records.jsonl`` (single process, ``rank`` None)
     or ``shards/rank-<rank>.jsonl``."""
     output_dir = Path(output_dir)
     if rank is None:
-        return output_dir / SINGLE
+        return output_dir / JSONL
     return output_dir / SHARDS / f"rank-{rank:03d}.jsonl"
+
+
+def _curve_bytes(values: np.ndarray, ref: list) -> bytes | None:
+    """The stored bytes of the curve ``ref`` = ``[offset, length(, crc32)]`` points to, or None
+    where the companion is too short."""
+    start, length = int(ref[0]), int(ref[1])
+    if start < 0 or length < 0 or start + length > values.size:
+        return None
+    return values[start:start + length].tobytes()
+
+
+def curve_problem(values: np.ndarray, ref: list) -> str | None:
+    """Why the curve a record references cannot be trusted (None: it can): beyond the end of
+    the companion, or bytes whose CRC-32 differs from the one written with the record (a
+    companion truncated and appended to again would otherwise hand other records' curves to
+    old records)."""
+    data = _curve_bytes(values, ref)
+    if data is None:
+        return "references curve values beyond the end of the companion"
+    if len(ref) > 2 and zlib.crc32(data) != int(ref[2]):
+        return "references curve values whose checksum differs (the companion was damaged)"
+    return None
 
 
 class ShardWriter:
     """Appends records to one shard: curves to the ``.f64`` companion (fsynced), then the JSON
-    lines that reference them (fsynced): one durable step per work unit."""
+    lines that reference them with the curve's offset, length and CRC-32 (fsynced): one durable
+    step per work unit."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.curves = self.path.with_suffix(".f64")
+        note_created(self.path, self.curves)
         self.lines = RecordStore(self.path)
 
     def append(self, records: Sequence[dict]) -> None:
@@ -68,20 +196,59 @@ class ShardWriter:
                     out.append(record)
                     continue
                 values = np.asarray(curve, dtype="<f8")
-                handle.write(values.tobytes())
+                data = values.tobytes()
+                handle.write(data)
                 stored = {k: v for k, v in record.items() if k != "curve"}
-                stored["curve_at"] = [offset, int(values.size)]
+                stored["curve_at"] = [offset, int(values.size), zlib.crc32(data)]
                 offset += values.size
                 out.append(stored)
             handle.flush()
             os.fsync(handle.fileno())
         self.lines.append(out)
 
+    def repair(self) -> list[str]:
+        """For the resuming writer: repair the JSON lines (``RecordStore.repair``), then drop
+        the records whose curve is beyond the companion's end or fails its checksum (saved
+        beside the shard; they are recomputed) and cut the companion after the last curve a
+        kept record uses. Returns what was done."""
+        notes = self.lines.repair()
+        if not self.path.exists():
+            return notes
+        values = (np.fromfile(self.curves, dtype="<f8") if self.curves.exists()
+                  else np.empty(0, dtype="<f8"))
+        kept, dropped, end = [], [], 0
+        for line in self.path.read_bytes().split(b"\n"):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            ref = record.get("curve_at")
+            problem = None if ref is None else curve_problem(values, ref)
+            if problem is not None:
+                dropped.append(line)
+                continue
+            kept.append(line)
+            if ref is not None:
+                end = max(end, int(ref[0]) + int(ref[1]))
+        if dropped:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            atomic_write(self.path.with_name(f"{self.path.name}.dropped-{stamp}"),
+                         b"\n".join(dropped) + b"\n")
+            atomic_write(self.path, b"".join(line + b"\n" for line in kept))
+            notes.append(f"{self.path}: {len(dropped)} records whose curves in {self.curves.name} "
+                         "are missing or damaged were removed; they are recomputed")
+        if self.curves.exists() and self.curves.stat().st_size > 8 * end:
+            with self.curves.open("r+b") as handle:
+                handle.truncate(8 * end)
+                os.fsync(handle.fileno())
+            if dropped:
+                notes.append(f"{self.curves}: cut after the last curve a kept record uses")
+        return notes
+
 
 def _shards(output_dir: Path) -> list[Path]:
     folder = output_dir / SHARDS
     found = sorted(folder.glob("rank-*.jsonl")) if folder.is_dir() else []
-    single = output_dir / SINGLE
+    single = output_dir / JSONL
     return ([single] if single.exists() else []) + found
 
 
@@ -106,16 +273,19 @@ def _shard_table(path: Path, *, curves: bool):
         companion = path.with_suffix(".f64")
         values = (np.fromfile(companion, dtype="<f8") if companion.exists()
                   else np.empty(0, dtype="<f8"))
+        for number, ref in enumerate(refs, start=1):
+            problem = None if ref is None else curve_problem(values, ref)
+            if problem is not None:
+                raise RecordsCorrupt(f"{path}: record {number} {problem} ({companion.name}); the "
+                                     "run folder is damaged: --resume removes such records and "
+                                     "recomputes them")
         lengths = np.array([0 if ref is None else ref[1] for ref in refs], dtype=np.int64)
         starts = np.array([0 if ref is None else ref[0] for ref in refs], dtype=np.int64)
-        if np.any(starts + lengths > values.size):
-            raise ValueError(f"{companion} is shorter than the curves {path} references; the "
-                             "run folder is damaged")
         index = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths,
                                                                      strict=True)]) \
             if lengths.sum() else np.empty(0, dtype=np.int64)
         if lengths.sum() > np.iinfo(np.int32).max:  # Arrow list offsets are int32
-            raise ValueError(f"{companion}: {lengths.sum():,} curve values in one shard exceed "
+            raise RunFolderError(f"{companion}: {lengths.sum():,} curve values in one shard exceed "
                              "Arrow's list offsets (2**31 - 1); run with more ranks or smaller "
                              "curves (a larger step)")
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
@@ -167,7 +337,7 @@ def _combine(tables: list):
 
 
 def _keys(table) -> list[tuple]:
-    """Each row's record key (``harness.io.record_key``'s fields, None where a table lacks one)."""
+    """Each row's record key (``record_key``'s fields, None where a table lacks one)."""
     columns = [table.column(c).to_pylist() if c in table.column_names
                else [None] * table.num_rows for c in KEY_COLUMNS]
     return list(zip(*columns, strict=True))
@@ -188,18 +358,29 @@ def _unique(table):
 
 
 def load_frame(output_dir: str | os.PathLike, *, curves: bool = True) -> pd.DataFrame:
-    """Every record of the run in ``output_dir`` as a frame (one row per record, first occurrence
-    of each key; ``curve`` as float arrays when ``curves``: float32 from a compacted store whose
-    curves are exact in float32, else float64; the same values), whatever the store: the compacted
+    """Every record of the run in ``output_dir`` as a frame, whatever the store: the compacted
     ``records.parquet``, write-ahead shards of any number of ranks, or harness 0.1's
-    ``records.jsonl``. Never writes."""
+    ``records.jsonl``. Never writes.
+
+    Args:
+        output_dir: a run folder.
+        curves: read the ``curve`` column too (float32 arrays from a compacted store whose
+            curves are exact in float32, else float64; the same values).
+
+    Returns:
+        One row per record (first occurrence of each key): ``method``, ``metric``, ``image_id``,
+        ``value`` (None where undefined, with a ``status``), ``target``, the metric's fields.
+
+    Raises:
+        RunFolderError: the folder does not exist, holds no records or is damaged.
+    """
     output_dir = Path(output_dir)
     tables = _tables(output_dir, curves=curves)
     if not tables:
         if not output_dir.is_dir():
-            raise ValueError(f"{output_dir} does not exist")
-        raise ValueError(f"{output_dir} holds no records ({PARQUET}, {SINGLE} or {SHARDS}/): not "
-                         "a harness run folder")
+            raise RunFolderError(f"{output_dir} does not exist")
+        raise RunFolderError(f"{output_dir} holds no records ({PARQUET}, {JSONL} or {SHARDS}/): "
+                             "not a harness run folder")
     frame = _unique(_combine(tables)).to_pandas(integer_object_nulls=True)
     for column in list(frame.columns):
         if column.startswith("json:"):
@@ -233,7 +414,18 @@ def frame_records(frame: pd.DataFrame) -> list[dict]:
 
 
 def load_records(output_dir: str | os.PathLike, *, curves: bool = True) -> list[dict]:
-    """Every record of the run as dicts (see ``load_frame``)."""
+    """Every record of the run as dicts.
+
+    Args:
+        output_dir: a run folder.
+        curves: include each record's ``curve`` (a list of floats).
+
+    Returns:
+        The records (``load_frame``'s rows without the fields a record lacks).
+
+    Raises:
+        RunFolderError: as ``load_frame``.
+    """
     return frame_records(load_frame(output_dir, curves=curves))
 
 
@@ -258,7 +450,7 @@ def compact(output_dir: str | os.PathLike, order: Sequence[tuple] | None = None)
     shards = _shards(output_dir)
     tables = _tables(output_dir, curves=True)
     if not tables:
-        raise ValueError(f"{output_dir} holds no records to compact")
+        raise RunFolderError(f"{output_dir} holds no records to compact")
     table = _unique(_combine(tables))
     if order is not None:
         rank = {key: position for position, key in enumerate(order)}

@@ -2,38 +2,43 @@
 
 One parent run per experiment run and one nested child run per method, created when the run
 starts (status RUNNING), updated while it computes, ended FINISHED, FAILED (the error in the
-``harness.error`` tag) or KILLED; selecting the children in the UI compares the methods.
+``harness.error`` tag of the run it concerns) or KILLED (Ctrl-C, SIGTERM, or closed by
+``harness log`` after the process died); selecting the children in the UI compares the methods.
 
 - Where: ``tracking.uri`` in the config, else ``MLFLOW_TRACKING_URI``, else the embedded
-  ``sqlite:///mlflow.db``; the experiment likewise (``MLFLOW_EXPERIMENT_NAME``, else
-  ``harness``). ``check_tracking`` makes a real client call before any compute (any scheme; a
-  missing database driver is named), creating an embedded store under a file lock so that
-  concurrent first runs cannot race on its schema.
-- Parent: the config as params (values too long for a param go to ``params/<key>.txt`` with a
-  pointer), MLflow's own tags (``mlflow.source.git.commit``, ``mlflow.source.name``,
-  ``mlflow.user``) and the harness's, a description (``mlflow.note.content``) with every metric's
-  direction and definition, artifacts (resolved config, records, CSV, tables, figures).
-- Child per method: params ``method.*``; while computing, the running ``<column>.mean`` and
-  ``<column>.n`` (step = images so far) at most every ``tracking.update_seconds``; at the end
-  ``<column>.mean``, ``.ci_low``, ``.ci_high``, ``.n`` for columns with n >= 1 and ``.p``,
-  ``.p_holm`` where a paired test ran; the mean curves as step metrics ``curve.<name>`` (step =
-  point index, or the randomized block's position); artifacts: the method's maps figure and its
-  per-image CSV.
-- Robustness: the parent and child ids are written to the run folder's state as soon as they
-  exist, so a resumed (or re-logged) run reopens them; a failing tracking call never stops the
-  computation: it is reported once, logging stops (HTTP calls are bounded: a short timeout and
-  two retries), the records keep streaming to disk, and ``harness log RUN_DIR`` uploads what is
-  missing later. Every final value is logged idempotently (an existing metric history point with
-  the same step and value is not logged again), so re-logging duplicates nothing.
+  ``sqlite:///mlflow.db`` of the working folder, resolved to an absolute path once (and its
+  artifacts beside it, ``mlruns/``); the experiment likewise (``MLFLOW_EXPERIMENT_NAME``, else
+  ``harness``). ``check_tracking`` makes a real client call before any compute.
+- Parent: the config as params, MLflow's own tags (commit, branch, repository, entry point, user)
+  and the harness's, a description (``mlflow.note.content``) with every metric's direction and
+  definition and how to read the logged keys, ending with the results table; the dataset as a run
+  input (context ``evaluation``, its fingerprint as digest); artifacts (resolved config, records,
+  CSV, tables, figures).
+- Child per method: params ``method.*``; while computing, ``live.<column>.mean`` and
+  ``live.<column>.n`` (step = images so far) at most every ``tracking.update_seconds``, with a
+  heartbeat tag (host, PID, time); at the end ``<column>.mean``, ``.ci_low``, ``.ci_high``, ``.n``
+  (and ``.p``, ``.p_holm`` where a paired test ran) at step 0, so the chart view draws one bar
+  per method; ``time.seconds`` (what the method's units cost); the mean curves as step metrics
+  ``curve.<name>`` with their x values as ``curve.<name>.x``; artifacts under the same names in
+  every child (``per_image.csv``, ``maps.png``, also logged as an image) so Compare pairs them.
+- Robustness: the ids are written to the run folder's state as soon as they exist, so a resumed
+  (or re-logged) run reopens them; a failing tracking call never stops the computation; every
+  final value is logged idempotently, so re-logging duplicates nothing. HTTP calls are bounded
+  (a short timeout, two retries) while the harness makes them; the user's own settings win, and
+  the process environment is left as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import math
 import os
+import platform
 import queue
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,8 +46,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
 
-from harness.provenance import git_commit  # noqa: F401  (re-exported: the commit tag's source)
+from harness.config import ExperimentConfig
+from harness.errors import TrackingError
+from harness.metrics.registry import get_metric, per_image_table
+from harness.provenance import git_commit, git_origin
+from harness.runner import Prepared
+from harness.version import __version__
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "harness"
@@ -50,19 +62,49 @@ PARAM_LIMIT = 6000  # MLflow's limit on a param value
 STATS = ("mean", "ci_low", "ci_high", "n", "p", "p_holm")
 
 # bounded HTTP calls: MLflow's defaults (120 s timeout, 7 retries with backoff) make a lost
-# server a silent four-minute wait; the user's own settings win
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+# server a silent four-minute wait; set while the harness calls MLflow, unless the user set them
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+_http_lock = threading.Lock()
+_http_depth = 0
 
 
-class TrackingUnavailableError(RuntimeError):
+@contextlib.contextmanager
+def bounded_http() -> Iterator[None]:
+    """MLflow's HTTP timeout and retries bounded while the harness calls it (nested and
+    thread-safe); the variables the user did not set are removed again afterwards."""
+    global _http_depth
+    with _http_lock:
+        if _http_depth == 0:
+            added = [key for key in BOUNDED_HTTP if key not in os.environ]
+            for key in added:
+                os.environ[key] = BOUNDED_HTTP[key]
+            bounded_http.added = added
+        _http_depth += 1
+    try:
+        yield
+    finally:
+        with _http_lock:
+            _http_depth -= 1
+            if _http_depth == 0:
+                for key in getattr(bounded_http, "added", []):
+                    os.environ.pop(key, None)
+
+
+class TrackingUnavailableError(TrackingError):
     """The tracking URI cannot be reached or written."""
+
+
+def masked(uri: str) -> str:
+    """``uri`` for messages: a password in it (``https://user:secret@host``) becomes ``***``."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", str(uri))
 
 
 def resolve_tracking(uri: str | None, experiment: str | None) -> tuple[str, str, str]:
     """(uri, experiment, where they came from): the config beats the environment
-    (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``) beats the embedded default."""
+    (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``) beats the embedded default
+    (``mlflow.db`` in the working folder, as an absolute path: a run started elsewhere prints
+    where its store is)."""
     sources = []
     if uri:
         sources.append("config")
@@ -70,7 +112,7 @@ def resolve_tracking(uri: str | None, experiment: str | None) -> tuple[str, str,
         uri = os.environ["MLFLOW_TRACKING_URI"]
         sources.append("MLFLOW_TRACKING_URI")
     else:
-        uri = DEFAULT_URI
+        uri = f"sqlite:///{Path('mlflow.db').resolve()}"  # the working folder's, made absolute
         sources.append("default")
     if experiment:
         pass
@@ -107,23 +149,24 @@ def check_tracking(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingUnavailableError(f"tracking store {uri}: folder {folder} is missing or "
-                                           "not writable")
+            raise TrackingUnavailableError(f"tracking store {masked(uri)}: folder {folder} is "
+                                           "missing or not writable")
     try:
         from mlflow.tracking import MlflowClient
 
-        with _store_lock(uri):
+        with _store_lock(uri), bounded_http():
             MlflowClient(uri).search_experiments(max_results=1)
     except ModuleNotFoundError as error:
         raise TrackingUnavailableError(
-            f"tracking.uri {uri}: the driver {error.name!r} is not installed (pip install it into "
-            "this environment), or set another tracking.uri / tracking.enabled: false") from None
+            f"tracking.uri {masked(uri)}: the driver {error.name!r} is not installed (pip install "
+            "it into this environment), or set another tracking.uri / tracking.enabled: false"
+        ) from None
     except Exception as error:  # noqa: BLE001 - mlflow raises many types; name the URI
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TrackingUnavailableError(
-            f"cannot use the MLflow tracking store at {uri}: {first}. Start the server (mlflow "
-            "server ...), fix tracking.uri (or MLFLOW_TRACKING_URI), or set tracking.enabled: "
-            "false") from None
+            f"cannot use the MLflow tracking store at {masked(uri)}: {masked(first)}. Start the "
+            "server (mlflow server ...), fix tracking.uri (or MLFLOW_TRACKING_URI), or set "
+            "tracking.enabled: false") from None
 
 
 def flat_params(prefix: str, value, out: dict) -> dict:
@@ -136,19 +179,38 @@ def flat_params(prefix: str, value, out: dict) -> dict:
     return out
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go for an embedded store: ``mlruns/`` beside the
+    database, as an absolute URI (MLflow's default, ``./mlruns``, follows the working folder);
+    None for other stores (the server decides)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).expanduser().resolve().parent / "mlruns").as_uri()
+
+
+def heartbeat() -> str:
+    """``<host> pid <pid> at <UTC time>``: which process owns a RUNNING run, and when it last
+    reported."""
+    return (f"{socket.gethostname()} pid {os.getpid()} at "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+
+
 class LiveRun:
     """The MLflow side of one experiment run (see the module docstring). Every call is safe: a
     failure is reported once through ``log`` and turns the rest into no-ops (``offline``)."""
 
-    def __init__(self, uri: str, experiment: str, *, state: dict,
-                 save_state: Callable[[dict], None], log: Callable[[str], None] = print,
-                 update_seconds: float = 60.0):
+    def __init__(self, uri: str, experiment: str, *, parent_id: str | None = None,
+                 child_ids: dict[str, str] | None = None,
+                 remember: Callable[[str, str, str | None, dict[str, str]], None] | None = None,
+                 log: Callable[[str], None] = print, update_seconds: float = 60.0,
+                 output_dir: Path | None = None):
         self.uri, self.experiment = uri, experiment
-        self.state, self.save_state, self.log = state, save_state, log
+        self.remember, self.log = remember, log
+        self.output_dir = output_dir
         self.update_seconds = update_seconds
         self.offline: str | None = None
-        self.parent_id: str | None = state.get("mlflow_run_id")
-        self.child_ids: dict[str, str] = dict(state.get("mlflow_child_run_ids", {}))
+        self.parent_id: str | None = parent_id
+        self.child_ids: dict[str, str] = dict(child_ids or {})
         self._last_update = -math.inf
         self._last_snapshot: dict | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -166,15 +228,16 @@ class LiveRun:
         if self.offline is None:
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             self.offline = f"{what}: {first}"
-            self.log(f"MLflow at {self.uri} failed ({self.offline}); the run goes on and its "
-                     "records are safe on disk; log them later with: harness log "
-                     f"{self.state.get('output_dir', 'OUTPUT_DIR')}")
+            self.log(f"MLflow at {masked(self.uri)} failed ({masked(self.offline)}); the run goes "
+                     "on and its records are safe on disk; log them later with: harness log "
+                     f"{self.output_dir or 'OUTPUT_DIR'}")
 
     def _safe(self, what: str, call: Callable[[], object]) -> object:
         if self.offline is not None:
             return None
         try:
-            return call()
+            with bounded_http():
+                return call()
         except Exception as error:  # noqa: BLE001 - tracking must never stop the computation
             self._fail(what, error)
             return None
@@ -196,7 +259,8 @@ class LiveRun:
         with _store_lock(self.uri):
             found = client.get_experiment_by_name(self.experiment)
             experiment_id = (found.experiment_id if found is not None
-                             else client.create_experiment(self.experiment))
+                             else client.create_experiment(
+                                 self.experiment, artifact_location=artifact_root(self.uri)))
         parent = self._reopen(self.parent_id)
         if parent is None:
             parent = client.create_run(experiment_id, run_name=run_name,
@@ -204,8 +268,10 @@ class LiveRun:
             self.child_ids = {}
         self.parent_id = parent
         self._remember()
+        alive = {"harness.heartbeat": heartbeat(), "harness.host": socket.gethostname(),
+                 "harness.pid": str(os.getpid())}
         client.set_tag(parent, "mlflow.note.content", description)
-        for key, value in tags.items():
+        for key, value in {**tags, **alive}.items():
             client.set_tag(parent, key, value)
         self._log_params(parent, params, long_params_folder)
         for method, settings in methods.items():
@@ -217,6 +283,8 @@ class LiveRun:
                 self.child_ids[method] = child
                 self._remember()
             client.set_tag(child, "mlflow.note.content", description)
+            for key, value in alive.items():
+                client.set_tag(child, key, value)
             self._log_params(child, flat_params("method", settings, {}), long_params_folder)
 
     def _reopen(self, run_id: str | None) -> str | None:
@@ -231,13 +299,13 @@ class LiveRun:
             return None
         if run.info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
+            with contextlib.suppress(Exception):
+                client.delete_tag(run_id, "harness.error")  # an earlier stop's reason
         return run_id
 
     def _remember(self) -> None:
-        self.state["mlflow_run_id"] = self.parent_id
-        self.state["mlflow_child_run_ids"] = dict(self.child_ids)
-        self.state["mlflow_uri"], self.state["mlflow_experiment"] = self.uri, self.experiment
-        self.save_state(self.state)
+        if self.remember is not None:
+            self.remember(self.uri, self.experiment, self.parent_id, dict(self.child_ids))
 
     def _log_params(self, run_id: str, params: dict, folder: Path) -> None:
         client = self.client
@@ -264,8 +332,8 @@ class LiveRun:
                  *, force: bool = False) -> None:
         """Queue the running means: ``running()`` -> ``{method: {column: (mean, n)}}``; called
         after every unit, logged at most every ``update_seconds`` (in a background thread, so
-        the computation never waits for the server), only the columns that changed (step = n,
-        the images behind the mean)."""
+        the computation never waits for the server), only the columns that changed, as
+        ``live.<column>.mean`` / ``.n`` at step = n (the images behind the mean)."""
         if self.offline is not None or self._worker is None:
             return
         now = time.monotonic()
@@ -294,14 +362,18 @@ class LiveRun:
                 stamp = int(time.time() * 1000)
 
                 def send(item=item, stamp=stamp):
+                    beat = heartbeat()
                     for method, columns in item.items():
                         metrics = []
                         for column, (mean, n) in columns.items():
                             if n >= 1 and math.isfinite(mean):
-                                metrics += [Metric(f"{column}.mean", float(mean), stamp, n),
-                                            Metric(f"{column}.n", float(n), stamp, n)]
+                                metrics += [Metric(f"live.{column}.mean", float(mean), stamp, n),
+                                            Metric(f"live.{column}.n", float(n), stamp, n)]
                         if metrics and method in self.child_ids:
                             self.client.log_batch(self.child_ids[method], metrics=metrics)
+                            self.client.set_tag(self.child_ids[method], "harness.heartbeat", beat)
+                    if self.parent_id is not None:
+                        self.client.set_tag(self.parent_id, "harness.heartbeat", beat)
 
                 self._safe("logging progress", send)
             self._queue.task_done()
@@ -316,20 +388,37 @@ class LiveRun:
 
     def finish(self, *, summary: pd.DataFrame | None, curves: dict, artifacts: list[Path],
                method_artifacts: dict[str, list[Path]], status: str = "FINISHED",
-               error: str | None = None, tags: dict | None = None) -> None:
+               error: str | None = None, tags: dict | None = None,
+               failed_method: str | None = None, seconds: dict[str, float] | None = None,
+               table: str | None = None, dataset: dict | None = None) -> None:
         """Final metrics, curves, artifacts and ``tags`` (each logged once, however often this
-        is called), then end every run with ``status``."""
+        is called), then end every run with ``status``.
+
+        ``failed_method``: the method whose computation raised ``error``: its run is FAILED with
+        the error; the other methods' runs are KILLED and say that the run stopped because of
+        it. ``seconds``: each method's compute time (``time.seconds``). ``table``: the results
+        table appended to the parent's description. ``dataset``: the run's input (``log_input``).
+        """
         self._stop_worker()
         if status == "FINISHED":
             self._safe("logging the results", lambda: self._final(
-                summary, curves, artifacts, method_artifacts, tags or {}))
-        self._safe("ending the runs", lambda: self._end(status, error))
+                summary, curves, artifacts, method_artifacts, tags or {}, seconds or {}, table,
+                dataset))
+        self._safe("ending the runs", lambda: self._end(status, error, failed_method))
 
-    def _final(self, summary, curves, artifacts, method_artifacts, tags) -> None:
+    def _final(self, summary, curves, artifacts, method_artifacts, tags, seconds, table,
+               dataset) -> None:
         client = self.client
         for run_id in [self.parent_id, *self.child_ids.values()]:
             for key, value in tags.items():
                 client.set_tag(run_id, key, value)
+        if table is not None:
+            description = tags.get("mlflow.note.content") or client.get_run(
+                self.parent_id).data.tags.get("mlflow.note.content", "")
+            client.set_tag(self.parent_id, "mlflow.note.content",
+                           f"{description}\n\n## Results\n\n{table}")
+        if dataset is not None:
+            self._log_dataset(dataset)
         for method, child in self.child_ids.items():
             rows = summary[summary["method"] == method] if summary is not None else []
             values = {}
@@ -339,19 +428,43 @@ class LiveRun:
                 for stat in STATS:
                     value = row.get(stat)
                     if value is not None and not pd.isna(value):
-                        values[f"{row['metric']}.{stat}"] = (float(value), int(row["n"]))
+                        values[f"{row['metric']}.{stat}"] = (float(value), 0)
+            if method in seconds:
+                values["time.seconds"] = (round(float(seconds[method]), 3), 0)
             self._log_once(child, values)
-            for name, series in curves.get(method, {}).items():
+            for name, (xs, series) in curves.get(method, {}).items():
                 self._log_series(child, f"curve.{name}", series)
+                self._log_series(child, f"curve.{name}.x", xs)
+            logged = {a.path for a in client.list_artifacts(child)}
             for path in method_artifacts.get(method, []):
-                if Path(path).exists():
+                path = Path(path)
+                if path.exists() and path.name not in logged:
                     client.log_artifact(child, str(path))
+                    if path.suffix == ".png":
+                        client.log_image(child, np.asarray(Image.open(path).convert("RGB")),
+                                         key=path.stem, step=0)
         for path in artifacts:
             path = Path(path)
             if path.is_dir():
                 client.log_artifacts(self.parent_id, str(path), artifact_path=path.name)
             elif path.exists():
                 client.log_artifact(self.parent_id, str(path))
+
+    def _log_dataset(self, dataset: dict) -> None:
+        """The run's data as an MLflow input (the UI's Dataset column): its name, the dataset
+        fingerprint as digest, the options and image ids as source and profile."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        client = self.client
+        entity = Dataset(name=dataset["name"], digest=dataset["digest"][:32],
+                         source_type="harness", source=json.dumps(dataset["source"]),
+                         profile=json.dumps(dataset["profile"]))
+        item = DatasetInput(entity, tags=[InputTag("mlflow.data.context", "evaluation")])
+        for run_id in [self.parent_id, *self.child_ids.values()]:
+            inputs = client.get_run(run_id).inputs
+            if not any(d.dataset.digest == entity.digest
+                       for d in (inputs.dataset_inputs if inputs else [])):
+                client.log_inputs(run_id, datasets=[item])
 
     def _log_once(self, run_id: str, values: dict[str, tuple[float, int]]) -> None:
         from mlflow.entities import Metric
@@ -378,14 +491,45 @@ class LiveRun:
         for start in range(0, len(fresh), 500):
             client.log_batch(run_id, metrics=fresh[start:start + 500])
 
-    def _end(self, status: str, error: str | None) -> None:
+    def _end(self, status: str, error: str | None, failed_method: str | None) -> None:
         client = self.client
-        for run_id in [*self.child_ids.values(), self.parent_id]:
-            if run_id is None:
+        for method, run_id in self.child_ids.items():
+            if failed_method is not None and status == "FAILED":
+                if method == failed_method:
+                    client.set_tag(run_id, "harness.error", (error or "")[:5000])
+                    client.set_terminated(run_id, status="FAILED")
+                else:
+                    client.set_tag(run_id, "harness.error", f"stopped: the run stopped because "
+                                   f"method {failed_method!r} failed (see its run)")
+                    client.set_terminated(run_id, status="KILLED")
                 continue
             if error:
                 client.set_tag(run_id, "harness.error", error[:5000])
             client.set_terminated(run_id, status=status)
+        if self.parent_id is not None:
+            if error:
+                where = f" (method {failed_method!r})" if failed_method else ""
+                client.set_tag(self.parent_id, "harness.error", f"{error}{where}"[:5000])
+            client.set_terminated(self.parent_id, status=status)
+
+    def close_dead(self, reason: str) -> list[str]:
+        """End the RUNNING runs of a run whose process died (``harness log`` on an unfinished,
+        unlocked folder) as KILLED with ``reason``, reopening nothing. Returns the ids ended."""
+        ended: list[str] = []
+
+        def close() -> None:
+            client = self.client
+            for run_id in [*self.child_ids.values(), self.parent_id]:
+                if run_id is None:
+                    continue
+                run = client.get_run(run_id)
+                if run.info.status == "RUNNING":
+                    client.set_tag(run_id, "harness.error", reason[:5000])
+                    client.set_terminated(run_id, status="KILLED")
+                    ended.append(run_id)
+
+        self._safe("closing the runs", close)
+        return ended
 
 
 def _same(a: float, b: float) -> bool:
@@ -399,13 +543,14 @@ def download_run(run_id: str, uri: str, destination: str | Path) -> tuple[Path, 
     if uri.startswith("sqlite:///"):  # readers never write: do not create an empty store
         store = Path(uri[len("sqlite:///"):]).expanduser()
         if not store.is_file():
-            raise ValueError(f"no MLflow store at {uri} (file {store} does not exist); pass "
-                             "--tracking-uri of the store that holds run " + run_id)
+            raise TrackingError(f"no MLflow store at {masked(uri)} (file {store} does not "
+                                "exist); pass --tracking-uri of the store that holds run " + run_id)
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)
     except Exception as error:  # noqa: BLE001 - mlflow raises several types here
-        raise ValueError(f"no MLflow run {run_id!r} at {uri}: {error}") from None
+        raise TrackingError(f"no MLflow run {run_id!r} at {masked(uri)}: "
+                            f"{masked(str(error))}") from None
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     names = {artifact.path for artifact in client.list_artifacts(run_id)}
@@ -416,11 +561,17 @@ def download_run(run_id: str, uri: str, destination: str | Path) -> tuple[Path, 
 
 
 def standard_tags(commit: str, source: str) -> dict[str, str]:
-    """MLflow's own tags: the commit (the UI's Version column), the entry point, the user."""
+    """MLflow's own tags: the commit (the UI's Version column), branch and repository where git
+    knows them, the entry point, the user."""
     tags = {"mlflow.source.name": source, "mlflow.source.type": "LOCAL",
             "mlflow.user": _user()}
     if commit not in ("unknown", ""):
         tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    branch, remote = git_origin()
+    if branch:
+        tags["mlflow.source.git.branch"] = branch
+    if remote:
+        tags["mlflow.source.git.repoURL"] = remote
     return tags
 
 
@@ -429,4 +580,96 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+# ----------------------------------------------------------------------------- what is logged
+
+
+class RunningMeans:
+    """Per method and table column, the running mean and n of the per-image values, for the
+    live MLflow metrics (fed each unit's records)."""
+
+    def __init__(self):
+        self.sums: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, records: list[dict]) -> None:
+        if not records:
+            return
+        table = per_image_table(records).dropna(subset=["value"])
+        for (method, column), values in table.groupby(["method", "metric"])["value"]:
+            entry = self.sums.setdefault(method, {}).setdefault(column, [0.0, 0])
+            entry[0] += float(values.sum())
+            entry[1] += int(values.size)
+
+    def snapshot(self) -> dict[str, dict[str, tuple[float, int]]]:
+        return {method: {column: (total / n, n) for column, (total, n) in columns.items() if n}
+                for method, columns in self.sums.items()}
+
+
+def describe_metrics(config: ExperimentConfig) -> tuple[str, str]:
+    """(A Markdown description of the run for ``mlflow.note.content``: each metric's direction,
+    definition and source; the ``metric=direction`` list for the ``harness.metric_directions``
+    tag)."""
+    lines = [f"**{config.name}**: {config.model.name} on {config.data.name}, targets: "
+             f"{config.target}. Per-image values; ↑ higher is better, ↓ lower is better.", ""]
+    reference = (f"the reference method `{config.reference}`" if config.reference else
+                 "no reference method (no tests)")
+    reading = [
+        "", "How to read the metrics of a method's run:",
+        "- `<column>.mean`: the mean over images (step 0: one bar per method in the chart view);"
+        f" `.ci_low` / `.ci_high`: its 95% {config.ci_method} bootstrap interval (10,000 "
+        f"resamples, seed {config.seed}); `.n`: the images behind it.",
+        f"- `.p`: paired Wilcoxon signed-rank test against {reference} on the same images; "
+        "`.p_holm`: Holm-corrected across the whole table.",
+        "- `live.<column>.mean` / `.n`: the running mean while the run computed (step = images "
+        "done).",
+        "- `curve.<name>`: the mean curve, one point per step; `curve.<name>.x` holds each step's "
+        "x value (the fraction of pixels changed for deletion/insertion/MoRF/LeRF, the fraction "
+        "removed for ROAD, the randomized block's position for `rand_*`): choose it as the "
+        "x axis to read the true axis.",
+        "- `time.seconds`: what the method's work units cost (maps and metrics).",
+    ]
+    directions = []
+    for name, settings in config.metrics.items():
+        entry = get_metric(name)
+        arrow = entry.directions_text()
+        lines.append(f"- `{name}` {arrow} {entry.summary} ({entry.citation}). Settings: "
+                     f"{', '.join(f'{k}={v}' for k, v in vars(settings).items() if v is not None)}")
+        directions.extend([f"{c}={d}" for c, d in entry.column_directions]
+                          or [f"{name}={entry.direction}"])
+    return "\n".join(lines + reading), ",".join(directions)
+
+
+def column_tags(summary: pd.DataFrame, description: str) -> dict[str, str]:
+    """The directions of the table's columns, which name the logged metrics (``rand_<measure>``,
+    ``road_morf`` lower and ``road_lerf`` higher, ...), where the run's start knew only each
+    metric's: the ``harness.metric_directions`` tag and a line added to the description."""
+    columns = dict(zip(summary["metric"], summary["direction"], strict=True))
+    listed = ", ".join(f"`{c}` {'↑' if d == 'up' else '↓'}" for c, d in columns.items())
+    return {"harness.metric_directions": ",".join(f"{c}={d}" for c, d in columns.items()),
+            "mlflow.note.content": f"{description}\n\nTable columns (the logged metrics' "
+                                   f"names) and their better direction: {listed}."}
+
+
+def tracking_payload(config: ExperimentConfig, prepared: Prepared, source: str) -> dict:
+    """What the parent and child runs are created with (kept in the run's state, so that
+    ``harness log`` can create them later without the model)."""
+    info = prepared.model.harness_info
+    description, directions = describe_metrics(config)
+    commit = git_commit()
+    tags = {
+        **standard_tags(commit, source),
+        "harness.git_commit": commit, "harness.config_hash": config.hash(),
+        "harness.model": config.model.name, "harness.weights": info.weights,
+        "harness.version": __version__, "torch.version": torch.__version__,
+        "harness.device": (prepared.device if prepared.device != "cpu" else
+                           f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)")
+        + (f" x {prepared.world.size} ranks" if prepared.world.distributed else ""),
+        "harness.target": config.target, "harness.n_images": str(len(prepared.dataset)),
+        "harness.metric_directions": directions,
+    }
+    params = flat_params("", {k: v for k, v in config.to_dict().items() if k != "tracking"}, {})
+    methods = {m.name: {"registry_name": m.registry_name, **m.params} for m in config.methods}
+    return {"run_name": config.name, "params": params, "tags": tags, "methods": methods,
+            "description": description}
 

@@ -78,3 +78,22 @@ def sample_batch(lite0):
     x = harness.preprocess([s.load() for s in data], lite0.harness_info)
     target = harness.resolve_targets(lite0, x, [s.label for s in data], data.ids)
     return x, target
+
+
+@harness.register_model("test_tiny_cnn")
+def _test_tiny_cnn(*, weights: str = "random", checkpoint=None, seed: int = 0,
+                   progress: bool = True) -> nn.Module:
+    """A 16 x 16-input CNN with random weights, for fast end-to-end runs in the tests."""
+    return attach_info(TinyCNN(seed=seed), name="test_tiny_cnn", weights=f"random(seed={seed})",
+                       num_classes=5, input_size=16)
+
+
+def tiny_run(folder, **changes) -> dict:
+    """A config of a few seconds: the tiny CNN on three photos (16 x 16), two methods."""
+    raw = {"name": "tiny-run", "model": {"name": "test_tiny_cnn"},
+           "data": {"name": "samples", "options": {"names": ["chelsea", "coffee", "rocket"]}},
+           "batch_size": 2, "methods": ["vanilla", "sobel"],
+           "metrics": {"deletion": {"step": 32}}, "figure_images": 1,
+           "output_dir": str(folder / "run"), "tracking": {"enabled": False}}
+    raw.update(changes)
+    return raw

@@ -33,8 +33,8 @@ def test_typo_is_named_before_any_model_is_loaded(tmp_path, monkeypatch):
     raw = dict(MINIMAL, modle={"name": "squeezenet1_1"})
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"unknown key 'modle'; valid keys at top level: name, "
-                                          r"methods, model"):
+    with pytest.raises(ConfigError, match=r"modle: unknown key. Did you mean 'model'\? Valid "
+                                          r"keys at the top level: name, methods, model"):
         load_config(path)
     from harness.cli import main
 
@@ -43,14 +43,19 @@ def test_typo_is_named_before_any_model_is_loaded(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("change, message", [
     ({"model": {"name": "squeezenet11"}}, r"model.name: unknown model 'squeezenet11'"),
-    ({"model": {"nmae": "x"}}, r"unknown key 'model.nmae'; valid keys at model: name, weights"),
-    ({"methods": ["vanila"]}, r"methods\[0\].name: unknown method 'vanila'; valid: blurred"),
+    ({"model": {"nmae": "x"}},
+     r"model.nmae: unknown key. Did you mean 'name'\? Valid keys here: name, weights"),
+    ({"methods": ["vanila"]},
+     r"methods\[0\].name: unknown method 'vanila'. Did you mean 'vanilla'\? Valid methods: "
+     r"blurred"),
     ({"methods": [{"name": "sg", "method": "smoothgrad", "params": {"nn": 3}}]},
-     r"methods\[0\].params.nn: not a parameter of 'smoothgrad'; valid: .*base, .*n, noise"),
+     r"methods\[0\].params.nn: unknown key. Did you mean 'n'\? Valid keys here: base, "
+     r"base_params, n, noise"),
     ({"methods": [{"name": "smoothgrad", "params": {"base": "ig"}}]},
      r"methods\[0\].params.base: unknown method 'ig'"),
     ({"methods": ["vanilla", "vanilla"]}, r"display name 'vanilla' is used twice"),
-    ({"metrics": {"delete": {}}}, r"metrics: 'delete' is not one of: deletion, insertion"),
+    ({"metrics": {"delete": {}}},
+     r"metrics: unknown metric 'delete'. Did you mean 'deletion'\? Valid metrics: .*deletion"),
     ({"metrics": {"deletion": {"step": "224"}}}, r"metrics.deletion.step: expected int, got '224'"),
     ({"metrics": {"deletion": {"substrate": "grey"}}},
      r"metrics.deletion.substrate: 'grey' is not one of: blur, mean, rise_blur"),
@@ -60,7 +65,7 @@ def test_typo_is_named_before_any_model_is_loaded(tmp_path, monkeypatch):
      r"metrics.model_randomization.methods: 'gradcam' is not one of: vanilla"),
     ({"target": "true"}, r"target: 'true' is not one of: label, predicted"),
     ({"ci_method": "bc"}, r"ci_method: 'bc' is not one of: bca, percentile"),
-    ({"reference": "smoothgrad"}, r"reference: 'smoothgrad' is not one of the methods: vanilla"),
+    ({"reference": "smoothgrad"}, r"reference: 'smoothgrad' is not one of: vanilla"),
     ({"data": {"name": "imagenet"}}, r"data.name: 'imagenet' is not one of: cs231n_npz"),
     ({"batch_size": True}, r"batch_size: expected int, got True"),
     ({"tracking": {"enabled": "yes"}}, r"tracking.enabled: expected bool, got 'yes'"),
@@ -79,8 +84,8 @@ def test_method_entries_and_repeated_methods_with_display_names():
          "params": {"base": "integrated_gradients", "base_params": {"n_steps": 8}}},
     ]})
     assert [m.registry_name for m in config.methods] == ["vanilla", *["smoothgrad"] * 3]
-    with pytest.raises(ConfigError, match=r"params.base_params.steps: not a parameter of "
-                                          r"'integrated_gradients'"):
+    with pytest.raises(ConfigError, match=r"methods\[0\].params.base_params.steps: unknown key. "
+                                          r"Did you mean 'n_steps'\?"):
         from_dict({**MINIMAL, "methods": [{"name": "smoothgrad", "params": {
             "base": "integrated_gradients", "base_params": {"steps": 8}}}]})
 
@@ -93,7 +98,8 @@ def test_overrides():
     assert config.data.limit == 2 and config.methods[1].params == {"n": 10}
     assert config.tracking.enabled is False and config.data.options == {"names": ["coffee"]}
     assert raw["methods"][1]["params"]["n"] == 50, "the raw mapping is not modified"
-    with pytest.raises(ConfigError, match=r"--set methods.5: '5' is not an index of a list of 2"):
+    with pytest.raises(ConfigError,
+                       match=r"--set methods.5.params.n: '5' is not an index of a list of 2"):
         apply_overrides(raw, ["methods.5.params.n=1"])
     with pytest.raises(ConfigError, match="expected path.to.key=value"):
         apply_overrides(raw, ["data.limit"])

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import harness
-from harness.data import crop_pixels, read_image, to_rgb
+from harness.images import crop_pixels, read_image, to_rgb
 
 
 def test_samples_ship_offline_and_are_rgb():
@@ -21,7 +21,7 @@ def test_samples_ship_offline_and_are_rgb():
         assert sample.label is None
     labelled = harness.load_dataset("samples", names=["coffee"], labels={"coffee": 967})
     assert labelled[0].label == 967
-    with pytest.raises(KeyError, match="unknown sample image 'cofee'.*coffee"):
+    with pytest.raises(harness.UnknownNameError, match="unknown sample image 'cofee'.*coffee"):
         harness.load_dataset("samples", names=["cofee"])
 
 
@@ -128,7 +128,7 @@ def test_label_out_of_range_names_image(tiny_cnn):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(KeyError,
+    with pytest.raises(harness.UnknownNameError,
                        match="Valid datasets: cs231n_npz, imagefolder, pasted_objects, samples"):
         harness.load_dataset("imagenet")
 

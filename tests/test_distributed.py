@@ -15,7 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from harness.store import load_records, record_keys
+from harness.runner import load_records
+from harness.store import record_keys
 
 from .test_experiment import free_port, tiny_raw
 

@@ -17,12 +17,12 @@ from torch import nn
 
 import harness
 from harness.config import ConfigError, from_dict
-from harness.methods import MissingDependencyError, NonFiniteMapError, PluginError, _core
+from harness.errors import MissingDependencyError, PluginError, UnknownNameError
+from harness.methods import NonFiniteMapError, _core
 from harness.methods._core import _hook_counts
 from harness.methods.rise import rise_grids, rise_masks, upsample_matrix
 from harness.metrics.registry import Unit
 from harness.models import attach_info, prepare
-from harness.registry import UnknownNameError
 from harness.seeding import content_seed
 from tests.conftest import state_hash
 
@@ -38,7 +38,7 @@ def x() -> torch.Tensor:
 @pytest.fixture
 def fresh_cache(monkeypatch):
     """Dynamic names resolved inside the test do not leak into (or come from) other tests."""
-    monkeypatch.setattr(_core, "_DYNAMIC", {})
+    monkeypatch.setattr(_core.METHODS, "_dynamic", {})
 
 
 def unfrozen_copy(model: nn.Module) -> nn.Module:
@@ -549,7 +549,7 @@ def test_plugin_by_entry_point(tmp_path, monkeypatch, fresh_cache, tiny_cnn, x, 
     (tmp_path / "harness_demo_plugin.py").write_text(PLUGIN)
     _entry_point_dist(tmp_path, "demo_centre", "harness_demo_plugin:centre_weight")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert "demo_centre" in harness.methods.list_plugins()
+    assert "demo_centre" in harness.list_methods()
     maps = harness.saliency("demo_centre", tiny_cnn, x, TARGET, power=1.0)
     assert float(maps[0, 7, 7]) == 7.0
     assert "entry point demo_centre" in harness.get_method("demo_centre").citation
@@ -716,7 +716,7 @@ def test_runner_with_rise_and_adapter_methods(tmp_path):
     with ':' go through the runner, the randomization check and the kept figure maps."""
     pytest.importorskip("captum.attr")
     pytest.importorskip("pytorch_grad_cam")
-    from harness.experiment import run
+    from harness.runner import run
 
     config = from_dict({
         "name": "eco", "model": {"name": "squeezenet1_1", "weights": "random"},
@@ -743,7 +743,7 @@ def test_a_method_batch_size_reaches_the_method_through_every_runner_path(tmp_pa
     ``batch_size=16``, would take all 4 at once): the method's ``batch_size`` reached it
     everywhere and never collided with the harness's ``batch_size``."""
     import harness.methods.gradients as gradients
-    from harness.pipeline import run_experiment
+    from harness.api import run as run_experiment
 
     chunks: list[int] = []
     original = gradients.input_gradient
@@ -762,12 +762,12 @@ def test_a_method_batch_size_reaches_the_method_through_every_runner_path(tmp_pa
                 "batch_size": 1, "tracking": {"enabled": False}, "figure_images": 1,
                 "output_dir": str(tmp_path / folder), "methods": [ig], "metrics": metrics}
 
-    # no metric needs the unit's maps: the figure computes them (harness.pipeline.figure_inputs)
+    # no metric needs the unit's maps: the figure computes them (harness.report.figure_inputs)
     first = from_dict(raw("first", {
         "model_randomization": {"blocks": ["conv10"], "measures": ["spearman_abs", "ssim"]},
         "max_sensitivity": {"n_samples": 1}}))
     result = run_experiment(first, progress=False, log=lambda *a: None)
-    summary = result["summary"]
+    summary = result.table
     assert set(summary["metric"]) == {"rand_spearman_abs", "rand_ssim", "max_sensitivity"}
     assert list((tmp_path / "first" / "figures").glob("*.png")), "the saliency figure was drawn"
     assert chunks and max(chunks) == 2
@@ -777,7 +777,7 @@ def test_a_method_batch_size_reaches_the_method_through_every_runner_path(tmp_pa
                                 "map_normalisation": "method"},
         "random_logit": {"measure": "ssim"},
         "faithfulness_correlation": {"n_subsets": 3, "subset_size": 3136}}))
-    from harness.experiment import run
+    from harness.runner import run
 
     records = list(run(second, progress=False))
     assert {r["metric"] for r in records} == {"model_randomization", "random_logit",

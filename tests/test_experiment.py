@@ -15,11 +15,14 @@ import pytest
 import torch
 import yaml
 
+from harness.api import run as run_experiment
+from harness.api import table as table_for
 from harness.config import ConfigError, from_dict
-from harness.data import preprocess, resolve_targets
-from harness.experiment import figure_maps, load_records, prepare_run, record_key, run
+from harness.images import preprocess
 from harness.methods import saliency_batched
-from harness.pipeline import run_experiment, table_for
+from harness.runner import figure_maps, load_records, prepare_run, run
+from harness.store import record_key
+from harness.targets import resolve_targets
 from harness.tracking import TrackingUnavailableError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +168,7 @@ def test_mlflow_tracking_server(tmp_path, mlflow_server, monkeypatch):
     config = from_dict(tiny_raw(tmp_path, tracking={"uri": mlflow_server,
                                                     "experiment": "server-test"}))
     result = run_experiment(config, progress=False, log=lambda *a: None)
-    check_logged_run(mlflow_server, result["run_id"], tmp_path)
+    check_logged_run(mlflow_server, result.run_id, tmp_path)
 
 
 def test_mlflow_embedded_sqlite_default(tmp_path, monkeypatch):
@@ -175,16 +178,16 @@ def test_mlflow_embedded_sqlite_default(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     result = run_experiment(config, progress=False, log=lambda *a: None)
     assert (tmp_path / "mlflow.db").exists()
-    check_logged_run("sqlite:///mlflow.db", result["run_id"], tmp_path)
+    check_logged_run("sqlite:///mlflow.db", result.run_id, tmp_path)
 
 
 def test_unreachable_tracking_server_fails_fast_with_uri(tmp_path, monkeypatch):
-    import harness.experiment
+    import harness.runner
 
     def forbidden(*args, **kwargs):
         raise AssertionError("no compute before the tracking check")
 
-    monkeypatch.setattr(harness.experiment, "load_model", forbidden)
+    monkeypatch.setattr(harness.runner, "load_model", forbidden)
     uri = f"http://127.0.0.1:{free_port()}"
     config = from_dict(tiny_raw(tmp_path, tracking={"uri": uri}))
     began = time.time()
@@ -243,7 +246,7 @@ def test_mlflow_names_the_direction_of_every_logged_column(tmp_path):
     # directions can differ from their metric's (ROAD: road_morf lower, road_lerf higher)
     from mlflow.tracking import MlflowClient
 
-    from harness.pipeline import run_experiment
+    from harness.api import run as run_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = from_dict(tiny_raw(tmp_path, methods=["vanilla", "sobel"], reference=None,
@@ -253,7 +256,7 @@ def test_mlflow_names_the_direction_of_every_logged_column(tmp_path):
                                                                  "measures": ["ssim"]}},
                                 tracking={"enabled": True, "uri": uri, "experiment": "dirs"}))
     result = run_experiment(config, progress=False, log=lambda *args: None)
-    summary = result["summary"]
+    summary = result.table
     expected = dict(zip(summary["metric"], summary["direction"], strict=True))
     client = MlflowClient(uri)
     for found in client.search_runs([client.get_experiment_by_name("dirs").experiment_id]):

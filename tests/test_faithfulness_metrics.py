@@ -13,7 +13,7 @@ from torch import nn
 
 import harness
 from harness import metrics
-from harness.data import deprocess, normalize
+from harness.images import deprocess, normalize
 from harness.metrics.correlation import pearson
 from harness.metrics.infidelity import InfidelitySettings, square_count, squares
 from harness.models import attach_info
@@ -658,7 +658,7 @@ def test_random_logit_undefined_and_bad_input(tiny_cnn):
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match="measure 'mse' is not one of: spearman_abs"):
         random_logit(tiny_cnn, "vanilla", x, [0, 1], measure="mse")
-    with pytest.raises(KeyError, match="unknown method 'gradients'"):
+    with pytest.raises(harness.UnknownNameError, match="unknown method 'gradients'"):
         random_logit(tiny_cnn, "gradients", x, [0, 1])
     with pytest.raises(ValueError, match="target 5 of image cat is out of range"):
         random_logit(tiny_cnn, "vanilla", x, [0, 5], ids=["dog", "cat"])

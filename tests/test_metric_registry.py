@@ -12,12 +12,14 @@ import pytest
 import torch
 import yaml
 
+from harness.api import table as table_for
 from harness.cli import main
 from harness.config import ConfigError, from_dict, load_config
-from harness.experiment import record_key, run
 from harness.metrics import METRICS, Unit, get_metric
-from harness.metrics.registry import NEEDS, check_settings
-from harness.pipeline import table_for
+from harness.metrics.registry import NEEDS
+from harness.runner import run
+from harness.settings import check as check_settings
+from harness.store import record_key
 
 from .test_experiment import tiny_raw
 
@@ -40,7 +42,7 @@ def test_every_registered_metric_is_described(name):
 def test_metrics_with_columns_of_both_directions_say_so_before_the_run(capsys):
     # ROAD's road_morf is lower-is-better, road_lerf and road_combined higher: the run's
     # description and tag (written when the run starts) and `harness list metrics` name each
-    from harness.pipeline import describe_metrics
+    from harness.tracking import describe_metrics
 
     entry = get_metric("road")
     assert dict(entry.column_directions) == {"road_morf": "down", "road_lerf": "up",
@@ -106,8 +108,8 @@ def test_a_new_metric_is_one_module(tmp_path, toy_metric, capsys):
     assert "top_share (top=0.05)" in paths[1].read_text()  # the caption states its settings
     with pytest.raises(ConfigError, match=r"metrics.top_share.top: must be in \(0, 1\], got 2"):
         from_dict({**raw, "metrics": {"top_share": {"top": 2}}})
-    with pytest.raises(ConfigError, match=r"unknown key 'metrics.top_share.k'; valid keys at "
-                                          r"metrics.top_share: top"):
+    with pytest.raises(ConfigError, match=r"metrics.top_share.k: unknown key. Valid keys here: "
+                                          r"top"):
         from_dict({**raw, "metrics": {"top_share": {"k": 2}}})
     assert main(["list", "metrics"]) == 0
     assert "top_share" in capsys.readouterr().out

@@ -152,7 +152,7 @@ def test_substrates():
     assert torch.equal(uniform(x), uniform(x))
     assert uniform(x)[0].min() >= x[0].min() and uniform(x)[0].max() <= x[0].max()
     assert metrics.make_substrate(lambda t: t * 0)[1] == "<lambda>"
-    with pytest.raises(KeyError, match="Valid substrates"):
+    with pytest.raises(harness.UnknownNameError, match="Valid substrates"):
         metrics.make_substrate("gray")
 
 

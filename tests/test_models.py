@@ -112,7 +112,8 @@ def test_generic_torchvision_model_metadata():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(KeyError, match="unknown model 'squeezenet11'.*Did you mean.*squeezenet1_1"):
+    with pytest.raises(harness.UnknownNameError,
+                       match="unknown model 'squeezenet11'.*Did you mean.*squeezenet1_1"):
         harness.load_model("squeezenet11")
 
 

@@ -22,10 +22,13 @@ from PIL import Image
 import harness
 from harness.cli import main
 from harness.config import ConfigError, apply_overrides, from_dict
-from harness.data import cs231n_npz, imagefolder, load_maps, read_image, save_maps
-from harness.experiment import load_records, run
-from harness.io import FolderLocked, RecordsCorrupt, RecordStore, RunLock, record_key
+from harness.datasets.builtin import cs231n_npz, imagefolder
+from harness.files import FolderLocked, RunLock
+from harness.images import read_image
+from harness.mapsfile import load_maps, save_maps
 from harness.report import escape
+from harness.runner import load_records, run
+from harness.store import RecordsCorrupt, RecordStore, record_key
 
 from .test_experiment import comparable, tiny_raw
 
@@ -42,12 +45,12 @@ def write_config(folder: Path, raw: dict) -> Path:
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if any model is loaded: the error must come before any compute."""
-    import harness.experiment
+    import harness.runner
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was named")
 
-    monkeypatch.setattr(harness.experiment, "load_model", forbidden)
+    monkeypatch.setattr(harness.runner, "load_model", forbidden)
     monkeypatch.setattr(harness.cli, "load_model", forbidden)
 
 
@@ -120,8 +123,8 @@ KILLER = textwrap.dedent("""
         np.savez_compressed = savez
     elif point == "records":  # die half-way through appending a record line
         import json
-        import harness.io
-        original = harness.io.RecordStore.append
+        import harness.store
+        original = harness.store.RecordStore.append
 
         def append(self, records):
             calls[0] += 1
@@ -133,7 +136,7 @@ KILLER = textwrap.dedent("""
                 die()
             return original(self, records)
 
-        harness.io.RecordStore.append = append
+        harness.store.RecordStore.append = append
     elif point == "tables":  # die while writing the tables, after every record is stored
         import harness.report
         original = harness.report.atomic_write
@@ -244,7 +247,7 @@ def test_one_run_per_folder(tmp_path, capsys):
     # the lock goes with its holder: a process killed while holding it leaves none behind
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from harness.io import RunLock
+        from harness.files import RunLock
         lock = RunLock({str(tmp_path / "run2")!r}).acquire()
         print("locked", flush=True)
         time.sleep(60)
@@ -361,7 +364,7 @@ def test_small_images_and_nan_inputs(lite0):
     image = np.full((4, 4, 3), 0.5)
     image[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="image holds 1 NaN or inf"):
-        harness.data.to_rgb(image)
+        harness.images.to_rgb(image)
 
 
 def test_labels_file_header_rule_and_duplicates(tmp_path):
@@ -448,7 +451,7 @@ def test_resume_refuses_other_code_weights_or_images(tmp_path):
 
 
 def test_files_are_as_readable_as_the_umask_says(tmp_path):
-    from harness.io import atomic_write
+    from harness.files import atomic_write
 
     previous = os.umask(0o022)
     try:

@@ -12,12 +12,13 @@ import torch
 
 from harness.cli import main
 from harness.config import ConfigError, from_dict
-from harness.data import preprocess, resolve_targets
-from harness.experiment import prepare_run, run
+from harness.images import preprocess
 from harness.methods import saliency_batched
 from harness.metrics import METRICS, RoadSettings, Unit, get_metric, road, road_combined
+from harness.metrics.registry import metric_curves, per_image_table
 from harness.models import model_info
-from harness.report import metric_curves, per_image_table
+from harness.runner import prepare_run, run
+from harness.targets import resolve_targets
 
 from .test_experiment import tiny_raw
 
@@ -53,7 +54,7 @@ BASE = {"name": "t", "methods": ["sobel"]}
     ({"noise": -1}, r"metrics\.road\.noise: must be a number >= 0"),
     ({"batch_size": 0}, r"metrics\.road\.batch_size: must be >= 1"),
     ({"percentages": 0.5}, r"metrics\.road\.percentages: expected tuple"),
-    ({"cubic": 1}, r"unknown key 'metrics\.road\.cubic'; valid keys at metrics\.road: orders, "
+    ({"cubic": 1}, r"metrics\.road\.cubic: unknown key. Valid keys here: orders, "
                    r"percentages, imputer, noise, score, batch_size, methods"),
 ])
 def test_bad_settings_are_config_errors_naming_the_key(settings, message):

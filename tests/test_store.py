@@ -8,16 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from harness.io import record_key
-from harness.store import (
-    PARQUET,
-    ShardWriter,
-    compact,
-    load_frame,
-    load_records,
-    record_keys,
-    shard_paths,
-)
+from harness.errors import RunFolderError
+from harness.runner import load_records
+from harness.store import PARQUET, ShardWriter, compact, load_frame, record_key, record_keys
+from harness.store import shard_path as shard_paths
 
 
 def canonical(records) -> list[str]:
@@ -84,9 +78,9 @@ def test_duplicates_and_layouts_read_as_one_store(tmp_path):
     (legacy / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert canonical(load_records(legacy)) == canonical(records)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no records"):
+    with pytest.raises(RunFolderError, match="holds no records"):
         load_records(tmp_path / "empty")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(RunFolderError, match="does not exist"):
         load_records(tmp_path / "nowhere")
 
 
@@ -94,8 +88,35 @@ def test_a_damaged_companion_is_named(tmp_path):
     ShardWriter(shard_paths(tmp_path, None)).append(sample_records("vanilla", ["a"]))
     companion = tmp_path / "records.f64"
     companion.write_bytes(companion.read_bytes()[:16])
-    with pytest.raises(ValueError, match="records.f64 is shorter than the curves"):
+    with pytest.raises(RunFolderError, match=r"records.jsonl: record 1 references curve values "
+                                             r"beyond the end of the companion \(records.f64\)"):
         load_records(tmp_path)
+
+
+def test_a_truncated_companion_never_hands_old_records_new_curves(tmp_path):
+    """A companion cut short, then appended to again, used to give the old records the new
+    records' curves (rc 0): the checksums catch it on reading, and the resuming writer drops the
+    records whose curves are lost (they are recomputed) and cuts the companion first."""
+    original = sample_records("vanilla", ["a", "b", "c", "d"])
+    ShardWriter(shard_paths(tmp_path, None)).append(original)
+    companion = tmp_path / "records.f64"
+    whole = companion.read_bytes()
+    companion.write_bytes(whole[: len(whole) // 2])  # c's and d's curves are lost
+    ShardWriter(shard_paths(tmp_path, None)).append(sample_records("sobel", ["a"]))
+    with pytest.raises(RunFolderError, match="checksum differs"):
+        load_records(tmp_path)  # c's old references now point at sobel's curves
+    companion.write_bytes(whole[: len(whole) // 2])
+    lines = (tmp_path / "records.jsonl").read_bytes().split(b"\n")
+    (tmp_path / "records.jsonl").write_bytes(b"".join(line + b"\n" for line in lines[:12]))
+    notes = ShardWriter(shard_paths(tmp_path, None)).repair()
+    assert any("records whose curves" in note for note in notes)
+    ShardWriter(shard_paths(tmp_path, None)).append(sample_records("sobel", ["a"]))
+    kept = load_records(tmp_path)
+    curves = {(r["image_id"], r["metric"]): r["curve"] for r in original if "curve" in r}
+    vanilla = [r for r in kept if r["method"] == "vanilla" and "curve" in r]
+    assert vanilla and all(r["curve"] == curves[(r["image_id"], r["metric"])] for r in vanilla)
+    assert {r["image_id"] for r in vanilla} == {"a", "b"}, "c and d are gone, to be recomputed"
+    assert any(r["method"] == "sobel" for r in kept)
 
 
 def test_a_torn_companion_tail_does_not_misalign_later_curves(tmp_path):

@@ -13,8 +13,10 @@ from scipy.stats import entropy as scipy_entropy
 from torch import nn
 
 import harness
-from harness import ground_truth, metrics
-from harness.data import load_masks, preprocess, preprocess_masks
+from harness import metrics
+from harness.datasets import load_masks
+from harness.datasets import pasted as ground_truth
+from harness.images import preprocess, preprocess_masks
 from harness.metrics.robustness import draw_perturbations, max_normalised
 from harness.models import attach_info, prepare
 from tests.conftest import LinearModel, TinyCNN

@@ -11,13 +11,15 @@ import torch
 
 import harness
 from harness import metrics
+from harness.api import table as table_for
 from harness.config import ConfigError, from_dict
-from harness.data import Dataset, load_masks, preprocess, resolve_targets, subset
-from harness.experiment import check_filter_model, load_records, prepare_run, run
+from harness.datasets import Dataset, load_masks, subset
+from harness.images import preprocess
 from harness.methods import saliency_batched
 from harness.metrics import get_metric
 from harness.metrics import robustness as robustness_module
-from harness.pipeline import table_for
+from harness.runner import check_filter_model, load_records, prepare_run, run
+from harness.targets import resolve_targets
 
 from .test_experiment import tiny_raw
 

@@ -3,7 +3,7 @@
 One family per module; importing this package registers them all. The adapter families
 (``captum:<Class>``, ``gradcam:<CAMClass>``) import their optional library only when one of their
 methods is asked for; plug-ins (``package.module:function``, entry points of group
-``harness.methods``) are found by ``get_method``.
+``harness.methods``, modules named in a config's ``plugins:``) are found by ``get_method``.
 """
 
 from harness.methods import (  # noqa: F401  (registration; the adapters register families)
@@ -18,9 +18,6 @@ from harness.methods import (  # noqa: F401  (registration; the adapters registe
 from harness.methods._core import (
     FAMILIES,
     METHODS,
-    Family,
-    Method,
-    MissingDependencyError,
     NonFiniteMapError,
     get_method,
     guarded,
@@ -34,11 +31,10 @@ from harness.methods._core import (
     saliency_batched,
     signed_channels,
 )
-from harness.methods.plugins import PluginError, list_plugins
+from harness.methods.entry import Family, Method
 
 __all__ = [
-    "FAMILIES", "METHODS", "Family", "Method", "MissingDependencyError", "NonFiniteMapError",
-    "PluginError", "get_method", "guarded", "list_methods", "list_plugins", "raw_attribution",
-    "raw_attribution_batched", "reduce_channels", "register_attribution", "register_method",
-    "saliency", "saliency_batched", "signed_channels",
+    "FAMILIES", "METHODS", "Family", "Method", "NonFiniteMapError", "get_method", "guarded",
+    "list_methods", "raw_attribution", "raw_attribution_batched", "reduce_channels",
+    "register_attribution", "register_method", "saliency", "saliency_batched", "signed_channels",
 ]

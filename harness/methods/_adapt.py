@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.errors import ConfigError, MethodError, UnknownNameError
 from harness.models import get_module
-from harness.registry import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def split_params(what: str, params: dict, groups: dict[str, Signature],
 
     ``params`` holds the groups as mappings (``{"init": {...}, "attribute": {...}}``) and/or flat
     keys, each placed in the one group whose signature names it. ``reserved`` maps a name the
-    harness sets itself to the reason. Errors are ``ValueError("<param path>: <why>")``.
+    harness sets itself to the reason. Errors are ``ConfigError("<param path>: <why>")``.
     """
     split: dict[str, dict] = {group: {} for group in groups}
     for key, value in params.items():
@@ -73,36 +73,36 @@ def split_params(what: str, params: dict, groups: dict[str, Signature],
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise ValueError(f"{key}: expected a mapping of {what}'s {key} parameters, got "
+                raise ConfigError(f"{key}: expected a mapping of {what}'s {key} parameters, got "
                                  f"{value!r}")
             for name, inner in value.items():
                 _check_name(what, f"{key}.{name}", name, groups[key], reserved, key)
                 split[key][name] = inner
             continue
         if key in reserved:
-            raise ValueError(f"{key}: set by the harness ({reserved[key]})")
+            raise ConfigError(f"{key}: set by the harness ({reserved[key]})")
         owners = [group for group, signature in groups.items() if key in signature.names]
         if not owners:
             valid = sorted(set().union(*(s.names for s in groups.values())) - set(reserved))
-            raise ValueError(f"{key}: not a parameter of {what}; valid: "
+            raise ConfigError(f"{key}: not a parameter of {what}; valid: "
                              f"{', '.join([*groups, *valid])}")
         if len(owners) > 1:
-            raise ValueError(f"{key}: {what} takes {key!r} in {' and '.join(owners)}; say which "
+            raise ConfigError(f"{key}: {what} takes {key!r} in {' and '.join(owners)}; say which "
                              f"({owners[0]}: {{{key}: ...}})")
         split[owners[0]][key] = value
     for group, signature in groups.items():
         missing = sorted(signature.required - set(split[group]) - set(reserved))
         if missing:
-            raise ValueError(f"{missing[0]}: {what} needs {group} parameter {missing[0]!r}")
+            raise ConfigError(f"{missing[0]}: {what} needs {group} parameter {missing[0]!r}")
     return split
 
 
 def _check_name(what: str, path: str, name: str, signature: Signature, reserved: dict[str, str],
                 group: str) -> None:
     if name in reserved:
-        raise ValueError(f"{path}: set by the harness ({reserved[name]})")
+        raise ConfigError(f"{path}: set by the harness ({reserved[name]})")
     if name not in signature.names and not signature.open:
-        raise ValueError(f"{path}: not a {group} parameter of {what}; valid: "
+        raise ConfigError(f"{path}: not a {group} parameter of {what}; valid: "
                          f"{', '.join(sorted(signature.names - set(reserved)))}")
 
 
@@ -131,11 +131,11 @@ def layer_name(model: nn.Module, layer: str | None, what: str) -> str:
     """``layer``, or the model's ``cam_layer`` (as our ``gradcam`` takes it)."""
     if layer is not None:
         if not isinstance(layer, str):
-            raise ValueError(f"{what}: layer must be a module name (str), got {layer!r}")
+            raise ConfigError(f"{what}: layer must be a module name (str), got {layer!r}")
         return layer
     info = getattr(model, "harness_info", None)
     if info is None:
-        raise ValueError(f"{what} needs layer= or a model with harness metadata (cam_layer)")
+        raise MethodError(f"{what} needs layer= or a model with harness metadata (cam_layer)")
     return info.cam_layer
 
 
@@ -168,7 +168,7 @@ def library_layer(model: nn.Module, x: torch.Tensor, layer: str | None,
     module = get_module(model, name)
     calls = calls_per_forward(model, module, x)
     if calls == 0:
-        raise ValueError(f"{what}: layer {name!r} does not run in the model's forward")
+        raise MethodError(f"{what}: layer {name!r} does not run in the model's forward")
     if calls == 1:
         yield module
         return

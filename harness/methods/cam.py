@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import MethodError
 from harness.methods._core import class_scores, register_method
 from harness.models import get_module
 
@@ -22,7 +23,7 @@ def _cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | N
     if layer is None:
         info = getattr(model, "harness_info", None)
         if info is None:
-            raise ValueError("gradcam needs layer= or a model with harness metadata (cam_layer)")
+            raise MethodError("gradcam needs layer= or a model with harness metadata (cam_layer)")
         layer = info.cam_layer
     module = get_module(model, layer)
     captured: list[torch.Tensor] = []
@@ -38,7 +39,7 @@ def _cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | N
         handle.remove()
     if not captured or captured[0].ndim != 4:
         shape = tuple(captured[0].shape) if captured else None
-        raise ValueError(f"gradcam layer {layer!r} must output [N, K, h, w], got {shape}")
+        raise MethodError(f"gradcam layer {layer!r} must output [N, K, h, w], got {shape}")
     activation = captured[0]
     (grads,) = torch.autograd.grad(scores.sum(), activation)
     weights = grads.mean(dim=(2, 3), keepdim=True)
@@ -55,7 +56,7 @@ def gradcam_signed(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
     return _cam(model, x, target, layer, relu=False)
 
 
-@register_method("gradcam", kind="cam", signed=gradcam_signed,
+@register_method("gradcam", signed=gradcam_signed,
                  citation="Selvaraju et al. 2017 (arXiv:1610.02391)")
 def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
             layer: str | None = None) -> torch.Tensor:

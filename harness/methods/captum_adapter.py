@@ -55,6 +55,7 @@ import inspect
 import torch
 from torch import nn
 
+from harness.errors import ConfigError, MethodError
 from harness.methods._adapt import (
     Signature,
     as_library_value,
@@ -66,18 +67,21 @@ from harness.methods._adapt import (
 )
 from harness.methods._core import (
     REDUCTIONS,
-    Family,
-    Method,
     reduce_channels,
     register_family,
     require,
     signed_channels,
 )
+from harness.methods.entry import Family, Method
 from harness.seeding import content_seed
+from harness.settings import check_int, check_seed
 
 PREFIX = "captum"
 EXTRA = "captum"
 UPSAMPLE_MODES = ("bilinear", "nearest", "bicubic", "area")
+# Captum's count parameters and their least valid value (checked before any compute)
+POSITIVE_COUNTS = {"n_steps": 1, "n_samples": 1, "perturbations_per_eval": 1,
+                   "internal_batch_size": 1, "nt_samples": 1, "num_interp_points": 1}
 _OWN = ("layer", "upsample", "reduce", "seed")
 _RESERVED_INIT = {"forward_func": "the model", "model": "the model",
                   "layer": "the 'layer' parameter, a module name"}
@@ -146,19 +150,18 @@ def _spec(cls: type) -> tuple[dict[str, Signature], bool, bool]:
 
 
 def _check(name: str, cls: type, params: dict) -> dict[str, dict]:
-    """Validate ``params`` (``ValueError("<path>: <why>")``); return the library groups."""
+    """Validate ``params`` (``ConfigError("<path>: <why>")``); return the library groups."""
     groups, is_layer, takes_layer = _spec(cls)
     if "layer" in params and not takes_layer:
-        raise ValueError(f"layer: {name} takes no layer")
+        raise ConfigError(f"layer: {name} takes no layer")
     if "upsample" in params and not is_layer:
-        raise ValueError(f"upsample: {name} is not a layer attribution (its maps are input-sized)")
+        raise ConfigError(f"upsample: {name} is not a layer attribution (its maps are input-sized)")
     if params.get("upsample", "bilinear") not in UPSAMPLE_MODES:
-        raise ValueError(f"upsample: {params['upsample']!r} is not one of: "
+        raise ConfigError(f"upsample: {params['upsample']!r} is not one of: "
                          f"{', '.join(UPSAMPLE_MODES)}")
-    if not isinstance(params.get("seed", 0), int):
-        raise ValueError(f"seed: expected an int, got {params['seed']!r}")
+    check_seed("seed", params.get("seed", 0))
     if params.get("reduce", "abs_max") not in REDUCTIONS:
-        raise ValueError(f"reduce: {params['reduce']!r} is not one of: {', '.join(REDUCTIONS)}")
+        raise ConfigError(f"reduce: {params['reduce']!r} is not one of: {', '.join(REDUCTIONS)}")
     library = {k: v for k, v in params.items() if k not in _OWN}
     reserved = {**_RESERVED_INIT, **_RESERVED_ATTRIBUTE}
     split = split_params(name, library, groups, reserved)
@@ -167,7 +170,11 @@ def _check(name: str, cls: type, params: dict) -> dict[str, dict]:
             mask = group.get(key)
             if isinstance(mask, dict) and (set(mask) != {"grid"} or not isinstance(
                     mask["grid"], int) or mask["grid"] < 1):
-                raise ValueError(f"{key}: expected {{grid: k}} with an int k >= 1, got {mask!r}")
+                raise ConfigError(f"{key}: expected {{grid: k}} with an int k >= 1, got {mask!r}")
+    for group, values in split.items():  # counts Captum asserts on only mid-run
+        for key, low in POSITIVE_COUNTS.items():
+            if key in values and values[key] is not None:
+                check_int(f"{group}.{key}", values[key], low)
     return split
 
 
@@ -226,12 +233,12 @@ def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.
     result = torch.cat(results)
     if is_layer:
         if result.ndim != 4:
-            raise ValueError(f"{name}: the layer attribution must be [N, K, h, w] to map onto the "
+            raise MethodError(f"{name}: the layer attribution must be [N, K, h, w] to map onto the "
                              f"image, got {tuple(result.shape)}; choose a conv layer (layer=)")
         result = _attr().LayerAttribution.interpolate(result, tuple(x.shape[2:]),
                                                       params.get("upsample", "bilinear"))
     elif tuple(result.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: attribution shaped {tuple(result.shape)}, expected "
+        raise MethodError(f"{name}: attribution shaped {tuple(result.shape)}, expected "
                          f"{tuple(x.shape)}")
     return result.to(x.dtype)
 
@@ -257,7 +264,7 @@ def method(member: str) -> Method:
         _check(name, cls, dict(params))
 
     version = getattr(require("captum", EXTRA, name), "__version__", "?")
-    return Method(name, as_map, "layer" if is_layer else "attribution",
+    return Method(name, as_map,
                   citation=f"Captum {version} captum.attr.{member} (Kokhlikyan et al. 2020, "
                            "arXiv:2009.07896); the method's paper is in the class docstring",
                   summary=_summary(cls), signed=as_signed,

@@ -37,6 +37,7 @@ import inspect
 import torch
 from torch import nn
 
+from harness.errors import ConfigError
 from harness.methods._adapt import (
     as_library_value,
     library_class,
@@ -45,7 +46,8 @@ from harness.methods._adapt import (
     seeded_global_rngs,
     split_params,
 )
-from harness.methods._core import Family, Method, register_family, require
+from harness.methods._core import register_family, require
+from harness.methods.entry import Family, Method
 
 PREFIX = "gradcam"
 EXTRA = "gradcam"
@@ -86,7 +88,7 @@ def _groups(cls: type) -> dict:
 
 def _check(name: str, cls: type, params: dict) -> dict[str, dict]:
     if "layer" in params and cls.__name__ in _NO_LAYER:
-        raise ValueError(f"layer: {name} takes no layer (it uses every conv/BatchNorm bias)")
+        raise ConfigError(f"layer: {name} takes no layer (it uses every conv/BatchNorm bias)")
     library = {k: v for k, v in params.items() if k != "layer"}
     return split_params(name, library, _groups(cls), _RESERVED)
 
@@ -138,7 +140,7 @@ def method(member: str) -> Method:
     doc = " ".join((cls.__doc__ or "").split()).split(". ")[0]
     summary = f"pytorch-grad-cam {member}" + (f": {doc}." if doc else " (ReLU, min-max scaled).")
     version = _version()
-    return Method(name, as_map, "cam",
+    return Method(name, as_map,
                   citation=f"pytorch-grad-cam {version} pytorch_grad_cam.{member} (Gildenblat & "
                            "contributors 2021, github.com/jacobgil/pytorch-grad-cam)",
                   summary=summary, check_params=check_params)

@@ -11,10 +11,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from harness.methods._core import class_scores, input_gradient, register_attribution
+from harness.errors import MethodError
+from harness.methods._core import input_gradient, register_attribution
+from harness.settings import check, check_choice, check_int
+
+RULES = ("right", "left", "middle", "trapezoid")
 
 
 @register_attribution(
@@ -49,12 +55,30 @@ def _path_weights(n_steps: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
         weights = torch.full((n_steps + 1,), 1.0 / n_steps, dtype=torch.float64)
         weights[0] = weights[-1] = 0.5 / n_steps
         return k / n_steps, weights
-    raise ValueError(f"integration rule {rule!r} is not one of: right, left, middle, trapezoid")
+    raise MethodError(f"integration rule {rule!r} is not one of: {', '.join(RULES)}")
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsSettings:
+    """``n_steps`` path points (the paper's m), the ``baseline`` (``"zero"``, a number or a
+    tensor broadcastable to x), the Riemann ``rule`` and ``batch_size`` path points per pass."""
+
+    n_steps: int = 50
+    baseline: str | float | torch.Tensor = "zero"
+    rule: str = "right"
+    batch_size: int = 16
+
+    def check(self) -> None:
+        check_int("n_steps", self.n_steps, 1)
+        if isinstance(self.baseline, str):
+            check_choice("baseline", self.baseline, ("zero",))
+        check_choice("rule", self.rule, RULES)
+        check_int("batch_size", self.batch_size, 1)
 
 
 @register_attribution(
     "integrated_gradients", citation="Sundararajan, Taly & Yan 2017 (arXiv:1703.01365)",
-    defaults={"n_steps": 50, "baseline": "zero", "rule": "right", "batch_size": 16})
+    settings=IntegratedGradientsSettings)
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
                          n_steps: int = 50, baseline: str | float | torch.Tensor = "zero",
                          rule: str = "right", batch_size: int = 16) -> torch.Tensor:
@@ -65,11 +89,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor
     (the paper's Riemann sum, alpha = k/m), ``left``, ``middle`` or ``trapezoid``. The
     ``N * len(alphas)`` path points are scored in chunks of ``batch_size`` inputs.
     """
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    check(IntegratedGradientsSettings(n_steps, baseline, rule, batch_size))
     if isinstance(baseline, str):
-        if baseline != "zero":
-            raise ValueError(f"baseline {baseline!r} is not one of: zero (or a number/tensor)")
         reference = torch.zeros_like(x)
     else:
         reference = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
@@ -123,4 +144,4 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> 
             handle.remove()
 
 
-__all__ = ["gradient", "grad_x_input", "integrated_gradients", "guided_backprop", "class_scores"]
+__all__ = ["gradient", "grad_x_input", "integrated_gradients", "guided_backprop"]

@@ -1,39 +1,43 @@
 """User plug-ins: saliency methods that live outside this repository.
 
 A plug-in is a function with the methods' signature ``fn(model, x, target, **params) ->
-Tensor[N, H, W]`` (``x`` the model input ``[N, C, H, W]``, ``target`` long ``[N]``), or a
-``harness.methods.Method`` when it also has a signed variant or a raw attribution. It is found
+Tensor[N, H, W]`` (``x`` the model input ``[N, C, H, W]``, ``target`` long ``[N]``; its keyword
+parameters, with defaults and annotations, are its settings), or a ``harness.methods.Method``
+when it also has a signed variant or a raw attribution. It is found
 
 - by an import path, ``package.module:function`` (the method name in a config or in
-  ``saliency``), imported with ``importlib.import_module`` from ``sys.path``;
-- by name, from the entry points of group ``harness.methods`` (``importlib.metadata``): a package
-  declares ``[project.entry-points."harness.methods"] my_method = "mypkg.saliency:my_method"``.
+  ``saliency``), imported from ``sys.path`` and the folders of ``plugins:``;
+- by name, from the entry points of group ``harness.methods``: a package declares
+  ``[project.entry-points."harness.methods"] my_method = "mypkg.saliency:my_method"``;
+- by name, when a module named in a config's ``plugins:`` registers it with
+  ``@harness.register_method("name", citation=...)``.
 
-Registered names and the adapter families (``captum:``, ``gradcam:``) come first. A plug-in that
-does not import, names a missing attribute, is not callable or does not take ``(model, x,
-target)`` positionally raises ``PluginError`` (a ``ValueError``); config validation reports it
-before any model is loaded. Plug-in calls go through the same guard as every method.
+Registered names and the adapter families (``captum:``, ``gradcam:``) come first. Only functions
+written in Python outside the standard library that take ``(model, x, target)`` as their first
+three named parameters are accepted; anything else raises ``PluginError`` before any model is
+loaded. Plug-in calls go through the same guard and output checks as every method.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.metadata
 import inspect
+import sys
 
-from harness.methods._core import Method
+from harness.errors import PluginError
+from harness.methods.entry import Method, settings_for, summary_of
 
-ENTRY_POINT_GROUP = "harness.methods"
 SIGNATURE = "(model, x, target, **params) -> Tensor[N, H, W]"
 
 
-class PluginError(ValueError):
-    """A plug-in method that cannot be used; the message says which and why."""
-
-
 def import_method(path: str) -> Method:
-    """The method at import path ``package.module:function``."""
+    """The method at import path ``package.module:function``.
+
+    Raises:
+        PluginError: the module does not import, has no such attribute, or the object is not a
+            usable method.
+    """
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise PluginError(f"plug-in {path!r}: expected 'package.module:function'")
@@ -41,7 +45,9 @@ def import_method(path: str) -> Method:
         module = importlib.import_module(module_name)
     except Exception as error:  # noqa: BLE001 - any failure while importing user code
         raise PluginError(f"plug-in {path!r}: cannot import module {module_name!r}: "
-                          f"{type(error).__name__}: {error}") from None
+                          f"{type(error).__name__}: {error}. A module in the config's folder or "
+                          "the working folder is found by name; elsewhere, name it in the "
+                          "config's plugins: (a .py path) or install it") from None
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -53,74 +59,52 @@ def import_method(path: str) -> Method:
     return as_method(path, target, origin=f"plug-in {path}")
 
 
-def entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    """The installed entry points of group ``harness.methods``, by name."""
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+def as_method(name: str, target, origin: str) -> Method:
+    """A ``Method`` named ``name`` from a plug-in function or ``Method``.
 
-
-def list_plugins() -> list[str]:
-    """Names of the methods installed through entry points."""
-    return sorted(entry_points())
-
-
-def entry_point_method(name: str) -> Method | None:
-    """The method of entry point ``name`` (group ``harness.methods``), or None if there is none."""
-    entry = entry_points().get(name)
-    if entry is None:
-        return None
-    dist = getattr(entry, "dist", None)
-    source = f"entry point {name} = {entry.value}" + (f" (distribution {dist.name})"
-                                                       if dist is not None else "")
-    try:
-        target = entry.load()
-    except Exception as error:  # noqa: BLE001 - any failure while importing user code
-        raise PluginError(f"{source}, group {ENTRY_POINT_GROUP!r}, does not load: "
-                          f"{type(error).__name__}: {error}") from None
-    return as_method(name, target, origin=source)
-
-
-def as_method(name: str, target, *, origin: str) -> Method:
-    """A ``Method`` named ``name`` from a plug-in function or ``Method``."""
+    Raises:
+        PluginError: ``target`` is not a Python function taking (model, x, target), or comes
+            from the standard library.
+    """
     if isinstance(target, Method):
         check_signature(origin, target.fn)
-        return dataclasses.replace(target, name=name)
-    if not callable(target):
-        raise PluginError(f"{origin}: {type(target).__name__} object is not callable; a "
-                          f"plug-in is a function {SIGNATURE} or a harness.methods.Method")
+        return dataclasses.replace(target, name=name, origin=origin)
     check_signature(origin, target)
-    summary = " ".join((target.__doc__ or "").strip().split("\n\n")[0].split())
-    return Method(name, target, "plugin", citation=origin, summary=summary or origin,
-                  check_params=_required_params(origin, target))
+    try:
+        settings = settings_for(name, target, None)
+    except TypeError as error:  # a signature whose defaults cannot make a dataclass
+        raise PluginError(f"{origin}: cannot read its parameters ({error})") from None
+    return Method(name, target, citation=origin, summary=summary_of(target) or origin,
+                  settings=settings, origin=origin)
 
 
 def check_signature(origin: str, fn) -> None:
-    """``fn`` must take (model, x, target) positionally; other parameters by keyword."""
+    """``fn`` must be a Python function (not a builtin, a class or a standard-library function)
+    whose first three parameters are named and positional (model, x, target); the others are
+    passed by keyword."""
+    if not callable(fn):
+        raise PluginError(f"{origin}: {type(fn).__name__} object is not callable; a plug-in is a "
+                          f"function {SIGNATURE} or a harness.methods.Method")
+    function = inspect.unwrap(fn)
+    if not (inspect.isfunction(function) or inspect.ismethod(function)):
+        raise PluginError(f"{origin}: {fn!r} is not a Python function; a plug-in is a function "
+                          f"{SIGNATURE}")
+    module = (getattr(function, "__module__", None) or "").split(".")[0]
+    if module in sys.stdlib_module_names or module == "builtins":
+        raise PluginError(f"{origin}: {module}.{getattr(function, '__qualname__', fn)} is a "
+                          f"standard-library function, not a saliency method {SIGNATURE}")
     try:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError) as error:
         raise PluginError(f"{origin}: cannot read its signature ({error})") from None
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY,
                                                       p.POSITIONAL_OR_KEYWORD)]
-    has_var_positional = any(p.kind is p.VAR_POSITIONAL for p in parameters)
-    if len(positional) < 3 and not has_var_positional:
+    if len(positional) < 3:
         raise PluginError(f"{origin}: signature {inspect.signature(fn)} does not take (model, x, "
-                          f"target); a plug-in is a function {SIGNATURE}")
+                          f"target) as its first three parameters; a plug-in is a function "
+                          f"{SIGNATURE}")
     stuck = [p.name for p in positional[3:] if p.kind is p.POSITIONAL_ONLY
              and p.default is p.empty]
     if stuck:
         raise PluginError(f"{origin}: parameters after (model, x, target) are passed by keyword; "
                           f"{stuck[0]!r} is positional-only without a default")
-
-
-def _required_params(origin: str, fn):
-    parameters = list(inspect.signature(fn).parameters.values())
-    positional = [p for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
-    keyword = [p for p in parameters if p.kind is p.KEYWORD_ONLY]
-    required = {p.name for p in positional[3:] + keyword if p.default is p.empty}
-
-    def check(params: dict) -> None:
-        missing = sorted(required - set(params))
-        if missing:
-            raise ValueError(f"{missing[0]}: required by {origin} (it has no default)")
-
-    return check

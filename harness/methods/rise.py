@@ -39,12 +39,17 @@ Where this differs from the reference code, and why:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from harness.methods._core import check_target_range, register_method
+from harness.errors import MethodError
+from harness.methods._core import register_method
 from harness.seeding import image_generator
+from harness.settings import check, check_int, check_number, check_seed, check_target_range
+
+GRID_BYTES = 2**31  # the grids [N, s, s] are drawn at once in float64: at most 2 GiB
 
 
 def upsample_matrix(n_cells: int, size: int) -> torch.Tensor:
@@ -100,21 +105,34 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int],
     return masks.to(dtype)
 
 
-def _check(n_masks: int, grid_size: int, p_keep: float, batch_size: int) -> None:
-    if not isinstance(n_masks, int) or n_masks < 1:
-        raise ValueError(f"rise: n_masks must be an int >= 1, got {n_masks!r}")
-    if not isinstance(grid_size, int) or grid_size < 1:
-        raise ValueError(f"rise: grid_size must be an int >= 1, got {grid_size!r}")
-    if not 0 < p_keep <= 1:
-        raise ValueError(f"rise: p_keep must be in (0, 1], got {p_keep!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"rise: batch_size must be an int >= 1, got {batch_size!r}")
+@dataclass(frozen=True)
+class RiseSettings:
+    """``n_masks`` N, ``grid_size`` s, ``p_keep`` p (the paper's), ``seed`` of the masks,
+    ``batch_size`` masked images per forward. The grids ``[N, s, s]`` are drawn at once (float64,
+    8 N s^2 bytes, at most 2 GiB); the masks are built ``batch_size`` at a time."""
+
+    n_masks: int = 4000
+    grid_size: int = 7
+    p_keep: float = 0.5
+    seed: int = 0
+    batch_size: int = 32
+
+    def check(self) -> None:
+        check_int("n_masks", self.n_masks, 1)
+        check_int("grid_size", self.grid_size, 1)
+        check_number("p_keep", self.p_keep, 0, 1, low_open=True)
+        check_seed("seed", self.seed)
+        check_int("batch_size", self.batch_size, 1)
+        grid_bytes = 8 * self.n_masks * self.grid_size**2
+        if grid_bytes > GRID_BYTES:
+            raise MethodError(f"n_masks: {self.n_masks} grids of {self.grid_size}x"
+                              f"{self.grid_size} cells need {grid_bytes / 2**30:.1f} GiB at once "
+                              f"(at most {GRID_BYTES / 2**30:.0f} GiB); lower n_masks or "
+                              "grid_size")
 
 
-@register_method("rise", kind="perturbation",
-                 citation="Petsiuk, Das & Saenko 2018 (arXiv:1806.07421)",
-                 defaults={"n_masks": 4000, "grid_size": 7, "p_keep": 0.5, "seed": 0,
-                           "batch_size": 32})
+@register_method("rise", citation="Petsiuk, Das & Saenko 2018 (arXiv:1806.07421)",
+                 settings=RiseSettings)
 def rise(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, n_masks: int = 4000,
          grid_size: int = 7, p_keep: float = 0.5, seed: int = 0,
          batch_size: int = 32) -> torch.Tensor:
@@ -124,7 +142,7 @@ def rise(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, n_masks: in
     ``x`` ``[N, C, H, W]`` -> ``[N, H, W]``. At most ``batch_size`` masked images per forward,
     under ``torch.inference_mode``; the masks are built chunk by chunk on ``x``'s device.
     """
-    _check(n_masks, grid_size, p_keep, batch_size)
+    check(RiseSettings(n_masks, grid_size, p_keep, seed, batch_size))
     n_images, _, height, width = x.shape
     grids, shifts = rise_grids(n_masks, grid_size, p_keep, (height, width), seed)
     masks_per_chunk = max(1, batch_size // n_images)
@@ -140,7 +158,7 @@ def rise(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, n_masks: in
                 inputs = x[first:last, None] * masks[None, :, None]  # [B, M, C, H, W]
                 logits = model(inputs.flatten(0, 1))
                 if start == 0:
-                    check_target_range(logits, target[first:last])
+                    check_target_range(target[first:last], logits.shape[1], error=MethodError)
                 probs = torch.softmax(logits.float(), dim=1).view(last - first, stop - start, -1)
                 chosen = probs.gather(2, target[first:last].view(-1, 1, 1).expand(
                     -1, stop - start, 1))[..., 0]  # [B, M]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from harness.errors import MetricError
 from harness.metrics.causal import (  # validate_maps: the metrics' shared input check
     default_batch_size,
     resolve_memory_format,
@@ -36,7 +37,7 @@ POSITIVE_HINTS = {"logit": "(use score='prob')",
 def check_choice(name: str, value, choices: Sequence[str]) -> None:
     """ValueError naming ``name``, the bad ``value`` and the valid ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name} {value!r} is not one of: {', '.join(choices)}")
+        raise MetricError(f"{name} {value!r} is not one of: {', '.join(choices)}")
 
 
 def check_int(name: str, value, low: int, high: int | None = None) -> int:
@@ -44,7 +45,7 @@ def check_int(name: str, value, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (
             high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+        raise MetricError(f"{name} must be an integer {bound}, got {value!r}")
     return value
 
 
@@ -60,10 +61,10 @@ def image_key(ids: Sequence[str] | None, index: int) -> int | str:
 
 def pixel_scale(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's normalisation ``mean``, ``std`` as ``[1, C, 1, 1]`` tensors in x's dtype and
-    device: pixels = x * std + mean (``harness.data.deprocess``)."""
+    device: pixels = x * std + mean (``harness.images.deprocess``)."""
     info = model_info(model)
     if len(info.mean) != x.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} channels but the model's mean/std have "
+        raise MetricError(f"x has {x.shape[1]} channels but the model's mean/std have "
                          f"{len(info.mean)}")
     mean = torch.tensor(info.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(info.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -126,7 +127,7 @@ def score_stream(model: nn.Module, owners: torch.Tensor,
             bad = (targets < 0) | (targets >= logits.shape[1])
             if bool(bad.any()):
                 index = int(owners[begin:end][bad][0])
-                raise ValueError(f"target {int(target[index])} of image {image_name(ids, index)} "
+                raise MetricError(f"target {int(target[index])} of image {image_name(ids, index)} "
                                  f"is out of range: the model has {logits.shape[1]} classes")
             scores[begin:end] = _scores(logits, targets, score).cpu()
     return scores
@@ -148,7 +149,7 @@ MAPS = ("signed", "absolute")
 def setting_choice(field: str, value, choices: Sequence[str]) -> None:
     """``ValueError("field: ...")`` unless ``value`` is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{field}: {value!r} is not one of: {', '.join(choices)}")
+        raise MetricError(f"{field}: {value!r} is not one of: {', '.join(choices)}")
 
 
 def setting_int(field: str, value, low: int, *, optional: bool = False) -> None:
@@ -158,7 +159,7 @@ def setting_int(field: str, value, low: int, *, optional: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         hint = " (or omitted for the default)" if optional else ""
-        raise ValueError(f"{field}: must be an integer >= {low}{hint}, got {value!r}")
+        raise MetricError(f"{field}: must be an integer >= {low}{hint}, got {value!r}")
 
 
 def setting_number(field: str, value, *, low: float, inclusive: bool) -> None:
@@ -167,7 +168,7 @@ def setting_number(field: str, value, *, low: float, inclusive: bool) -> None:
     ok = (isinstance(value, int | float) and not isinstance(value, bool)
           and float(value) < float("inf") and (value >= low if inclusive else value > low))
     if not ok:
-        raise ValueError(f"{field}: must be a finite number {'>=' if inclusive else '>'} {low}, "
+        raise MetricError(f"{field}: must be a finite number {'>=' if inclusive else '>'} {low}, "
                          f"got {value!r}")
 
 

@@ -37,9 +37,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.errors import MetricError
 from harness.methods._core import check_finite_inputs
 from harness.metrics.registry import register_metric
-from harness.metrics.substrates import Substrate, make_substrate
+from harness.metrics.substrates import Substrate, list_substrates, make_substrate
 
 SCORES = ("prob", "logit")
 
@@ -77,7 +78,7 @@ class ABPCResult:
 def auc(curves: torch.Tensor) -> torch.Tensor:
     """Normalised trapezoid of curves ``[..., K]`` on K evenly spaced points in [0, 1] (RISE)."""
     if curves.shape[-1] < 2:
-        raise ValueError("a curve needs at least 2 points")
+        raise MetricError("a curve needs at least 2 points")
     curves = curves.double()
     return (curves.sum(-1) - curves[..., 0] / 2 - curves[..., -1] / 2) / (curves.shape[-1] - 1)
 
@@ -104,23 +105,23 @@ def validate_maps(x: torch.Tensor, saliency: torch.Tensor, target,
     its image), ``target`` ``[N]`` and ``ids``; return ``target`` as long ``[N]`` on x's device."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a tensor [N, C, H, W], got {shape}")
+        raise MetricError(f"x must be a tensor [N, C, H, W], got {shape}")
     n_images, _, height, width = x.shape
     if not isinstance(saliency, torch.Tensor) or tuple(saliency.shape) != (n_images, height,
                                                                             width):
         shape = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency)
-        raise ValueError(f"saliency has shape {shape}; x {tuple(x.shape)} needs maps [N, H, W] = "
+        raise MetricError(f"saliency has shape {shape}; x {tuple(x.shape)} needs maps [N, H, W] = "
                          f"{(n_images, height, width)}")
     if ids is not None and len(ids) != n_images:
-        raise ValueError(f"ids has {len(ids)} entries for {n_images} images")
+        raise MetricError(f"ids has {len(ids)} entries for {n_images} images")
     finite = torch.isfinite(saliency.reshape(n_images, -1)).all(dim=1)
     if not bool(finite.all()):
         index = int((~finite).nonzero()[0, 0])
         name = ids[index] if ids is not None else f"#{index}"
-        raise ValueError(f"saliency map of image {name} contains NaN or inf")
+        raise MetricError(f"saliency map of image {name} contains NaN or inf")
     target = torch.as_tensor(target, device=x.device).long().reshape(-1)
     if target.shape[0] != n_images:
-        raise ValueError(f"target has {target.shape[0]} entries for {n_images} images")
+        raise MetricError(f"target has {target.shape[0]} entries for {n_images} images")
     return target
 
 
@@ -131,9 +132,9 @@ def validate(model_input: torch.Tensor, saliency: torch.Tensor, target: torch.Te
     check_finite_inputs(model_input, ids)
     height, width = model_input.shape[2:]
     if not isinstance(step, int) or not 1 <= step <= height * width:
-        raise ValueError(f"step must be an integer in [1, H*W = {height * width}], got {step}")
+        raise MetricError(f"step must be an integer in [1, H*W = {height * width}], got {step}")
     if score not in SCORES:
-        raise ValueError(f"score {score!r} is not one of: {', '.join(SCORES)}")
+        raise MetricError(f"score {score!r} is not one of: {', '.join(SCORES)}")
     return target
 
 
@@ -142,7 +143,7 @@ def _autocast(device: torch.device, amp_dtype: str | None):
         return contextlib.nullcontext()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if amp_dtype not in dtypes:
-        raise ValueError(f"amp_dtype {amp_dtype!r} is not one of: bf16, fp16 (or None for fp32)")
+        raise MetricError(f"amp_dtype {amp_dtype!r} is not one of: bf16, fp16 (or None for fp32)")
     return torch.autocast(device_type=device.type, dtype=dtypes[amp_dtype])
 
 
@@ -154,7 +155,7 @@ def resolve_memory_format(memory_format: str, device: torch.device) -> torch.mem
     if memory_format == "auto":
         return torch.channels_last
     if memory_format not in formats:
-        raise ValueError(f"memory_format {memory_format!r} is not one of: auto, channels_last, "
+        raise MetricError(f"memory_format {memory_format!r} is not one of: auto, channels_last, "
                          "contiguous")
     return formats[memory_format]
 
@@ -162,7 +163,7 @@ def resolve_memory_format(memory_format: str, device: torch.device) -> torch.mem
 def _check_targets(target: torch.Tensor, n_classes: int) -> None:
     bad = (target < 0) | (target >= n_classes)
     if bool(bad.any()):
-        raise ValueError(f"target {int(target[bad][0])} is out of range: the model has "
+        raise MetricError(f"target {int(target[bad][0])} is out of range: the model has "
                          f"{n_classes} classes")
 
 
@@ -189,7 +190,7 @@ def resolve_build(build: str, device: torch.device) -> str:
     ``benchmarks/causal_metrics.py``), ``mask`` on accelerators (one broadcast kernel per image
     run in a chunk rather than a few small kernels per point)."""
     if build not in BUILDS:
-        raise ValueError(f"build {build!r} is not one of: {', '.join(BUILDS)}")
+        raise MetricError(f"build {build!r} is not one of: {', '.join(BUILDS)}")
     if build == "auto":
         return "incremental" if device.type == "cpu" else "mask"
     return build
@@ -217,7 +218,7 @@ def perturbation_curves(model: nn.Module, start: torch.Tensor, finish: torch.Ten
     build = resolve_build(build, device)
     batch_size = batch_size or default_batch_size(device)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise MetricError(f"batch_size must be >= 1, got {batch_size}")
     start = start.contiguous(memory_format=layout)
     finish = finish.contiguous(memory_format=layout)
     # ranks broadcast over channels in the inputs' layout, so that the mask, the sources and the
@@ -285,7 +286,7 @@ def _curve_metric(metric: str, model: nn.Module, x: torch.Tensor, saliency: torc
     with torch.inference_mode():
         replacement = substrate_fn(x)
     if replacement.shape != x.shape:
-        raise ValueError(f"substrate {substrate_name} returned {tuple(replacement.shape)}, "
+        raise MetricError(f"substrate {substrate_name} returned {tuple(replacement.shape)}, "
                          f"expected {tuple(x.shape)}")
     ranks = pixel_ranks(saliency.detach().to(x.device), descending=metric != "lerf")
     start, finish = (replacement, x) if metric == "insertion" else (x, replacement)
@@ -365,21 +366,19 @@ class CurveSettings:
     methods: list | None = None
 
     def check(self) -> None:
-        from harness.metrics.substrates import list_substrates
-
         if self.step < 1:
-            raise ValueError(f"step: must be >= 1, got {self.step}")
+            raise MetricError(f"step: must be >= 1, got {self.step}")
         if self.score not in SCORES:
-            raise ValueError(f"score: {self.score!r} is not one of: {', '.join(SCORES)}")
+            raise MetricError(f"score: {self.score!r} is not one of: {', '.join(SCORES)}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1 (or omitted for the device's default), "
+            raise MetricError(f"batch_size: must be >= 1 (or omitted for the device's default), "
                              f"got {self.batch_size}")
         if self.amp_dtype not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp_dtype: {self.amp_dtype!r} is not one of: bf16, fp16 (or "
+            raise MetricError(f"amp_dtype: {self.amp_dtype!r} is not one of: bf16, fp16 (or "
                              "omitted for fp32)")
         name = self.substrate.get("name") if isinstance(self.substrate, dict) else self.substrate
         if name is not None and name not in list_substrates():
-            raise ValueError(f"substrate: {name!r} is not one of: {', '.join(list_substrates())}")
+            raise MetricError(f"substrate: {name!r} is not one of: {', '.join(list_substrates())}")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.errors import MetricError
 from harness.metrics.registry import register_metric, value_records
 
 
@@ -55,15 +56,15 @@ def _absolute(saliency: torch.Tensor, ids: Sequence | None) -> torch.Tensor:
     """``[N, H*W]`` float64 absolute values, after checking shape and finiteness."""
     if not isinstance(saliency, torch.Tensor) or saliency.ndim != 3:
         shape = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency)
-        raise ValueError(f"saliency must be a tensor [N, H, W], got {shape}")
+        raise MetricError(f"saliency must be a tensor [N, H, W], got {shape}")
     if ids is not None and len(ids) != saliency.shape[0]:
-        raise ValueError(f"ids has {len(ids)} entries for {saliency.shape[0]} maps")
+        raise MetricError(f"ids has {len(ids)} entries for {saliency.shape[0]} maps")
     flat = saliency.reshape(saliency.shape[0], -1).double()
     finite = torch.isfinite(flat).all(dim=1)
     if not bool(finite.all()):
         index = int((~finite).nonzero()[0, 0])
         name = str(ids[index]) if ids is not None else f"#{index}"
-        raise ValueError(f"saliency map of image {name} contains NaN or inf")
+        raise MetricError(f"saliency map of image {name} contains NaN or inf")
     return flat.abs()
 
 
@@ -94,7 +95,7 @@ def effective_complexity(saliency: torch.Tensor, *, eps: float = 1e-5, normalise
     """Number of pixels with |map| / max |map| > ``eps`` (Quantus' ``EffectiveComplexity``;
     ``normalise=False``: |map| > eps), ``[N]``; lower = simpler."""
     if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise MetricError(f"eps must be >= 0, got {eps}")
     values = _absolute(saliency, ids)
     if normalise:
         peak = values.amax(dim=1, keepdim=True)
@@ -126,7 +127,7 @@ class EffectiveComplexitySettings:
 
     def check(self) -> None:
         if not (isinstance(self.eps, int | float) and self.eps >= 0):
-            raise ValueError(f"eps: must be >= 0, got {self.eps!r}")
+            raise MetricError(f"eps: must be >= 0, got {self.eps!r}")
 
 
 @register_metric("sparseness", settings=ComplexitySettings, direction="up",

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.errors import MetricError
 from harness.metrics._common import (
     POSITIVE_HINTS,
     SCORES,
@@ -118,7 +119,7 @@ def confidence_change(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor,
     clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
     if not bool((clean > 0).all()):
         index = int((clean <= 0).nonzero()[0, 0])
-        raise ValueError(f"image {image_name(ids, index)}: the {score} of class "
+        raise MetricError(f"image {image_name(ids, index)}: the {score} of class "
                          f"{int(target[index])} is {float(clean[index])!r}; Average Drop divides "
                          f"by it and needs it > 0 {POSITIVE_HINTS[score]}")
     maps = saliency.detach()

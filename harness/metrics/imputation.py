@@ -56,6 +56,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from harness.errors import MetricError
+
 EDGE_WEIGHT = 1.0 / 6.0
 DIAGONAL_WEIGHT = 1.0 / 12.0
 IMPUTERS = ("linear", "mean", "zero")
@@ -76,11 +78,11 @@ RTOL = 1e-8
 INNER_REDUCTION = 1e-3
 
 
-class SingularImputationError(ValueError):
+class SingularImputationError(MetricError):
     """Every pixel of an image is removed: its linear system has no kept pixel to anchor it."""
 
 
-class ImputationNotConvergedError(RuntimeError):
+class ImputationNotConvergedError(MetricError, RuntimeError):
     """The iterative solver did not meet its residual criterion within ``max_iter`` iterations."""
 
 
@@ -99,15 +101,15 @@ def validate_removed(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """Check ``x`` ``[N, C, H, W]`` and ``removed`` ``[N, H, W]``; return ``removed`` as bool on
     ``x``'s device."""
     if x.ndim != 4:
-        raise ValueError(f"x must be [N, C, H, W], got {tuple(x.shape)}")
+        raise MetricError(f"x must be [N, C, H, W], got {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+        raise MetricError(f"x must be a floating-point tensor, got {x.dtype}")
     n_images, _, height, width = x.shape
     if tuple(removed.shape) != (n_images, height, width):
-        raise ValueError(f"removed has shape {tuple(removed.shape)}; x {tuple(x.shape)} needs "
+        raise MetricError(f"removed has shape {tuple(removed.shape)}; x {tuple(x.shape)} needs "
                          f"[N, H, W] = {(n_images, height, width)}")
     if removed.dtype != torch.bool:
-        raise ValueError(f"removed must be a bool tensor (True = removed), got {removed.dtype}")
+        raise MetricError(f"removed must be a bool tensor (True = removed), got {removed.dtype}")
     return removed.to(x.device)
 
 
@@ -122,10 +124,10 @@ def per_channel(value: float | Sequence[float], channels: int, name: str) -> tup
             raise TypeError
         values = tuple(float(v) for v in items)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or one number per channel, got "
+        raise MetricError(f"{name} must be a number or one number per channel, got "
                          f"{value!r}") from None
     if len(values) != channels:
-        raise ValueError(f"{name} has {len(values)} values for {channels} channels")
+        raise MetricError(f"{name} has {len(values)} values for {channels} channels")
     return values
 
 
@@ -406,9 +408,9 @@ def solve_linear(x: torch.Tensor, removed: torch.Tensor, *, initial: torch.Tenso
     removed = validate_removed(x, removed)
     check_not_singular(removed, ids)
     if not rtol > 0:
-        raise ValueError(f"rtol must be > 0, got {rtol}")
+        raise MetricError(f"rtol must be > 0, got {rtol}")
     if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        raise MetricError(f"max_iter must be >= 1, got {max_iter}")
     x64 = x.detach().double()
     if not bool(removed.any()):
         return x64.clone()
@@ -421,7 +423,7 @@ def solve_linear(x: torch.Tensor, removed: torch.Tensor, *, initial: torch.Tenso
             u = torch.zeros_like(rhs)
         else:
             if initial.shape != x.shape:
-                raise ValueError(f"initial has shape {tuple(initial.shape)}, x {tuple(x.shape)}")
+                raise MetricError(f"initial has shape {tuple(initial.shape)}, x {tuple(x.shape)}")
             u = initial.detach().to(rhs).mul(mask)
             u[threshold == 0] = 0.0  # b = 0: the solution is 0
         residual = torch.empty_like(rhs)
@@ -467,7 +469,7 @@ def _noise_draws(shape: tuple[int, int, int, int],
     else:
         generators = list(generator)
         if len(generators) != n_images:
-            raise ValueError(f"generator: {len(generators)} generators for {n_images} images")
+            raise MetricError(f"generator: {len(generators)} generators for {n_images} images")
     return torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32)
                         for g in generators])
 
@@ -479,7 +481,7 @@ def add_noise(imputed: torch.Tensor, removed: torch.Tensor, noise: float | Seque
     channel); draws on the CPU (see ``_noise_draws``), moved to ``imputed``'s device."""
     scales = per_channel(noise, imputed.shape[1], "noise")
     if any(s < 0 for s in scales):
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise MetricError(f"noise must be >= 0, got {noise}")
     if all(s == 0 for s in scales):
         return imputed
     draws = _noise_draws(tuple(imputed.shape), generator).to(imputed.device, imputed.dtype)

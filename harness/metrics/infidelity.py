@@ -104,6 +104,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from harness.errors import MetricError
 from harness.metrics._common import (
     MAPS,
     SCORES,
@@ -174,12 +175,12 @@ def _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline
     check_choice("baseline", baseline, BASELINES)
     check_choice("score", score, SCORES)
     if not isinstance(noise, int | float) or not 0 < float(noise) < float("inf"):
-        raise ValueError(f"noise must be a finite number > 0, got {noise!r}")
+        raise MetricError(f"noise must be a finite number > 0, got {noise!r}")
     sizes = tuple(square_sizes)
     for side in sizes:
         check_int("square_sizes entry", side, 1)
     if not sizes or len(set(sizes)) != len(sizes) or min(sizes) > min(height, width):
-        raise ValueError(f"square_sizes must be distinct sides, at least one fitting the "
+        raise MetricError(f"square_sizes must be distinct sides, at least one fitting the "
                          f"{height} x {width} image, got {square_sizes!r}")
     # with scaling, one perturbation is fitted exactly (beta = d / e): every map would score 0
     least = 2 if scaling else 1
@@ -339,13 +340,13 @@ class InfidelitySettings:
         setting_choice("perturbation", self.perturbation, PERTURBATIONS)
         setting_int("n_perturbations", self.n_perturbations, 1, optional=True)
         if self.scaling and self.n_perturbations == 1:
-            raise ValueError("n_perturbations: must be an integer >= 2 with scaling (one "
+            raise MetricError("n_perturbations: must be an integer >= 2 with scaling (one "
                              "perturbation is fitted exactly: every map would score 0), got 1")
         setting_number("noise", self.noise, low=0, inclusive=False)
         sides = list(self.square_sizes)
         if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
                             for s in sides) or len(set(sides)) != len(sides):
-            raise ValueError(f"square_sizes: must be distinct integer sides >= 1, got "
+            raise MetricError(f"square_sizes: must be distinct integer sides >= 1, got "
                              f"{self.square_sizes!r}")
         setting_choice("baseline", self.baseline, BASELINES)
         setting_choice("score", self.score, SCORES)

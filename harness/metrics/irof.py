@@ -57,6 +57,7 @@ import torch
 from skimage.segmentation import slic
 from torch import nn
 
+from harness.errors import MetricError
 from harness.metrics._common import (
     POSITIVE_HINTS,
     SCORES,
@@ -126,9 +127,9 @@ def irof(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     target = validate_maps(x, saliency, target, ids)
     check_int("n_segments", n_segments, 1)
     if not isinstance(compactness, int | float) or not compactness > 0:
-        raise ValueError(f"compactness must be a number > 0, got {compactness!r}")
+        raise MetricError(f"compactness must be a number > 0, got {compactness!r}")
     if not isinstance(sigma, int | float) or not sigma >= 0:
-        raise ValueError(f"sigma must be a number >= 0, got {sigma!r}")
+        raise MetricError(f"sigma must be a number >= 0, got {sigma!r}")
     check_choice("score", score, SCORES)
     batch_size = resolve_batch_size(batch_size, x.device)
     x = x.detach()
@@ -139,7 +140,7 @@ def irof(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
     if not bool((clean > 0).all()):
         index = int((clean <= 0).nonzero()[0, 0])
-        raise ValueError(f"image {image_name(ids, index)}: the {score} of class "
+        raise MetricError(f"image {image_name(ids, index)}: the {score} of class "
                          f"{int(target[index])} is {float(clean[index])!r}; IROF divides by it "
                          f"and needs it > 0 {POSITIVE_HINTS[score]}")
     pixels = (x * std + mean).permute(0, 2, 3, 1).double().cpu().numpy()

@@ -1,7 +1,7 @@
 """Localisation against ground truth: does the map point at the object?
 
 Inputs are maps ``saliency`` ``[N, H, W]`` and boolean object masks ``mask`` ``[N, H, W]`` at the
-same resolution (``harness.data.preprocess_masks`` brings masks to the model's input geometry).
+same resolution (``harness.images.preprocess_masks`` brings masks to the model's input geometry).
 Every metric returns float64 values ``[N]``, higher is better:
 
 - Pointing game (Zhang, Bargal, Lin, Brandt, Shen & Sclaroff 2016, "Top-down Neural Attention by
@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.errors import MetricError
 from harness.metrics.causal import pixel_ranks
 from harness.metrics.registry import register_metric, value_records
 
@@ -102,28 +103,28 @@ def validate_masks(saliency: torch.Tensor, mask: torch.Tensor,
     """Check maps ``[N, H, W]`` and masks of the same shape; return (maps float64, masks bool)."""
     if not isinstance(saliency, torch.Tensor) or saliency.ndim != 3:
         shape = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency)
-        raise ValueError(f"saliency must be a tensor [N, H, W], got {shape}")
+        raise MetricError(f"saliency must be a tensor [N, H, W], got {shape}")
     mask = torch.as_tensor(mask, device=saliency.device)
     if tuple(mask.shape) != tuple(saliency.shape):
-        raise ValueError(f"mask has shape {tuple(mask.shape)}; the maps are "
+        raise MetricError(f"mask has shape {tuple(mask.shape)}; the maps are "
                          f"{tuple(saliency.shape)}: masks must be [N, H, W] at the maps' "
-                         "resolution (see harness.data.preprocess_masks)")
+                         "resolution (see harness.images.preprocess_masks)")
     if ids is not None and len(ids) != saliency.shape[0]:
-        raise ValueError(f"ids has {len(ids)} entries for {saliency.shape[0]} maps")
+        raise MetricError(f"ids has {len(ids)} entries for {saliency.shape[0]} maps")
     if mask.dtype != torch.bool:
         if bool(((mask != 0) & (mask != 1)).any()):
-            raise ValueError(f"mask must be boolean (or 0/1), got dtype {mask.dtype} with other "
+            raise MetricError(f"mask must be boolean (or 0/1), got dtype {mask.dtype} with other "
                              "values")
         mask = mask != 0
     flat = mask.reshape(mask.shape[0], -1)
     empty = ~flat.any(dim=1)
     if bool(empty.any()):
         index = int(empty.nonzero()[0, 0])
-        raise ValueError(f"the ground-truth mask of image {_name(ids, index)} is empty")
+        raise MetricError(f"the ground-truth mask of image {_name(ids, index)} is empty")
     finite = torch.isfinite(saliency.reshape(saliency.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
         index = int((~finite).nonzero()[0, 0])
-        raise ValueError(f"saliency map of image {_name(ids, index)} contains NaN or inf")
+        raise MetricError(f"saliency map of image {_name(ids, index)} contains NaN or inf")
     return saliency.double(), mask
 
 
@@ -142,7 +143,7 @@ def pointing_game(saliency: torch.Tensor, mask: torch.Tensor, *, tolerance: int 
     """Pointing game (Zhang et al. 2016, TorchRay): hit if a mask pixel lies within Euclidean
     distance < ``tolerance`` pixels of the map's maximum; ``values`` ``[N]`` 1.0/0.0."""
     if not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"tolerance must be an integer >= 0 (pixels), got {tolerance!r}")
+        raise MetricError(f"tolerance must be an integer >= 0 (pixels), got {tolerance!r}")
     saliency, mask = validate_masks(saliency, mask, ids)
     points = max_points(saliency)
     _, height, width = saliency.shape
@@ -165,11 +166,11 @@ def pointing_game_summary(hits: torch.Tensor | Sequence[float],
         classes = classes.reshape(-1).tolist()
     classes = list(classes)
     if hits.numel() != len(classes):
-        raise ValueError(f"hits has {hits.numel()} entries but classes {len(classes)}")
+        raise MetricError(f"hits has {hits.numel()} entries but classes {len(classes)}")
     if hits.numel() == 0:
-        raise ValueError("pointing_game_summary needs at least one image")
+        raise MetricError("pointing_game_summary needs at least one image")
     if bool(((hits != 0) & (hits != 1)).any()):
-        raise ValueError("hits must be 0 (miss) or 1 (hit)")
+        raise MetricError("hits must be 0 (miss) or 1 (hit)")
     accuracies, counts = {}, {}
     for label in sorted(set(classes)):
         chosen = hits[torch.tensor([c == label for c in classes], dtype=torch.bool)]
@@ -231,7 +232,7 @@ def top_k_intersection(saliency: torch.Tensor, mask: torch.Tensor, *, k: int = 1
     saliency, mask = validate_masks(saliency, mask, ids)
     n_pixels = mask[0].numel()
     if not isinstance(k, int) or not 1 <= k <= n_pixels:
-        raise ValueError(f"k must be an integer in [1, H*W = {n_pixels}], got {k!r}")
+        raise MetricError(f"k must be an integer in [1, H*W = {n_pixels}], got {k!r}")
     counts = torch.full((mask.shape[0],), k, device=mask.device)
     values = _top_in_mask(saliency, mask, counts) / k
     if concept_influence:
@@ -243,13 +244,13 @@ def top_k_intersection(saliency: torch.Tensor, mask: torch.Tensor, *, k: int = 1
 # ----------------------------------------------------------------------------- registry entries
 #
 # Each entry reads the unit's maps and its ground-truth masks (``needs=("maps", "masks")``: config
-# validation refuses these metrics on a dataset without masks, ``harness.data.has_masks``; the
-# runner loads the masks with ``harness.data.load_masks``). Records are per image.
+# validation refuses these metrics on a dataset without masks, ``harness.datasets.has_masks``; the
+# runner loads the masks with ``harness.datasets.load_masks``). Records are per image.
 
 
 def _unit_masks(unit) -> torch.Tensor:
     if unit.masks is None:
-        raise ValueError("localisation metrics need ground-truth masks; datasets with masks: "
+        raise MetricError("localisation metrics need ground-truth masks; datasets with masks: "
                          "pasted_objects, imagefolder with boxes=FOLDER")
     return unit.masks
 
@@ -264,7 +265,7 @@ class PointingGameSettings:
 
     def check(self) -> None:
         if not isinstance(self.tolerance, int) or self.tolerance < 0:
-            raise ValueError(f"tolerance: must be an integer >= 0 (pixels), got "
+            raise MetricError(f"tolerance: must be an integer >= 0 (pixels), got "
                              f"{self.tolerance!r}")
 
 
@@ -346,7 +347,7 @@ class TopKSettings:
 
     def check(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k: must be an integer >= 1 (pixels), got {self.k!r}")
+            raise MetricError(f"k: must be an integer >= 1 (pixels), got {self.k!r}")
 
 
 @register_metric("top_k_intersection", settings=TopKSettings, direction="up",

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.errors import MetricError
 from harness.methods import saliency
 from harness.methods._core import NonFiniteMapError, check_inputs
 from harness.models import model_info
@@ -50,9 +51,9 @@ def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
     (divided by ``pixel_std[c]`` per channel when given). Drawn on the CPU from
     ``image_generator(seed, key, salt="robustness")`` and moved to the image's device."""
     if noise not in NOISES:
-        raise ValueError(f"noise {noise!r} is not one of: {', '.join(NOISES)}")
+        raise MetricError(f"noise {noise!r} is not one of: {', '.join(NOISES)}")
     if not radius > 0:
-        raise ValueError(f"radius must be > 0, got {radius}")
+        raise MetricError(f"radius must be > 0, got {radius}")
     generator = image_generator(seed, key, salt="robustness")
     shape = (n_samples, *image.shape)
     if noise == "uniform":
@@ -63,7 +64,7 @@ def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
     if pixel_std is not None:
         std = torch.as_tensor(pixel_std, dtype=torch.float32).reshape(-1)
         if std.numel() != image.shape[0] or not bool((std > 0).all()):
-            raise ValueError(f"pixel_std must hold {image.shape[0]} positive values (one per "
+            raise MetricError(f"pixel_std must hold {image.shape[0]} positive values (one per "
                              f"channel), got {list(std.tolist())}")
         scale = scale / std
     draws *= scale.view(1, -1, 1, 1)
@@ -74,7 +75,7 @@ def pixel_scale(model: nn.Module, radius_units: str) -> tuple[float, ...] | None
     """The per-channel std that converts a radius in [0, 1] pixel units to the model's input space
     (``radius_units="pixel"``: ``model_info(model).std``), or None for ``"input"``."""
     if radius_units not in RADIUS_UNITS:
-        raise ValueError(f"radius_units {radius_units!r} is not one of: {', '.join(RADIUS_UNITS)}")
+        raise MetricError(f"radius_units {radius_units!r} is not one of: {', '.join(RADIUS_UNITS)}")
     if radius_units == "input":
         return None
     return tuple(float(v) for v in model_info(model).std)
@@ -92,7 +93,7 @@ def _check_finite(maps: torch.Tensor, method: str, what) -> None:
     finite = torch.isfinite(maps.flatten(1)).all(dim=1)
     if not bool(finite.all()):
         where = what(int((~finite).nonzero()[0, 0]))
-        raise ValueError(f"method {method!r} gave a NaN/inf map for {where}")
+        raise MetricError(f"method {method!r} gave a NaN/inf map for {where}")
 
 
 def _finite_maps(method: str, model, x: torch.Tensor, target: torch.Tensor, params: dict,
@@ -122,16 +123,16 @@ class Neighbourhood:
 
     def check(self) -> None:
         if not isinstance(self.n_samples, int) or self.n_samples < 1:
-            raise ValueError(f"n_samples must be an integer >= 1, got {self.n_samples}")
+            raise MetricError(f"n_samples must be an integer >= 1, got {self.n_samples}")
         if not self.radius > 0:
-            raise ValueError(f"radius must be > 0, got {self.radius}")
+            raise MetricError(f"radius must be > 0, got {self.radius}")
         if self.noise not in NOISES:
-            raise ValueError(f"noise {self.noise!r} is not one of: {', '.join(NOISES)}")
+            raise MetricError(f"noise {self.noise!r} is not one of: {', '.join(NOISES)}")
         if self.radius_units not in RADIUS_UNITS:
-            raise ValueError(f"radius_units {self.radius_units!r} is not one of: "
+            raise MetricError(f"radius_units {self.radius_units!r} is not one of: "
                              f"{', '.join(RADIUS_UNITS)}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise MetricError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -202,11 +203,11 @@ def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
     target = check_inputs(x, target)
     neighbourhood.check()
     if not p > 0:
-        raise ValueError(f"p must be > 0, got {p}")
+        raise MetricError(f"p must be > 0, got {p}")
     if not eps_min > 0:
-        raise ValueError(f"eps_min must be > 0 (the guard for zero divisors), got {eps_min}")
+        raise MetricError(f"eps_min must be > 0 (the guard for zero divisors), got {eps_min}")
     if ids is not None and len(ids) != x.shape[0]:
-        raise ValueError(f"ids has {len(ids)} entries for {x.shape[0]} images")
+        raise MetricError(f"ids has {len(ids)} entries for {x.shape[0]} images")
     batch_size = neighbourhood.batch_size or default_batch_size(x.device)
     pixel_std = pixel_scale(model, neighbourhood.radius_units)
     params = dict(method_params or {})

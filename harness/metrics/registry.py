@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -41,7 +42,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from harness.registry import lookup, names
+from harness.errors import ConfigError, MetricError, UnknownNameError
+from harness.methods import NonFiniteMapError, get_method, saliency_batched
+from harness.registry import Registry
 
 NEEDS = frozenset({"maps", "method", "masks"})
 DIRECTIONS = ("up", "down")
@@ -55,7 +58,9 @@ class Unit:
     dataset labels (None where absent), ``masks`` ``[N, H, W]`` bool ground truth (None without),
     ``method``/``method_params`` the registry method and its parameters, ``seed`` the experiment
     seed, ``batch_size`` images per method call. ``maps`` and ``signed_maps`` are computed on first
-    use and shared by every metric of the unit."""
+    use and shared by every metric of the unit; ``fixed_maps`` ``[N, H, W]``, where given, are
+    the unit's maps instead of the method's (``harness.score_maps`` scores maps made elsewhere:
+    no method is called and there are no signed maps)."""
 
     model: nn.Module
     x: torch.Tensor
@@ -67,23 +72,22 @@ class Unit:
     masks: torch.Tensor | None = None
     seed: int = 0
     batch_size: int = 8
+    fixed_maps: torch.Tensor | None = None
 
     @cached_property
     def maps(self) -> torch.Tensor:
+        if self.fixed_maps is not None:
+            return self.fixed_maps
         return self._maps(signed=False)
 
     @cached_property
     def signed_maps(self) -> torch.Tensor | None:
-        from harness.methods import get_method
-
-        if get_method(self.method).signed is None:
+        if self.fixed_maps is not None or get_method(self.method).signed is None:
             return None
         return self._maps(signed=True)
 
     def _maps(self, *, signed: bool) -> torch.Tensor:
         """The method's maps ``[N, H, W]``; a NaN/inf map is named by its image's id."""
-        from harness.methods import NonFiniteMapError, saliency_batched
-
         try:
             return saliency_batched(self.method, self.model, self.x, self.target, signed=signed,
                                     batch_size=self.batch_size, method_params=self.method_params)
@@ -146,7 +150,7 @@ def _default(spec: dataclasses.Field):
     return None
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric", "harness.metrics")
 
 
 def value_records(unit: Unit, values: torch.Tensor, reason: str) -> list[dict]:
@@ -205,44 +209,79 @@ def register_metric(name: str, *, settings: type, direction: str, citation: str,
                     curves: Callable[[pd.DataFrame], dict] | None = None,
                     summary: str | None = None,
                     column_directions: Sequence[tuple[str, str]] = ()) -> Callable:
-    """Decorator registering ``fn(unit, settings) -> records`` as metric ``name``."""
+    """Decorator registering ``fn(unit, settings) -> records`` as metric ``name`` (see the
+    module docstring for what a record holds).
+
+    Args:
+        name: the name configs use (``metrics: {name: {...}}``).
+        settings: a frozen dataclass of the settings, defaults = the paper's, with a ``check()``
+            raising ``ConfigError("field: why")`` for values out of range.
+        direction: ``"up"`` (higher is better) or ``"down"``.
+        citation: the metric's source.
+        needs: what it reads from a unit: ``maps``, ``method``, ``masks``.
+        columns: records of one method -> table cells (default: one column named ``name``).
+        parts: (settings, model) -> the ``(measure, block)`` parts each image gets.
+        curves: records -> ``{name: (x, curves)}`` for figures and MLflow.
+        summary: one line for listings (default: the function's first docstring paragraph).
+        column_directions: the direction of each column where the columns differ.
+
+    Returns:
+        The decorator (it returns the function unchanged).
+
+    Raises:
+        ConfigError: a taken name, an unknown direction or need, settings not a dataclass.
+    """
     for label, value in [("direction", direction), *column_directions]:
         if value not in DIRECTIONS:
-            raise ValueError(f"metric {name!r}: {label} direction {value!r} is not one of: up, "
-                             "down")
+            raise ConfigError(f"metric {name!r}: {label} direction {value!r} is not one of: up, "
+                              "down")
     unknown = set(needs) - NEEDS
     if unknown:
-        raise ValueError(f"metric {name!r}: unknown needs {sorted(unknown)}; valid: "
-                         f"{', '.join(sorted(NEEDS))}")
+        raise ConfigError(f"metric {name!r}: unknown needs {sorted(unknown)}; valid: "
+                          f"{', '.join(sorted(NEEDS))}")
     if not dataclasses.is_dataclass(settings):
-        raise TypeError(f"metric {name!r}: settings must be a dataclass")
+        raise ConfigError(f"metric {name!r}: settings must be a frozen dataclass, got "
+                          f"{settings!r}")
 
     def add(fn: Callable[[Unit, Any], list[dict]]) -> Callable:
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} is already registered")
         text = " ".join((summary or (fn.__doc__ or "").strip().split("\n\n")[0]).split())
-        METRICS[name] = Metric(name, fn, settings, direction, citation, text, frozenset(needs),
-                               columns or value_column(name, direction), parts or one_part,
-                               curves or record_curves(name), tuple(column_directions))
+        METRICS.add(name, Metric(name, fn, settings, direction, citation, text, frozenset(needs),
+                                 columns or value_column(name, direction), parts or one_part,
+                                 curves or record_curves(name), tuple(column_directions)))
         return fn
 
     return add
 
 
 def list_metrics(pattern: str = "*") -> list[str]:
-    """Names of the registered metrics (fnmatch ``pattern``)."""
-    return names(METRICS, pattern)
+    """Names of the metrics.
+
+    Args:
+        pattern: an fnmatch pattern (``"road*"``).
+
+    Returns:
+        The sorted names: registered metrics and installed entry points of group
+        ``harness.metrics``.
+
+    Raises:
+        Nothing.
+    """
+    return METRICS.list(pattern)
 
 
 def get_metric(name: str) -> Metric:
-    return lookup(METRICS, "metric", name)
+    """The registry entry of metric ``name``.
 
+    Args:
+        name: a metric name (``list_metrics()``).
 
-def check_settings(settings) -> None:
-    """Run the settings' own ``check()`` (``ValueError("field: why")``) if it has one."""
-    check = getattr(settings, "check", None)
-    if check is not None:
-        check()
+    Returns:
+        The ``Metric`` entry (function, settings dataclass, direction, citation, needs).
+
+    Raises:
+        UnknownNameError: no such metric (with a near match and the valid names).
+    """
+    return METRICS.get(name)
 
 
 def applies(settings, method: str) -> bool:
@@ -251,3 +290,66 @@ def applies(settings, method: str) -> bool:
     return chosen is None or method in chosen
 
 
+# ----------------------------------------------------------------------------- reading records
+
+
+def as_frame(records: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Records as a frame (one row per record); a frame is returned as it is."""
+    if isinstance(records, pd.DataFrame):
+        return records
+    return pd.DataFrame(list(records))
+
+
+def _registered(metric: str) -> Metric | None:
+    try:
+        return METRICS.get(metric)
+    except UnknownNameError:
+        return None
+
+
+def per_image_table(records: Sequence[dict] | pd.DataFrame, *,
+                    directions: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per (method, table column, image): the value the table aggregates and the column's
+    direction (``up`` if higher is better), from each metric's registry entry (``columns``).
+
+    A metric not registered in this process (a plug-in's records read without importing it) is
+    one column of its records' ``value`` when ``directions`` names its direction, and is left out
+    with a warning otherwise.
+    """
+    frame = as_frame(records)
+    if frame.empty:
+        raise MetricError("no records to report")
+    frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
+    parts, skipped = [], []
+    for (method, metric), rows in frame.groupby(["method", "metric"], sort=False):
+        entry = _registered(metric)
+        if entry is not None:
+            cells = entry.columns(rows)
+        elif directions and metric in directions:
+            cells = value_column(metric, directions[metric])(rows)
+        else:
+            skipped.append(metric)
+            continue
+        parts.append(cells.assign(method=method)[["method", *CELL_COLUMNS]])
+    for metric in dict.fromkeys(skipped):
+        warnings.warn(f"records of metric {metric!r} left out: it is not registered here (import "
+                      "its plug-in: --plugin MODULE)", stacklevel=2)
+    if not parts:
+        raise MetricError("no records of a registered metric to report")
+    table = pd.concat(parts, ignore_index=True).rename(columns={"column": "metric"})
+    return table[["method", "metric", "image_id", "value", "direction"]]
+
+
+def metric_curves(records: Sequence[dict] | pd.DataFrame, *, exclude: Sequence[str] = ()
+                  ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``{curve name: {method: (x [K], per-image curves [n, K])}}`` from each metric's registry
+    entry (``curves``), for the figures and MLflow's step metrics."""
+    frame = as_frame(records)
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for (method, metric), rows in frame.groupby(["method", "metric"], sort=False):
+        entry = None if metric in exclude else _registered(metric)
+        if entry is None:
+            continue
+        for name, curve in entry.curves(rows).items():
+            out.setdefault(name, {})[method] = curve
+    return out

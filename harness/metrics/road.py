@@ -88,6 +88,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from harness.errors import MetricError
 from harness.metrics._common import validate_maps
 from harness.metrics.imputation import (
     IMPUTERS,
@@ -109,7 +110,7 @@ TIE_BREAK_SCALE = 1e-4  # the reference's random_v = 1e-4 * randn(H, W)
 FRACTION_TOLERANCE = 1e-9  # removed fractions p (MoRF) and 1 - p (LeRF) that match
 
 
-class RoadAlignmentError(ValueError):
+class RoadAlignmentError(MetricError):
     """A MoRF and a LeRF curve share no removed fraction, so ``road_combined`` is undefined."""
 
 
@@ -163,7 +164,7 @@ class RoadResult:
 def score_points(probs: torch.Tensor, correct: torch.Tensor, score: str) -> torch.Tensor:
     """``[N, P]`` float64: ``correct`` as 0/1 (``"accuracy"``) or ``probs`` (``"prob"``)."""
     if score not in SCORES:
-        raise ValueError(f"score {score!r} is not one of: {', '.join(SCORES)}")
+        raise MetricError(f"score {score!r} is not one of: {', '.join(SCORES)}")
     return correct.double() if score == "accuracy" else probs.double()
 
 
@@ -201,13 +202,13 @@ def road_combined(morf_result: RoadResult, lerf_result: RoadResult) -> torch.Ten
     is (mean LeRF - mean MoRF) / 2, its ``ROADCombined``; with the reference's 7 percentages the
     fractions {0.1, 0.3, 0.5, 0.7, 0.9}. ``RoadAlignmentError`` if they share none."""
     if morf_result.order != "morf" or lerf_result.order != "lerf":
-        raise ValueError(f"road_combined needs a morf and a lerf result, got "
+        raise MetricError(f"road_combined needs a morf and a lerf result, got "
                          f"{morf_result.order!r} and {lerf_result.order!r}")
     if morf_result.score != lerf_result.score:
-        raise ValueError(f"scores differ: morf {morf_result.score!r}, lerf "
+        raise MetricError(f"scores differ: morf {morf_result.score!r}, lerf "
                          f"{lerf_result.score!r}")
     if morf_result.values.shape != lerf_result.values.shape:
-        raise ValueError(f"image counts differ: morf {tuple(morf_result.values.shape)}, lerf "
+        raise MetricError(f"image counts differ: morf {tuple(morf_result.values.shape)}, lerf "
                          f"{tuple(lerf_result.values.shape)}")
     points = aligned_points(morf_result.percentages, lerf_result.percentages)
     morf_index = [i for _, i, _ in points]
@@ -269,7 +270,7 @@ def _pixel_stats(model: nn.Module, pixel_mean, pixel_std, channels: int
     mean = per_channel(mean, channels, "pixel_mean") if mean is not None else None
     std = per_channel(std, channels, "pixel_std") if std is not None else None
     if std is not None and any(s <= 0 for s in std):
-        raise ValueError(f"pixel_std must be > 0, got {std}")
+        raise MetricError(f"pixel_std must be > 0, got {std}")
     return mean, std
 
 
@@ -301,28 +302,28 @@ def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str
     """Check every setting before any compute; return (target, labels or None) as long
     ``[N]``."""
     if order not in ORDERS:
-        raise ValueError(f"order {order!r} is not one of: {', '.join(ORDERS)}")
+        raise MetricError(f"order {order!r} is not one of: {', '.join(ORDERS)}")
     if imputer not in IMPUTERS:
-        raise ValueError(f"imputer {imputer!r} is not one of: {', '.join(IMPUTERS)}")
+        raise MetricError(f"imputer {imputer!r} is not one of: {', '.join(IMPUTERS)}")
     if score not in SCORES:
-        raise ValueError(f"score {score!r} is not one of: {', '.join(SCORES)}")
+        raise MetricError(f"score {score!r} is not one of: {', '.join(SCORES)}")
     problem = percentage_problem(percentages)
     if problem is not None:
-        raise ValueError(problem)
+        raise MetricError(problem)
     if not _is_number(noise) or not noise >= 0:
-        raise ValueError(f"noise must be a number >= 0 (pixel units), got {noise!r}")
+        raise MetricError(f"noise must be a number >= 0 (pixel units), got {noise!r}")
     target = validate_maps(x, saliency, target, ids)
     n_images, _, height, width = x.shape
     if imputer == "linear" and order == "lerf":
         for p in percentages:
             if kept_count(height, width, p) == 0:
-                raise ValueError(f"percentage {p!r}: LeRF keeps int(H * W * p) = 0 of the "
+                raise MetricError(f"percentage {p!r}: LeRF keeps int(H * W * p) = 0 of the "
                                  f"{height} x {width} pixels, so linear imputation has nothing "
                                  "to impute from")
     if labels is not None:
         labels = torch.as_tensor(labels, device=x.device).long().reshape(-1)
         if labels.shape[0] != n_images:
-            raise ValueError(f"labels has {labels.shape[0]} entries for {n_images} images")
+            raise MetricError(f"labels has {labels.shape[0]} entries for {n_images} images")
     return target, labels
 
 
@@ -331,7 +332,7 @@ def _probabilities(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor
     logits = model(inputs).float()
     if bool(((target < 0) | (target >= logits.shape[1])).any()):
         bad = target[(target < 0) | (target >= logits.shape[1])][0]
-        raise ValueError(f"target {int(bad)} is out of range: the model has {logits.shape[1]} "
+        raise MetricError(f"target {int(bad)} is out of range: the model has {logits.shape[1]} "
                          "classes")
     probs = logits.softmax(dim=1).gather(1, target[:, None])[:, 0]
     return probs.double(), logits.argmax(dim=1)
@@ -361,17 +362,17 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     noise_scales: tuple[float, ...] = ()
     if imputer == "linear":
         if noise > 0 and std is None:
-            raise ValueError("linear imputation with noise > 0 needs the model's normalisation "
+            raise MetricError("linear imputation with noise > 0 needs the model's normalisation "
                              "std: attach harness_info (harness.models.attach_info) or pass "
                              "pixel_std")
         noise_scales = tuple(noise / s for s in std) if noise > 0 else (0.0,) * channels
     if imputer == "zero" and (mean is None or std is None):
-        raise ValueError("the zero imputer fills [0, 1]-pixel zeros, (0 - mean) / std in the "
+        raise MetricError("the zero imputer fills [0, 1]-pixel zeros, (0 - mean) / std in the "
                          "model's input: attach harness_info or pass pixel_mean and pixel_std")
     if batch_size is None:
         batch_size = 8 if x.device.type == "cpu" else 64
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise MetricError(f"batch_size must be >= 1, got {batch_size}")
     percentages = tuple(float(p) for p in percentages)
     maps = saliency.detach().to(x.device)
     tie_breaks = [tie_break_map(height, width, seed=seed, order=order, percentage=p)
@@ -436,29 +437,29 @@ class RoadSettings:
 
     def check(self) -> None:
         if isinstance(self.orders, str) or not self.orders:
-            raise ValueError(f"orders: name at least one of: {', '.join(ORDERS)} (a list), got "
+            raise MetricError(f"orders: name at least one of: {', '.join(ORDERS)} (a list), got "
                              f"{self.orders!r}")
         for order in self.orders:
             if order not in ORDERS:
-                raise ValueError(f"orders: {order!r} is not one of: {', '.join(ORDERS)}")
+                raise MetricError(f"orders: {order!r} is not one of: {', '.join(ORDERS)}")
         if len(set(self.orders)) != len(self.orders):
-            raise ValueError(f"orders: an order is named twice in {list(self.orders)}")
+            raise MetricError(f"orders: an order is named twice in {list(self.orders)}")
         problem = percentage_problem(self.percentages)
         if problem is not None:
-            raise ValueError(f"percentages: {problem}")
+            raise MetricError(f"percentages: {problem}")
         if set(self.orders) == set(ORDERS):
             try:
                 aligned_points(self.percentages, self.percentages)
             except RoadAlignmentError as error:
-                raise ValueError(f"percentages: {error}") from None
+                raise MetricError(f"percentages: {error}") from None
         for key, value, choices in (("imputer", self.imputer, IMPUTERS),
                                     ("score", self.score, SCORES)):
             if value not in choices:
-                raise ValueError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
+                raise MetricError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
         if not _is_number(self.noise) or not self.noise >= 0:
-            raise ValueError(f"noise: must be a number >= 0 (pixel units), got {self.noise!r}")
+            raise MetricError(f"noise: must be a number >= 0 (pixel units), got {self.noise!r}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1 (or omitted for the device's default), "
+            raise MetricError(f"batch_size: must be >= 1 (or omitted for the device's default), "
                              f"got {self.batch_size}")
 
 

@@ -91,6 +91,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from harness.errors import MetricError
 from harness.metrics.neighbourhood import (
     NOISES,
     NORMS,
@@ -155,9 +156,9 @@ def sensitivity_from(stats: SampleStatistics, *, norm: str = "fro", reduce: str 
                      same_prediction: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-sample sensitivity quotients ``[N, S]`` and the samples included (None: all)."""
     if norm not in NORMS:
-        raise ValueError(f"norm {norm!r} is not one of: {', '.join(NORMS)}")
+        raise MetricError(f"norm {norm!r} is not one of: {', '.join(NORMS)}")
     if same_prediction and stats.same_prediction is None:
-        raise ValueError("same_prediction needs statistics computed with predictions=True")
+        raise MetricError("same_prediction needs statistics computed with predictions=True")
     values = stats.difference[norm] / stats.clean_norm[norm].view(-1, 1)
     return values, stats.same_prediction if same_prediction else None
 
@@ -171,7 +172,7 @@ def lipschitz_from(stats: SampleStatistics, *, normalise: bool = False) -> torch
 def stability_from(stats: SampleStatistics) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample RIS quotients ``[N, S]`` and the samples that kept the prediction."""
     if stats.same_prediction is None:
-        raise ValueError("relative input stability needs statistics computed with "
+        raise MetricError("relative input stability needs statistics computed with "
                          "predictions=True")
     values = stats.relative_explanation / stats.relative_input.clamp(min=stats.eps_min)
     return values, stats.same_prediction
@@ -213,7 +214,7 @@ def avg_sensitivity(model: nn.Module, method: str, x: torch.Tensor, target, *,
 def _sensitivity(metric, reduce, model, method, x, target, method_params, neighbourhood, norm,
                  same_prediction, ids) -> RobustnessResult:
     if norm not in NORMS:
-        raise ValueError(f"norm {norm!r} is not one of: {', '.join(NORMS)}")
+        raise MetricError(f"norm {norm!r} is not one of: {', '.join(NORMS)}")
     stats = sample_statistics(model, method, x, target, method_params=method_params,
                               neighbourhood=neighbourhood, predictions=same_prediction, ids=ids)
     values, included = sensitivity_from(stats, norm=norm, same_prediction=same_prediction)
@@ -292,16 +293,16 @@ class NeighbourhoodSettings:
 
     def check(self) -> None:
         if not (isinstance(self.radius, int | float) and self.radius > 0):
-            raise ValueError(f"radius: must be > 0, got {self.radius!r}")
+            raise MetricError(f"radius: must be > 0, got {self.radius!r}")
         if self.radius_units not in RADIUS_UNITS:
-            raise ValueError(f"radius_units: {self.radius_units!r} is not one of: "
+            raise MetricError(f"radius_units: {self.radius_units!r} is not one of: "
                              f"{', '.join(RADIUS_UNITS)}")
         if not isinstance(self.n_samples, int) or self.n_samples < 1:
-            raise ValueError(f"n_samples: must be an integer >= 1, got {self.n_samples!r}")
+            raise MetricError(f"n_samples: must be an integer >= 1, got {self.n_samples!r}")
         if self.noise not in NOISES:
-            raise ValueError(f"noise: {self.noise!r} is not one of: {', '.join(NOISES)}")
+            raise MetricError(f"noise: {self.noise!r} is not one of: {', '.join(NOISES)}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1 (or omitted for the device's default), "
+            raise MetricError(f"batch_size: must be >= 1 (or omitted for the device's default), "
                              f"got {self.batch_size}")
 
     def neighbourhood(self, seed: int) -> Neighbourhood:
@@ -321,7 +322,7 @@ class SensitivitySettings(NeighbourhoodSettings):
     def check(self) -> None:
         super().check()
         if self.norm not in NORMS:
-            raise ValueError(f"norm: {self.norm!r} is not one of: {', '.join(NORMS)}")
+            raise MetricError(f"norm: {self.norm!r} is not one of: {', '.join(NORMS)}")
 
 
 @dataclass(frozen=True)
@@ -343,9 +344,9 @@ class StabilitySettings(NeighbourhoodSettings):
     def check(self) -> None:
         super().check()
         if not self.p > 0:
-            raise ValueError(f"p: must be > 0, got {self.p}")
+            raise MetricError(f"p: must be > 0, got {self.p}")
         if not self.eps_min > 0:
-            raise ValueError(f"eps_min: must be > 0, got {self.eps_min}")
+            raise MetricError(f"eps_min: must be > 0, got {self.eps_min}")
 
 
 def unit_statistics(unit, settings: NeighbourhoodSettings, *, predictions: bool = False,

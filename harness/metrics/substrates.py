@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-from harness.registry import lookup, names
+from harness.errors import MetricError
+from harness.registry import lookup
 from harness.seeding import content_generator
 
 Substrate = Callable[[torch.Tensor], torch.Tensor]
@@ -67,7 +68,7 @@ def mean(x: torch.Tensor) -> torch.Tensor:
 @_substrate("rise_blur")
 def rise_blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
     if x.shape[1] != 3:
-        raise ValueError(f"rise_blur needs 3-channel inputs, got {x.shape[1]}")
+        raise MetricError(f"rise_blur needs 3-channel inputs, got {x.shape[1]}")
     # The same operator as RISE's F.conv2d(x, gkern(klen, nsig), padding=klen // 2), computed
     # cheaply: gkern's 3x3 channel matrix is diagonal (depthwise), and scipy's gaussian_filter of
     # a delta filters one axis after the other, so the 2-D kernel is the outer product of the 1-D
@@ -86,7 +87,7 @@ def rise_blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tenso
 @_substrate("blur")
 def blur(x: torch.Tensor, sigma: float = 5.0) -> torch.Tensor:
     if sigma <= 0:
-        raise ValueError(f"blur: sigma must be > 0, got {sigma}")
+        raise MetricError(f"blur: sigma must be > 0, got {sigma}")
     radius = max(1, math.ceil(4 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
@@ -113,7 +114,7 @@ def uniform(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def list_substrates() -> list[str]:
-    return names(SUBSTRATES)
+    return sorted(SUBSTRATES)
 
 
 def make_substrate(spec: str | dict | Substrate) -> tuple[Substrate, str]:
@@ -124,7 +125,7 @@ def make_substrate(spec: str | dict | Substrate) -> tuple[Substrate, str]:
     if isinstance(spec, dict):
         params = {k: v for k, v in spec.items() if k != "name"}
         if "name" not in spec:
-            raise ValueError(f"substrate {spec!r} needs a 'name' ({', '.join(list_substrates())})")
+            raise MetricError(f"substrate {spec!r} needs a 'name' ({', '.join(list_substrates())})")
         fn = lookup(SUBSTRATES, "substrate", spec["name"])
         text = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
         return partial(fn, **params), f"{spec['name']}({text})" if text else spec["name"]

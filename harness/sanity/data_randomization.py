@@ -16,8 +16,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from harness.errors import MetricError
+from harness.methods import get_method
 from harness.models import attach_info, prepare
 from harness.sanity.randomization import _similarities, _views
+from harness.sanity.similarity import MEASURES, NORMALISATIONS
 
 DIGIT_MEAN = (0.5, 0.5, 0.5)
 DIGIT_STD = (0.5, 0.5, 0.5)
@@ -95,7 +98,7 @@ def train_until_fit(x: torch.Tensor, labels: torch.Tensor, *, seed: int, kind: s
             epochs_run = epoch
             break
     else:
-        raise RuntimeError(f"the {kind}-label model reached {accuracy:.3f} train accuracy in "
+        raise MetricError(f"the {kind}-label model reached {accuracy:.3f} train accuracy in "
                            f"{max_epochs} epochs, short of {target_accuracy}")
     attach_info(model, name=f"digit_cnn_{kind}", weights=f"trained({kind} labels, seed={seed})",
                 mean=DIGIT_MEAN, std=DIGIT_STD, input_size=x.shape[-1],
@@ -137,11 +140,8 @@ def data_randomization(method: str, true_model: TrainedModel, permuted_model: Tr
     """Similarity per image of ``method``'s maps for the two models, each explaining its own
     top-1 class on ``x`` ``[N, 3, S, S]``; measures and ``map_normalisation`` as in
     ``model_randomization`` (HOG is undefined below 48 x 48 pixels, e.g. on 32 x 32 digits)."""
-    from harness.methods import get_method
-    from harness.sanity.similarity import MEASURES, NORMALISATIONS
-
     if map_normalisation not in NORMALISATIONS:
-        raise ValueError(f"map_normalisation {map_normalisation!r} is not one of: "
+        raise MetricError(f"map_normalisation {map_normalisation!r} is not one of: "
                          f"{', '.join(NORMALISATIONS)}")
     params = dict(method_params or {})
     ids = list(ids) if ids is not None else [f"digit-{i}" for i in range(len(x))]

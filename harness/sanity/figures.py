@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness.io import atomic_save  # noqa: E402
+from harness.errors import MetricError
+from harness.files import atomic_save  # noqa: E402
 from harness.sanity.randomization import RandomizationResult  # noqa: E402
 from harness.stats import bootstrap_ci  # noqa: E402
 
@@ -27,7 +28,7 @@ def cascading_grid(image: np.ndarray, results: Sequence[RandomizationResult],
                                 figsize=(1.35 * columns, 1.45 * len(results) + 0.5))
     for row, result in enumerate(results):
         if result.original is None:
-            raise ValueError(f"{result.method}: run model_randomization with keep_maps=True")
+            raise MetricError(f"{result.method}: run model_randomization with keep_maps=True")
         axes[row, 0].imshow(image)
         axes[row, 0].set_ylabel(result.method, fontsize=8)
         maps = [result.original[image_index]] + [result.randomized[b][image_index]

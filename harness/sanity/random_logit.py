@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.errors import MetricError
 from harness.methods import get_method, saliency_batched
 from harness.metrics._common import defined, setting_choice
 from harness.metrics.registry import register_metric
@@ -84,27 +85,27 @@ def random_logit(model: nn.Module, method: str, x: torch.Tensor, target, *,
     method's maps ``[N, H, W]`` for ``target`` (its signed maps for a signed measure) when they
     are already computed with the same parameters; computed here otherwise."""
     if measure not in similarity.MEASURES:
-        raise ValueError(f"measure {measure!r} is not one of: {', '.join(similarity.MEASURES)}")
+        raise MetricError(f"measure {measure!r} is not one of: {', '.join(similarity.MEASURES)}")
     get_method(method)  # unknown names are named with the valid choices
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(f"x must be a tensor [N, C, H, W], got "
+        raise MetricError(f"x must be a tensor [N, C, H, W], got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     target = torch.as_tensor(target, device=x.device).long().reshape(-1)
     n_images = x.shape[0]
     if target.shape[0] != n_images:
-        raise ValueError(f"target has {target.shape[0]} entries for {n_images} images")
+        raise MetricError(f"target has {target.shape[0]} entries for {n_images} images")
     if ids is not None and len(ids) != n_images:
-        raise ValueError(f"ids has {len(ids)} entries for {n_images} images")
+        raise MetricError(f"ids has {len(ids)} entries for {n_images} images")
     with torch.inference_mode():
         n_classes = model(x[:1].detach()).shape[1]
     bad = (target < 0) | (target >= n_classes)
     if bool(bad.any()):
         index = int(bad.nonzero()[0, 0])
         name = ids[index] if ids is not None else f"#{index}"
-        raise ValueError(f"target {int(target[index])} of image {name} is out of range: the model "
+        raise MetricError(f"target {int(target[index])} of image {name} is out of range: the model "
                          f"has {n_classes} classes")
     if n_classes < 2:
-        raise ValueError("the random-logit test needs a model with at least 2 classes")
+        raise MetricError("the random-logit test needs a model with at least 2 classes")
     other = other_classes(target, n_classes, seed=seed, ids=ids)
     params = dict(method_params or {})
     signed = similarity.MEASURES[measure].view == "signed"
@@ -112,7 +113,7 @@ def random_logit(model: nn.Module, method: str, x: torch.Tensor, target, *,
         maps = saliency_batched(method, model, x, target, batch_size=batch_size, signed=signed,
                                 method_params=params)
     elif tuple(maps.shape) != (n_images, *x.shape[2:]):
-        raise ValueError(f"maps has shape {tuple(maps.shape)}; x {tuple(x.shape)} needs maps "
+        raise MetricError(f"maps has shape {tuple(maps.shape)}; x {tuple(x.shape)} needs maps "
                          f"[N, H, W] = {(n_images, *x.shape[2:])}")
     other_maps = saliency_batched(method, model, x, other, batch_size=batch_size, signed=signed,
                                   method_params=params)

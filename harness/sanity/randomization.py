@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import init
 
+from harness.errors import MetricError
 from harness.methods import get_method, raw_attribution_batched, saliency_batched
 from harness.metrics.registry import register_metric
 from harness.models import Block, model_info
@@ -112,7 +113,7 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[str | Block] | None) -> li
         elif block in by_label:
             chosen.append(by_label[block])
         else:
-            raise ValueError(f"unknown block {block!r}; valid blocks (top-down): "
+            raise MetricError(f"unknown block {block!r}; valid blocks (top-down): "
                              f"{', '.join(by_label)}")
     return chosen
 
@@ -214,15 +215,15 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
     figure 2 shows), the method's maps under ``method``.
     """
     if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of: {', '.join(MODES)}")
+        raise MetricError(f"mode {mode!r} is not one of: {', '.join(MODES)}")
     if target_mode not in TARGET_MODES:
-        raise ValueError(f"target_mode {target_mode!r} is not one of: {', '.join(TARGET_MODES)}")
+        raise MetricError(f"target_mode {target_mode!r} is not one of: {', '.join(TARGET_MODES)}")
     if map_normalisation not in NORMALISATIONS:
-        raise ValueError(f"map_normalisation {map_normalisation!r} is not one of: "
+        raise MetricError(f"map_normalisation {map_normalisation!r} is not one of: "
                          f"{', '.join(NORMALISATIONS)}")
     for measure in measures:
         if measure not in MEASURES:
-            raise ValueError(f"unknown measure {measure!r}; valid: {', '.join(MEASURES)}")
+            raise MetricError(f"unknown measure {measure!r}; valid: {', '.join(MEASURES)}")
     entry = get_method(method)
     params = dict(method_params or {})
     chosen = resolve_blocks(model, blocks)
@@ -294,21 +295,21 @@ class RandomizationSettings:
                                     ("map_normalisation", self.map_normalisation,
                                      NORMALISATIONS)):
             if value not in choices:
-                raise ValueError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
+                raise MetricError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
         for measure in self.measures:
             if measure not in MEASURES:
-                raise ValueError(f"measures: {measure!r} is not one of: {', '.join(MEASURES)}")
+                raise MetricError(f"measures: {measure!r} is not one of: {', '.join(MEASURES)}")
         if not self.measures:
-            raise ValueError("measures: name at least one measure")
+            raise MetricError("measures: name at least one measure")
         blocks = self.blocks if self.blocks is not None else ["(all)"]
         for key, values in (("measures", list(self.measures)), ("blocks", list(blocks))):
             if not values:
-                raise ValueError(f"{key}: an empty list; omit the key for every block")
+                raise MetricError(f"{key}: an empty list; omit the key for every block")
             twice = sorted({v for v in values if values.count(v) > 1}, key=str)
             if twice:
-                raise ValueError(f"{key}: {twice[0]!r} is named twice")
+                raise MetricError(f"{key}: {twice[0]!r} is named twice")
         if self.seed < 0:
-            raise ValueError(f"seed: must be >= 0, got {self.seed}")
+            raise MetricError(f"seed: must be >= 0, got {self.seed}")
 
 
 def _parts(settings: RandomizationSettings, model: nn.Module) -> list[tuple]:

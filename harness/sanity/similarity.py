@@ -60,6 +60,8 @@ from scipy import stats
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
 
+from harness.errors import MetricError
+
 MEASURE_VERSION = 2
 NORMALISATIONS = ("reference", "method")
 VIEWS = ("abs", "signed", "unit")
@@ -68,7 +70,7 @@ HOG_BLOCK = 3
 SSIM_WINDOW = 11  # 2 * int(3.5 * 1.5 + 0.5) + 1, skimage's window for sigma 1.5, truncate 3.5
 
 
-class UndefinedSimilarity(ValueError):
+class UndefinedSimilarity(MetricError):
     """The similarity of this pair of maps is undefined (e.g. a constant map)."""
 
 
@@ -96,7 +98,7 @@ def _as_raw(raw: np.ndarray) -> np.ndarray:
     if raw.ndim == 2:
         raw = raw[:, :, None]
     if raw.ndim != 3:
-        raise ValueError(f"a raw attribution must be [H, W] or [H, W, C], got {raw.shape}")
+        raise MetricError(f"a raw attribution must be [H, W] or [H, W, C], got {raw.shape}")
     return raw
 
 
@@ -143,7 +145,7 @@ def method_views(saliency_map: np.ndarray, signed_map: np.ndarray | None
     """The ``method`` convention's views of a method's map ``[H, W]`` and its signed variant."""
     saliency_map = np.asarray(saliency_map)
     if saliency_map.ndim != 2:
-        raise ValueError(f"a map must be 2-D, got shape {saliency_map.shape}")
+        raise MetricError(f"a map must be 2-D, got shape {saliency_map.shape}")
     signed = (UndefinedSimilarity("has no signed variant (the method has none)")
               if signed_map is None else _attempt(_finite, signed_map))
     return {"abs": _attempt(lambda m: np.abs(_finite(m)), saliency_map), "signed": signed,
@@ -163,7 +165,7 @@ def _attempt(fn, array):
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = _finite(a), _finite(b)
     if a.shape != b.shape or a.ndim not in (2, 3):
-        raise ValueError(f"maps must be [H, W] or [H, W, C] and equal in shape, got {a.shape} "
+        raise MetricError(f"maps must be [H, W] or [H, W, C] and equal in shape, got {a.shape} "
                          f"and {b.shape}")
     for which, array in (("original", a), ("randomized", b)):
         if np.ptp(array) == 0:

@@ -1,13 +1,4 @@
-"""Ground-truth object masks: PASCAL-VOC-format bounding boxes and the ``pasted_objects`` dataset.
-
-Bounding boxes (``imagefolder(..., boxes=FOLDER)``): one XML file per image in PASCAL VOC format,
-as the official ImageNet (ILSVRC 2012) validation annotations ship them (``<size>``, then one
-``<object>`` per box with ``<name>`` = WordNet id and ``<bndbox>`` xmin, ymin, xmax, ymax). The
-coordinates are 1-based and inclusive (VOC's convention; TorchRay's ``voc_as_mask`` reads them the
-same way), so a box covers rows ymin-1 .. ymax-1 and columns xmin-1 .. xmax-1, clipped to the
-image. The mask is the union of the boxes of the image's class (``box_classes="label"``) or of all
-its boxes (``"all"``; on ImageNet validation images all boxes are of the labelled class, so both
-agree there). Boxes flagged ``difficult`` are kept.
+"""The ``pasted_objects`` dataset: ground-truth masks known by construction.
 
 ``pasted_objects``: objects cut from the photos that ship with scikit-image and matplotlib, pasted
 at seeded positions and scales onto crops of other bundled images, so the object mask is known by
@@ -49,105 +40,24 @@ are within float rounding of each other could flip on another BLAS.
 
 from __future__ import annotations
 
-import os
-import xml.etree.ElementTree as ElementTree
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from pathlib import Path
 
 import numpy as np
+import skimage.data
 import torch
 from PIL import Image
 from skimage.draw import ellipse as draw_ellipse
 from skimage.draw import polygon as draw_polygon
 
-BOX_CLASSES = ("label", "all")
-
-# ----------------------------------------------------------------------------- VOC boxes
-
-
-@dataclass(frozen=True)
-class VocAnnotation:
-    """One VOC XML file: image ``width`` x ``height`` and ``boxes`` (name, xmin, ymin, xmax, ymax)
-    in 1-based inclusive pixel coordinates."""
-
-    width: int
-    height: int
-    boxes: tuple[tuple[str, int, int, int, int], ...]
-
-
-def read_voc_boxes(path: str | os.PathLike) -> VocAnnotation:
-    """Parse a PASCAL-VOC-format XML file (ImageNet's official per-image boxes). Only read files
-    you trust (the standard library parser). Errors name the file."""
-    try:
-        root = ElementTree.parse(path).getroot()
-        size = root.find("size")
-        width, height = int(size.findtext("width")), int(size.findtext("height"))
-        boxes = []
-        for obj in root.iter("object"):
-            box = obj.find("bndbox")
-            coords = [int(float(box.findtext(tag))) for tag in ("xmin", "ymin", "xmax", "ymax")]
-            boxes.append((obj.findtext("name", "").strip(), *coords))
-    except (ElementTree.ParseError, AttributeError, TypeError, ValueError, OSError) as error:
-        raise ValueError(f"cannot read VOC boxes from {str(path)!r} (needs <size> and <object>"
-                         f"<name>/<bndbox>): {error}") from None
-    return VocAnnotation(width, height, tuple(boxes))
-
-
-def boxes_mask(annotation: VocAnnotation, names: set[str] | None = None) -> np.ndarray:
-    """bool ``[height, width]``: the union of the boxes whose name is in ``names`` (all if None)."""
-    mask = np.zeros((annotation.height, annotation.width), dtype=bool)
-    for name, xmin, ymin, xmax, ymax in annotation.boxes:
-        if names is not None and name not in names:
-            continue
-        top, left = max(ymin - 1, 0), max(xmin - 1, 0)
-        mask[top:max(ymax, 0), left:max(xmax, 0)] = True
-    return mask
-
-
-def _box_mask(xml_path: Path, image_path: Path, image_id: str, wnid: str | None) -> np.ndarray:
-    annotation = read_voc_boxes(xml_path)
-    with Image.open(image_path) as image:
-        width, height = image.size
-    if (annotation.width, annotation.height) != (width, height):
-        raise ValueError(f"boxes of image {image_id!r}: {str(xml_path)!r} says "
-                         f"{annotation.width}x{annotation.height}, the image is {width}x{height}")
-    mask = boxes_mask(annotation, None if wnid is None else {wnid})
-    if not mask.any():
-        which = "" if wnid is None else f" of class {wnid}"
-        raise ValueError(f"image {image_id!r} has no box{which} in {str(xml_path)!r}")
-    return mask
-
-
-def box_mask_loaders(boxes: str | os.PathLike, items: Sequence[tuple[str, Path, int | None]],
-                     class_names: Sequence[str] | None,
-                     box_classes: str = "label") -> list[Callable[[], np.ndarray]]:
-    """A lazy mask loader per (image id, image path, label): the XML file with the image's stem,
-    found anywhere under ``boxes``. Missing files and an unknown ``box_classes`` raise before any
-    image is read."""
-    if box_classes not in BOX_CLASSES:
-        raise ValueError(f"box_classes {box_classes!r} is not one of: {', '.join(BOX_CLASSES)}")
-    folder = Path(boxes)
-    if not folder.is_dir():
-        raise ValueError(f"imagefolder: boxes {str(folder)!r} is not a folder")
-    files = {path.stem: path for path in sorted(folder.rglob("*.xml"))}
-    loaders = []
-    for image_id, path, label in items:
-        if path.stem not in files:
-            raise ValueError(f"imagefolder: no box file {path.stem}.xml for image {image_id!r} "
-                             f"under {str(folder)!r}")
-        wnid = None
-        if box_classes == "label":
-            if class_names is None or label is None:
-                raise ValueError("box_classes='label' needs class subfolders named by WordNet id "
-                                 f"(image {image_id!r} has none); use box_classes='all'")
-            wnid = class_names[label]
-        loaders.append(partial(_box_mask, files[path.stem], path, image_id, wnid))
-    return loaders
-
-
-# ----------------------------------------------------------------------------- pasted objects
+from harness.datasets.builtin import SAMPLE_IMAGES
+from harness.datasets.core import Dataset, Sample, register_dataset
+from harness.errors import DataError
+from harness.images import preprocess, to_rgb
+from harness.models import load_model, model_info
+from harness.seeding import image_generator
 
 
 @dataclass(frozen=True)
@@ -216,7 +126,7 @@ def shapes_mask(shapes: tuple, height: int, width: int) -> np.ndarray:
             cx, cy, rx, ry = spec
             rr, cc = draw_ellipse(cy, cx, ry, rx, (height, width))
         else:
-            raise ValueError(f"shape kind {kind!r} is not one of: polygon, ellipse")
+            raise DataError(f"shape kind {kind!r} is not one of: polygon, ellipse")
         mask[rr, cc] = True
     return mask
 
@@ -224,8 +134,6 @@ def shapes_mask(shapes: tuple, height: int, width: int) -> np.ndarray:
 @lru_cache(maxsize=16)
 def object_cutout(name: str) -> tuple[np.ndarray, np.ndarray]:
     """The object's bounding-box crop of its photo (uint8 ``[h, w, 3]``) and its mask ``[h, w]``."""
-    from harness.data import SAMPLE_IMAGES
-
     obj = OBJECTS[name]
     photo = SAMPLE_IMAGES[obj.source]()
     mask = shapes_mask(obj.shapes, *photo.shape[:2])
@@ -236,10 +144,6 @@ def object_cutout(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=16)
 def background_image(name: str) -> np.ndarray:
-    import skimage.data
-
-    from harness.data import to_rgb
-
     return to_rgb(getattr(skimage.data, name)())
 
 
@@ -252,8 +156,6 @@ def compose(seed: int, index: int, objects: tuple[str, ...], backgrounds: tuple[
             canvas: int, scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, str, str]:
     """Candidate ``index``: (image uint8 ``[canvas, canvas, 3]``, mask bool ``[canvas, canvas]``,
     object name, background name). A pure function of its arguments (read-only arrays)."""
-    from harness.seeding import image_generator
-
     draws = torch.rand(8, generator=image_generator(seed, index, salt="pasted_objects")).tolist()
     name = objects[index % len(objects)]
     background_name = backgrounds[min(int(draws[0] * len(backgrounds)), len(backgrounds) - 1)]
@@ -289,19 +191,19 @@ def check_options(objects: Sequence[str], backgrounds: Sequence[str], canvas: in
                   scale: Sequence[float], size: int) -> None:
     unknown = [name for name in objects if name not in OBJECTS]
     if unknown or not objects:
-        raise ValueError(f"pasted_objects: objects {unknown or list(objects)} invalid; choose "
+        raise DataError(f"pasted_objects: objects {unknown or list(objects)} invalid; choose "
                          f"from: {', '.join(OBJECTS)}")
     bad = [name for name in backgrounds if name not in BACKGROUNDS]
     if bad or not backgrounds:
-        raise ValueError(f"pasted_objects: backgrounds {bad or list(backgrounds)} invalid; choose "
+        raise DataError(f"pasted_objects: backgrounds {bad or list(backgrounds)} invalid; choose "
                          f"from: {', '.join(BACKGROUNDS)}")
     if not isinstance(canvas, int) or canvas < 32:
-        raise ValueError(f"pasted_objects: canvas must be an integer >= 32 pixels, got {canvas!r}")
+        raise DataError(f"pasted_objects: canvas must be an integer >= 32 pixels, got {canvas!r}")
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"pasted_objects: scale must be (low, high) with 0 < low <= high <= 1, "
+        raise DataError(f"pasted_objects: scale must be (low, high) with 0 < low <= high <= 1, "
                          f"got {tuple(scale)}")
     if not isinstance(size, int) or size < 1:
-        raise ValueError(f"pasted_objects: size must be an integer >= 1, got {size!r}")
+        raise DataError(f"pasted_objects: size must be an integer >= 1, got {size!r}")
 
 
 FILTER_CHUNK = 8
@@ -310,8 +212,6 @@ FILTER_CHUNK = 8
 def filter_model_name(model: torch.nn.Module) -> str:
     """How a filter model is recorded in the dataset (``Dataset.filter_model``): its
     ``harness_info`` name and weights, e.g. ``efficientnet_lite0 (default)``."""
-    from harness.models import model_info
-
     info = model_info(model)
     return f"{info.name} ({info.weights})"
 
@@ -322,8 +222,6 @@ def _on_cpu(model: torch.nn.Module) -> torch.nn.Module:
     tensors = [*model.parameters(), *model.buffers()]
     if all(t.device.type == "cpu" for t in tensors):
         return model
-    import copy
-
     return copy.deepcopy(model).cpu()
 
 
@@ -332,9 +230,6 @@ def recognised(model: torch.nn.Module, images: Sequence[np.ndarray],
     """(top-1 in the object's classes, top-1) per image. Always on the CPU in chunks of 8 (a model
     on another device is copied to the CPU for this), so that the kept set does not depend on
     the device the model lives on."""
-    from harness.data import preprocess
-    from harness.models import model_info
-
     info = model_info(model)
     model = _on_cpu(model)
     results = []
@@ -358,8 +253,6 @@ def pasted_samples(*, size: int, seed: int, model, objects: Sequence[str],
     settings = (int(seed), tuple(objects), tuple(backgrounds), canvas, tuple(map(float, scale)))
     max_candidates = max_candidates or 10 * size
     if isinstance(model, str):
-        from harness.models import load_model
-
         model = load_model(model)
     filter_name = None if model is None else filter_model_name(model)
     kept = []
@@ -377,9 +270,31 @@ def pasted_samples(*, size: int, seed: int, model, objects: Sequence[str],
                              partial(_part, settings, k, 0), partial(_part, settings, k, 1)))
         if len(kept) == size:
             return kept, filter_name
-    raise ValueError(f"pasted_objects: only {len(kept)} of {max_candidates} candidates were "
+    raise DataError(f"pasted_objects: only {len(kept)} of {max_candidates} candidates were "
                      f"recognised by the model; lower size or raise max_candidates")
 
 
 def _part(settings: tuple, index: int, which: int) -> np.ndarray:
     return compose(settings[0], index, *settings[1:])[which].copy()
+
+@register_dataset("pasted_objects", masks=True)
+def pasted_objects(*, size: int = 24, paste_seed: int = 0,
+                   model: str | torch.nn.Module | None = "efficientnet_lite0",
+                   objects: Sequence[str] | None = None, backgrounds: Sequence[str] | None = None,
+                   canvas: int = 224, scale: Sequence[float] = (0.3, 0.7),
+                   max_candidates: int | None = None) -> Dataset:
+    """Objects cut from the bundled photos (cat, espresso, motorcycle, tripod, uniform)
+    pasted at seeded positions and scales onto crops of bundled textures and photos; the object
+    mask is known by construction. With ``model`` (default the bundled EfficientNet-Lite0) only
+    images whose top-1 prediction is one of the object's classes are kept (label = that class),
+    until ``size`` images (from at most ``max_candidates``, default 10 * size); the dataset's
+    ``filter_model`` names it (the runner warns if it evaluates another model). ``paste_seed``
+    fixes every draw. How it is made and its limits: the module docstring."""
+    kept, filter_model = pasted_samples(
+        size=size, seed=paste_seed, model=model, canvas=canvas, scale=scale,
+        objects=tuple(objects or OBJECTS), max_candidates=max_candidates,
+        backgrounds=tuple(backgrounds or BACKGROUNDS))
+    return Dataset("pasted_objects", tuple(Sample(*item) for item in kept),
+                   filter_model=filter_model)
+
+
