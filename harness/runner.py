@@ -127,15 +127,24 @@ def check_steps(config: ExperimentConfig, model: torch.nn.Module) -> None:
                                   f"pixels of {config.model.name}'s {side}x{side} input")
 
 
+SMOKE_BLOCKS = 3  # randomization steps of a smoke run (the top blocks)
+
+
 def smoke_steps(config: ExperimentConfig, model: torch.nn.Module) -> ExperimentConfig:
-    """A smoke run's ``step``s clamped to the model's input (``harness.config.smoke`` sets them
-    for 8 steps of a 224 x 224 input; a smaller input has fewer pixels)."""
-    side = model_info(model).input_size
+    """What a smoke run shrinks once the model is known: ``step``s clamped to its input
+    (``harness.config.smoke`` sets them for 8 steps of a 224 x 224 input), and model
+    randomization over its top ``SMOKE_BLOCKS`` blocks where the config names none."""
+    info = model_info(model)
+    side = info.input_size
     metrics = {}
     for name, settings in config.metrics.items():
         step = getattr(settings, "step", None)
         if isinstance(step, int) and step > side * side:
             settings = dataclasses.replace(settings, step=max(1, -(-side * side // 8)))
+        if "blocks" in {f.name for f in dataclasses.fields(settings)} and \
+                settings.blocks is None and len(info.blocks) > SMOKE_BLOCKS:
+            settings = dataclasses.replace(
+                settings, blocks=[block.label for block in info.blocks[:SMOKE_BLOCKS]])
         metrics[name] = settings
     return dataclasses.replace(config, metrics=metrics)
 

@@ -105,6 +105,33 @@ def test_overrides():
         apply_overrides(raw, ["data.limit"])
 
 
+def test_methods_are_addressable_by_display_name():
+    raw = {**MINIMAL, "methods": ["vanilla", {"name": "sg_low", "method": "smoothgrad",
+                                              "params": {"n": 50}}]}
+    config = from_dict(apply_overrides(raw, ["methods.sg_low.params.n=5",
+                                             "methods.vanilla.params.reduce=abs_sum"]))
+    assert config.methods[1].params == {"n": 5}
+    assert config.methods[0].params == {"reduce": "abs_sum"}, "a method given by name alone"
+    with pytest.raises(ConfigError, match=r"--set methods.sg_hi.params.n: no method named "
+                                          r"'sg_hi'. Methods: vanilla, sg_low \(or an index "
+                                          r"0..1\)"):
+        apply_overrides(raw, ["methods.sg_hi.params.n=5"])
+
+
+def test_smoke_shrinks_any_config_to_a_quick_try():
+    config = load_config(EXPERIMENTS / "quickstart.yaml", smoke_run=True)
+    assert config.smoke and config.data.limit == 2 and config.figure_images == 2
+    assert config.name == "quickstart-smoke" and config.output_dir.endswith("-smoke")
+    params = {m.name: m.params for m in config.methods}
+    assert params["smoothgrad"]["n"] == 4 and params["blurred"] == {"sigma": 2.0}
+    assert config.metrics["deletion"].step == 224 * 28
+    assert config.metrics["road"].percentages == [0.1, 0.4, 0.9]
+    full = load_config(EXPERIMENTS / "quickstart.yaml")
+    assert full.hash() != config.hash() and not full.smoke
+    assert load_config(EXPERIMENTS / "quickstart.yaml", ["data.limit=1"],
+                       smoke_run=True).data.limit == 1, "only lowered"
+
+
 def test_config_hash_ignores_tracking_and_output_only():
     a = from_dict(MINIMAL)
     assert a.hash() == from_dict({**MINIMAL, "output_dir": "elsewhere",

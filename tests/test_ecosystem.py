@@ -255,7 +255,7 @@ def test_shared_layer_is_explained_at_its_last_call(x):
     torch.testing.assert_close(
         harness.saliency("captum:LayerGradCam", shared, x, TARGET, relu_attributions=True),
         harness.saliency("gradcam", shared, x, TARGET), rtol=1e-5, atol=1e-7)
-    assert not any(_hook_counts(shared)), "no hook left"
+    assert not any(any(counts) for counts in _hook_counts(shared).values()), "no hook left"
 
 
 # ----------------------------------------------------------------------------- the guard
@@ -316,7 +316,8 @@ def test_guard_catches_a_leaked_library_hook(tmp_path, monkeypatch, fresh_cache,
             return torch.zeros(x.shape[0], *x.shape[2:])
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(RuntimeError, match="left a hook on the model"):
+    with pytest.raises(harness.MethodError, match="method 'leaky_plugin_mod:leaky' left a hook on "
+                                                  "features"):
         harness.saliency("leaky_plugin_mod:leaky", tiny_cnn, x, TARGET)
     for cam in sys.modules["leaky_plugin_mod"].KEEP:
         cam.__exit__(None, None, None)
@@ -382,8 +383,8 @@ def test_unknown_classes_list_the_available_ones(fresh_cache):
     ("gradcam:GradCAM", {"eigen_smoth": True},
      r"params.eigen_smoth: not a parameter of gradcam:GradCAM; valid: init, call, .*eigen_smooth"),
     ("gradcam:FullGrad", {"layer": "features"}, r"params.layer: gradcam:FullGrad takes no layer"),
-    ("rise", {"masks": 10}, r"params.masks: not a parameter of 'rise'; valid: batch_size, "
-                            r"grid_size, n_masks, p_keep, seed"),
+    ("rise", {"masks": 10}, r"params.masks: unknown key. Did you mean 'n_masks'\? Valid keys "
+                            r"here: n_masks, grid_size, p_keep, seed, batch_size"),
 ])
 def test_adapter_params_are_checked_at_config_validation(method, params, message, fresh_cache):
     pytest.importorskip("captum.attr")
@@ -469,7 +470,8 @@ def test_plugin_by_import_path(plugin_module, tiny_cnn, x):
     assert maps.shape == (3, 16, 16)
     assert float(maps[0, 7, 7]) == 49.0 and float(maps[0, 0, 5]) == 0.0
     method = harness.get_method(name)
-    assert method.kind == "plugin" and "Distance-to-border" in method.summary
+    assert method.origin == f"plug-in {name}" and "Distance-to-border" in method.summary
+    assert [f.name for f in __import__("dataclasses").fields(method.settings)] == ["power"]
     config = from_dict({"methods": [{"name": "mine", "method": name, "params": {"power": 2.0}}],
                         "metrics": {"deletion": {"step": 64}}})
     assert config.methods[0].registry_name == name
@@ -502,7 +504,7 @@ def test_cli_params_of_plugins_and_adapters(plugin_module, monkeypatch, tmp_path
     out = str(tmp_path / "x.png")
     assert main(["saliency", "--methods", f"vanilla,{name}", "--param", f"{name}.powr=2",
                  "--out", out]) == 2
-    assert f"--param {name}.powr: not a parameter of '{name}'; valid: power" in \
+    assert f"--param {name}.powr: unknown key. Did you mean 'power'? Valid keys here: power" in \
         capsys.readouterr().err
     assert main(["saliency", "--methods", name, "--param", f"{name}.power=abc",
                  "--out", out]) == 2
@@ -662,7 +664,7 @@ def test_rise_finds_the_region_the_model_uses():
 
 
 def test_rise_bad_parameters(tiny_cnn, x):
-    with pytest.raises(ValueError, match=r"p_keep must be in \(0, 1\], got 0"):
+    with pytest.raises(ValueError, match=r"p_keep: must be a finite number > 0 and <= 1, got 0"):
         harness.saliency("rise", tiny_cnn, x, TARGET, p_keep=0, n_masks=4)
     with pytest.raises(ValueError, match="n_masks must be an int >= 1"):
         harness.saliency("rise", tiny_cnn, x, TARGET, n_masks=0)

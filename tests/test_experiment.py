@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+import harness
 from harness.api import run as run_experiment
 from harness.api import table as table_for
 from harness.config import ConfigError, from_dict
@@ -72,7 +73,7 @@ def test_records_are_complete_and_deterministic(tmp_path):
     again = from_dict(tiny_raw(tmp_path / "again"))
     assert comparable(list(run(again, progress=False))) == comparable(fresh)
     assert list(run(config, resume=True, progress=False)) == [], "nothing left to compute"
-    with pytest.raises(ConfigError, match="already holds records.*--resume"):
+    with pytest.raises(harness.RunFolderError, match="already holds records.*--resume"):
         list(run(config, progress=False))
     changed = from_dict(tiny_raw(tmp_path, seed=1))
     with pytest.raises(ConfigError, match="config differs"):
@@ -264,7 +265,7 @@ def test_mlflow_names_the_direction_of_every_logged_column(tmp_path):
                       found.data.tags["harness.metric_directions"].split(","))
         assert tagged == expected
         logged = {key.rsplit(".", 1)[0] for key in found.data.metrics
-                  if not key.startswith("curve.")}
+                  if not key.startswith(("curve.", "live.", "time."))}
         assert logged <= set(tagged)
         note = found.data.tags["mlflow.note.content"]
         assert "`rand_ssim` ↓" in note and "`deletion` ↓" in note
