@@ -361,7 +361,7 @@ def _validate_metrics(raw_metrics) -> dict:
 def from_dict(raw: dict) -> ExperimentConfig:
     """Validate a raw config mapping (see ``load_config``)."""
     from harness.data import list_datasets
-    from harness.models import list_models
+    from harness.models import is_model
 
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a mapping at the top level")
@@ -371,9 +371,10 @@ def from_dict(raw: dict) -> ExperimentConfig:
     raw.setdefault("name", "experiment")
     config = build(ExperimentConfig, {**raw, "methods": [], "metrics": {}}, "")
     config = dataclasses.replace(config, methods=methods, metrics=metrics)
-    if config.model.name not in list_models():
+    if not is_model(config.model.name):
         raise ConfigError(f"model.name: unknown model {config.model.name!r}; see "
-                          "`harness list models` (e.g. efficientnet_lite0, squeezenet1_1)")
+                          "`harness list models` (e.g. efficientnet_lite0, squeezenet1_1, "
+                          "vit_b_16; timm's as timm:<name> with the timm extra)")
     _check_choice(config.data.name, tuple(list_datasets()), "data.name")
     from harness.data import DATASETS
 

