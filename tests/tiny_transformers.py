@@ -43,7 +43,7 @@ def tiny_timm_vit(seed: int = 0, distilled: bool = False, layers: int = 2) -> nn
     torch.manual_seed(seed)
     name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
     model = timm.create_model(name, pretrained=False, img_size=SIZE, patch_size=8, embed_dim=32,
-                              depth=layers, num_heads=2, num_classes=CLASSES)
+                              depth=layers, num_heads=2, mlp_ratio=2.0, num_classes=CLASSES)
     return _ready(model, seed, "tiny_deit" if distilled else "tiny_timm_vit")
 
 
