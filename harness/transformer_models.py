@@ -126,9 +126,24 @@ def _torchvision_maxvit(model: nn.Module) -> dict:
     }
 
 
-def _timm_vit(model: nn.Module) -> dict:
-    from timm.layers import Attention
+def timm_attention_classes() -> tuple[type, ...]:
+    """timm's self-attention module class(es): ``timm.layers.Attention`` (timm >= 1.0.16) and
+    ``timm.models.vision_transformer.Attention`` (before; the same class after); () without
+    timm."""
+    found = []
+    for module, name in (("timm.layers", "Attention"),
+                         ("timm.models.vision_transformer", "Attention")):
+        try:
+            cls = getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            continue
+        if cls not in found:
+            found.append(cls)
+    return tuple(found)
 
+
+def _timm_vit(model: nn.Module) -> dict:
+    attention_classes = timm_attention_classes()
     depth = len(model.blocks)
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
     head = _existing(model, ("norm", "fc_norm", "attn_pool", "head", "head_dist"))
@@ -144,7 +159,8 @@ def _timm_vit(model: nn.Module) -> dict:
     }
     reads_class_token = (getattr(model, "cls_token", None) is not None
                          and getattr(model, "global_pool", None) == "token")
-    if reads_class_token and all(isinstance(block.attn, Attention) for block in model.blocks):
+    if reads_class_token and all(isinstance(block.attn, attention_classes)
+                                 for block in model.blocks):
         fields["attention_layers"] = tuple(f"blocks.{i}.attn" for i in range(depth))
     return fields
 
@@ -165,13 +181,15 @@ def _timm_swin(model: nn.Module) -> dict:
     }
 
 
-def _recognisers() -> list[tuple[type, Callable[[nn.Module], dict]]]:
+def _recognisers(model: nn.Module) -> list[tuple[type, Callable[[nn.Module], dict]]]:
     from torchvision.models.maxvit import MaxVit
     from torchvision.models.swin_transformer import SwinTransformer
     from torchvision.models.vision_transformer import VisionTransformer
 
     found = [(VisionTransformer, _torchvision_vit), (SwinTransformer, _torchvision_swin),
              (MaxVit, _torchvision_maxvit)]
+    if not any(cls.__module__.startswith("timm.") for cls in type(model).__mro__):
+        return found  # timm is imported only for its own models
     try:
         from timm.models.swin_transformer import SwinTransformer as TimmSwin
         from timm.models.vision_transformer import VisionTransformer as TimmViT
@@ -182,7 +200,7 @@ def _recognisers() -> list[tuple[type, Callable[[nn.Module], dict]]]:
 
 def describe(model: nn.Module) -> dict:
     """``ModelInfo`` fields of a recognised transformer (module docstring), else ``{}``."""
-    for cls, fields in _recognisers():
+    for cls, fields in _recognisers(model):
         if isinstance(model, cls):
             return fields(model)
     return {}

@@ -135,10 +135,9 @@ def recorded_attention(model: nn.Module, layers: tuple[str, ...]) -> Iterator[li
     """Inside the block, each forward of ``model`` fills the yielded list with every layer's
     attention probabilities ``[N, heads, T, T]`` (in the autograd graph); hooks and timm's
     ``fused_attn`` flags are restored on exit."""
-    try:
-        from timm.layers import Attention as TimmAttention
-    except ImportError:
-        TimmAttention = ()  # noqa: N806 - no timm: no timm attention to match
+    from harness.transformer_models import timm_attention_classes
+
+    timm_attention = timm_attention_classes()  # () without timm
     probs: list = [None] * len(layers)
     handles, fused = [], []
     try:
@@ -147,7 +146,7 @@ def recorded_attention(model: nn.Module, layers: tuple[str, ...]) -> Iterator[li
             if isinstance(module, nn.MultiheadAttention):
                 handles.append(module.register_forward_hook(
                     partial(_mha_hook, path=path, probs=probs, index=index), with_kwargs=True))
-            elif isinstance(module, TimmAttention):
+            elif timm_attention and isinstance(module, timm_attention):
                 fused.append((module, module.fused_attn))
                 module.fused_attn = False
                 handles.append(module.attn_drop.register_forward_hook(
