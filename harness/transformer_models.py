@@ -127,8 +127,9 @@ def _torchvision_maxvit(model: nn.Module) -> dict:
 
 
 def timm_attention_classes() -> tuple[type, ...]:
-    """timm's self-attention module class(es): ``timm.layers.Attention`` (timm >= 1.0.16) and
-    ``timm.models.vision_transformer.Attention`` (before; the same class after); () without
+    """timm's self-attention module class(es): ``timm.layers.Attention`` (timm 1.0.31) and
+    ``timm.models.vision_transformer.Attention`` (timm 1.0.15 and before; the same class in
+    1.0.31); () without
     timm."""
     found = []
     for module, name in (("timm.layers", "Attention"),
