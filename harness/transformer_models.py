@@ -129,8 +129,7 @@ def _torchvision_maxvit(model: nn.Module) -> dict:
 def timm_attention_classes() -> tuple[type, ...]:
     """timm's self-attention module class(es): ``timm.layers.Attention`` (timm 1.0.31) and
     ``timm.models.vision_transformer.Attention`` (timm 1.0.15 and before; the same class in
-    1.0.31); () without
-    timm."""
+    1.0.31); () without timm."""
     found = []
     for module, name in (("timm.layers", "Attention"),
                          ("timm.models.vision_transformer", "Attention")):
