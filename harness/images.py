@@ -87,9 +87,14 @@ def _wide_to_rgb(image: Image.Image, path) -> np.ndarray:
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def resize_and_crop(image: np.ndarray, resize_size: int, crop_size: int) -> np.ndarray:
-    """Resize the shorter side to ``resize_size`` (PIL bilinear, as torchvision's ``Resize`` on PIL
-    images) and centre-crop to ``crop_size`` x ``crop_size``. uint8 ``[H, W, 3]`` in and out."""
+RESAMPLING = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def resize_and_crop(image: np.ndarray, resize_size: int, crop_size: int,
+                    interpolation: str = "bilinear") -> np.ndarray:
+    """Resize the shorter side to ``resize_size`` (PIL ``interpolation``, default bilinear, as
+    torchvision's ``Resize`` on PIL images; the model's weights may ask for bicubic) and
+    centre-crop to ``crop_size`` x ``crop_size``. uint8 ``[H, W, 3]`` in and out."""
     pil = Image.fromarray(to_rgb(image))
     width, height = pil.size
     if min(width, height) != resize_size:
@@ -97,7 +102,7 @@ def resize_and_crop(image: np.ndarray, resize_size: int, crop_size: int) -> np.n
             new = (resize_size, int(resize_size * height / width))
         else:
             new = (int(resize_size * width / height), resize_size)
-        pil = pil.resize(new, Image.BILINEAR)
+        pil = pil.resize(new, RESAMPLING[interpolation])
     width, height = pil.size
     if width < crop_size or height < crop_size:
         raise DataError(f"image of {width}x{height} is smaller than the crop {crop_size}")
@@ -165,7 +170,8 @@ def preprocess(images: Sequence[np.ndarray], info: ModelInfo, *,
                           f"{np.asarray(image).shape[0]} pixels, much smaller than the model's "
                           f"{info.input_size}x{info.input_size} input: it is upsampled "
                           f"{info.resize_size / side:.1f}x", stacklevel=2)
-    crops = [resize_and_crop(image, info.resize_size, info.input_size) for image in images]
+    crops = [resize_and_crop(image, info.resize_size, info.input_size, info.interpolation)
+             for image in images]
     pixels = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
     return normalize(pixels.contiguous(), info).to(device).contiguous()
 
@@ -184,7 +190,8 @@ def crop_pixels(images: Sequence[np.ndarray], info: ModelInfo) -> np.ndarray:
     Raises:
         DataError: an image smaller than the crop.
     """
-    return np.stack([resize_and_crop(image, info.resize_size, info.input_size) for image in images])
+    return np.stack([resize_and_crop(image, info.resize_size, info.input_size, info.interpolation)
+                     for image in images])
 
 
 def resize_and_crop_mask(mask: np.ndarray, resize_size: int, crop_size: int) -> np.ndarray:

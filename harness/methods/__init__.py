@@ -7,6 +7,7 @@ methods is asked for; plug-ins (``package.module:function``, entry points of gro
 """
 
 from harness.methods import (  # noqa: F401  (registration; the adapters register families)
+    attention,
     baselines,
     cam,
     captum_adapter,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import field
 
@@ -23,10 +22,10 @@ import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from harness.errors import ConfigError, MethodError, MissingDependencyError
+from harness.errors import ConfigError, MethodError
 from harness.methods.entry import Family, MapFn, Method, settings_for, summary_of
 from harness.methods.plugins import as_method, import_method
-from harness.registry import Registry, lookup
+from harness.registry import Registry, lookup, require  # noqa: F401  (require: adapters)
 from harness.settings import check_choice, check_target_range
 
 REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -64,18 +63,6 @@ METHODS: Registry[Method] = Registry(
     "method", "harness.methods", adopt=as_method, resolve=_resolve,
     hint="; or an adapter (captum:<Class>, gradcam:<CAMClass>), a plug-in "
          "'package.module:function' or an entry point of group 'harness.methods'")
-
-
-def require(module: str, extra: str, what: str, *, package: str | None = None):
-    """Import optional ``module`` or raise ``MissingDependencyError`` naming the pip ``extra``
-    (and the PyPI ``package``, default the module's top-level name)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        package = package or module.split(".")[0]
-        raise MissingDependencyError(
-            f"{what} needs the optional dependency {package!r}, which is not installed "
-            f"({error}): pip install -e '.[{extra}]' (or pip install {package})") from None
 
 
 def register_family(family: Family) -> Family:

@@ -23,7 +23,11 @@ Parameters (``params`` of a config entry or keywords of ``saliency``):
   C*H*W forwards per image). From Python any value Captum accepts (tensors) may be passed.
 - ``layer`` (layer methods and ``GuidedGradCam``): module name, default the model's
   ``cam_layer``, exactly as our ``gradcam``; a module that runs several times per forward is
-  explained at its last call (harness/methods/_adapt.py ``library_layer``).
+  explained at its last call (harness/methods/_adapt.py ``library_layer``). Captum reads the
+  layer's output as ``[N, K, h, w]`` and takes no reshape: on a model that declares a tokens or
+  channels-last layout (``ModelInfo.layout``: ViT, DeiT, Swin) the layer methods are refused (use
+  ``gradcam`` or ``gradcam:<CAMClass>``, which convert the layout), and a 4-D attribution that
+  cannot be a map of the image is refused (harness/layouts.py ``check_grid``).
 - ``upsample`` (layer methods): Captum's ``LayerAttribution.interpolate`` mode from the layer's
   resolution to the input's, default ``"bilinear"`` (``align_corners=False``, as our ``gradcam``;
   Captum's own default is ``"nearest"``).
@@ -56,9 +60,11 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError, MethodError
+from harness.layouts import check_grid, model_layout
 from harness.methods._adapt import (
     Signature,
     as_library_value,
+    layer_name,
     library_class,
     library_layer,
     read_signature,
@@ -206,6 +212,12 @@ def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.
     ``[N, K, h, w]`` upsampled to ``[N, K, H, W]``."""
     split = _check(name, cls, params)
     _, is_layer, takes_layer = _spec(cls)
+    layout = model_layout(model)
+    if takes_layer and layout is not None and layout.kind != "channels_first":
+        raise MethodError(f"{name}: Captum reads the layer's output as [N, K, h, w] and takes no "
+                         f"reshape, but the model declares a {layout.kind} layout "
+                         "(ModelInfo.layout); use 'gradcam' or 'gradcam:<CAMClass>' "
+                         "(pytorch-grad-cam), which convert it")
     init = {k: _value(k, v, x) for k, v in split["init"].items()}
     attribute = {k: _value(k, v, x) for k, v in split["attribute"].items()}
     seed = params.get("seed", 0)
@@ -235,6 +247,9 @@ def _raw(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch.
         if result.ndim != 4:
             raise MethodError(f"{name}: the layer attribution must be [N, K, h, w] to map onto the "
                              f"image, got {tuple(result.shape)}; choose a conv layer (layer=)")
+        check_grid(result.shape[2], result.shape[3], tuple(x.shape[2:]),
+                   layer=layer_name(model, params.get("layer"), name),
+                   shape=tuple(result.shape), reading="[N, K, h, w]")
         result = _attr().LayerAttribution.interpolate(result, tuple(x.shape[2:]),
                                                       params.get("upsample", "bilinear"))
     elif tuple(result.shape) != tuple(x.shape):

@@ -14,6 +14,12 @@ Parameters:
   a module that runs several times per forward (EfficientNet-Lite's shared ``_swish``) is
   explained at its last call, as our ``gradcam`` does (pytorch-grad-cam given the shared module
   itself would use its first call). ``FullGrad`` takes no layer (it uses every bias).
+  pytorch-grad-cam's ``reshape_transform`` comes from the model's declared layout
+  (``ModelInfo.layout``, harness/layouts.py ``to_channels_first``): a ViT's tokens and Swin's
+  channels-last maps reach the library as ``[N, C, h, w]``, as the library's documented
+  ``reshape_transform`` for ViT (``tensor[:, 1:, :].reshape(N, 14, 14, C)`` then channels first)
+  and Swin do, and an output whose layout is unknown is refused before the library reads it
+  (a convolutional layer's output passes unchanged).
 - ``init: {...}`` extra constructor keywords (``AblationCAM``'s ``batch_size``, ``KPCA_CAM``'s
   ``kernel``, ...) and ``call: {...}`` keywords of the call (``aug_smooth``, ``eigen_smooth``);
   or the same names flat, placed by signature inspection.
@@ -38,8 +44,10 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
+from harness.layouts import model_layout, to_channels_first
 from harness.methods._adapt import (
     as_library_value,
+    layer_name,
     library_class,
     library_layer,
     read_signature,
@@ -55,7 +63,8 @@ _NO_LAYER = {"FullGrad"}
 _NOT_METHODS = {"RandomCAM": "it draws from numpy's global random state, unseeded; use our "
                              "'random' control"}
 _RESERVED = {"model": "the model", "target_layers": "the 'layer' parameter, a module name",
-             "input_tensor": "the images x", "targets": "the target classes"}
+             "input_tensor": "the images x", "targets": "the target classes",
+             "reshape_transform": "the model's layout (ModelInfo.layout)"}
 
 
 def _library():
@@ -103,6 +112,10 @@ def _maps(name: str, cls: type, model: nn.Module, x: torch.Tensor, target: torch
     targets = [targets_module.ClassifierOutputTarget(int(t)) for t in target.tolist()]
     inputs = x.detach().clone().requires_grad_(True)
     takes_layer = cls.__name__ not in _NO_LAYER
+    if takes_layer and "reshape_transform" in _groups(cls)["init"].names:
+        init["reshape_transform"] = functools.partial(
+            to_channels_first, layout=model_layout(model),
+            layer=layer_name(model, params.get("layer"), name), input_size=tuple(x.shape[2:]))
     with (library_layer(model, x, params.get("layer"), name) if takes_layer
           else contextlib.nullcontext()) as layer, seeded_global_rngs(0, x.device):
         cam = cls(model=model, target_layers=[layer] if takes_layer else [], **init)

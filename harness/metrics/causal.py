@@ -19,6 +19,11 @@ for Explanation of Black-box Models", reference ``evaluation.py``):
   learned"): the deletion curve with the most / least relevant pixels removed first. ABPC (area
   between perturbation curves, Schulz et al. 2020, "Restricting the Flow"): AUC(LeRF) - AUC(MoRF);
   higher is better.
+- Patch granularity (``patch=P``, off by default; for vision transformers, whose input is a grid
+  of P x P patches): whole patches are ranked by their mean saliency (ties: the lower row-major
+  patch index first) and removed whole, ``step`` patches per step (``n_steps = ceil(patches /
+  step)``); ``patch_ranks`` gives each pixel its patch's place in that order. P must divide H and
+  W. With ``patch=None`` (the default) every number is the pixel-order one above.
 
 The engine builds every perturbed input on the model's device from one sort per image (the first
 point of an image in a chunk with a ``rank < threshold`` mask and ``torch.where``, each next point
@@ -41,6 +46,7 @@ from harness.errors import MetricError
 from harness.methods._core import check_finite_inputs
 from harness.metrics.registry import register_metric
 from harness.metrics.substrates import Substrate, list_substrates, make_substrate
+from harness.model_info import model_info
 
 SCORES = ("prob", "logit")
 
@@ -60,6 +66,7 @@ class CurveResult:
     step: int
     substrate: str
     score: str
+    patch: int | None = None  # patch granularity: ``step`` counts P x P patches
 
     @property
     def n_steps(self) -> int:
@@ -97,6 +104,43 @@ def pixel_ranks(saliency: torch.Tensor, *, descending: bool = True) -> torch.Ten
     ranks = torch.empty_like(order)
     positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
     return ranks.scatter_(1, order, positions)
+
+
+def check_patch(patch, height: int, width: int) -> int | None:
+    """``patch`` (None: pixel order) as an int dividing ``height`` and ``width``, else a
+    ValueError naming it."""
+    if patch is None:
+        return None
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        raise MetricError(f"patch must be a positive integer (pixels per patch side) or None, got "
+                         f"{patch!r}")
+    if height % patch or width % patch:
+        raise MetricError(f"patch {patch} does not divide the {height} x {width} input: patches "
+                         "must tile the image")
+    return patch
+
+
+def patch_means(saliency: torch.Tensor, patch: int) -> torch.Tensor:
+    """Mean saliency of each ``patch`` x ``patch`` square: ``[N, H, W]`` -> ``[N, H/P, W/P]``."""
+    n_images, height, width = saliency.shape
+    return saliency.reshape(n_images, height // patch, patch, width // patch, patch).mean(
+        dim=(2, 4))
+
+
+def patch_ranks(saliency: torch.Tensor, patch: int, *, descending: bool = True) -> torch.Tensor:
+    """Rank of every pixel ``[N, H * W]`` when whole ``patch`` x ``patch`` squares are removed in
+    the order of their mean saliency (one stable sort: ties to the lower row-major patch index),
+    a patch's pixels in row-major order within it, so the first k * P^2 ranks are the first k
+    patches. ``saliency`` ``[N, H, W]``, P dividing H and W."""
+    _, height, width = saliency.shape
+    cols = width // patch
+    order = pixel_ranks(patch_means(saliency, patch), descending=descending)  # [N, patches]
+    device = saliency.device
+    y = torch.arange(height, device=device)[:, None]
+    x = torch.arange(width, device=device)[None, :]
+    owner = ((y // patch) * cols + x // patch).reshape(-1)  # the patch of each pixel
+    within = ((y % patch) * patch + x % patch).reshape(-1)
+    return order[:, owner] * (patch * patch) + within
 
 
 def validate_maps(x: torch.Tensor, saliency: torch.Tensor, target,
@@ -279,8 +323,9 @@ def _fractions(height: int, width: int, step: int) -> torch.Tensor:
 def _curve_metric(metric: str, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor,
                   target, *, step: int, substrate: str | dict | Substrate, score: str,
                   batch_size: int, ids: Sequence[str] | None, memory_format: str,
-                  amp_dtype: str | None) -> CurveResult:
-    target = validate(x, saliency, target, step, score, ids)
+                  amp_dtype: str | None, patch: int | None = None) -> CurveResult:
+    pixel_step = step if patch is None else _patch_step(x, step, patch)
+    target = validate(x, saliency, target, pixel_step, score, ids)
     substrate_fn, substrate_name = make_substrate(substrate)
     x = x.detach()
     with torch.inference_mode():
@@ -288,37 +333,58 @@ def _curve_metric(metric: str, model: nn.Module, x: torch.Tensor, saliency: torc
     if replacement.shape != x.shape:
         raise MetricError(f"substrate {substrate_name} returned {tuple(replacement.shape)}, "
                          f"expected {tuple(x.shape)}")
-    ranks = pixel_ranks(saliency.detach().to(x.device), descending=metric != "lerf")
+    if patch is None:
+        ranks = pixel_ranks(saliency.detach().to(x.device), descending=metric != "lerf")
+    else:
+        ranks = patch_ranks(saliency.detach().to(x.device), patch, descending=metric != "lerf")
     start, finish = (replacement, x) if metric == "insertion" else (x, replacement)
-    curves = perturbation_curves(model, start, finish, ranks, target, step=step, score=score,
-                                 batch_size=batch_size, memory_format=memory_format,
+    curves = perturbation_curves(model, start, finish, ranks, target, step=pixel_step,
+                                 score=score, batch_size=batch_size, memory_format=memory_format,
                                  amp_dtype=amp_dtype)
     curves = curves.cpu()
-    return CurveResult(metric, curves, auc(curves), _fractions(*x.shape[2:], step), step,
-                       substrate_name, score)
+    return CurveResult(metric, curves, auc(curves), _fractions(*x.shape[2:], pixel_step), step,
+                       substrate_name, score, patch)
+
+
+def _patch_step(x: torch.Tensor, step: int, patch: int) -> int:
+    """Pixels per step at patch granularity (``step`` patches of ``patch`` x ``patch``); checks
+    that the patches tile ``x`` and that ``step`` is in [1, patches]."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise MetricError(f"x must be a tensor [N, C, H, W], got {shape}")
+    height, width = x.shape[2:]
+    check_patch(patch, height, width)
+    n_patches = (height // patch) * (width // patch)
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= n_patches:
+        raise MetricError(f"step must be an integer in [1, {n_patches}] (patches of {patch} x "
+                         f"{patch} pixels per step), got {step}")
+    return step * patch * patch
 
 
 def deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
              step: int = 224, substrate: str | dict | Substrate = "zero", score: str = "prob",
              batch_size: int | None = None, ids: Sequence[str] | None = None,
-             memory_format: str = "auto", amp_dtype: str | None = None) -> CurveResult:
+             memory_format: str = "auto", amp_dtype: str | None = None,
+             patch: int | None = None) -> CurveResult:
     """Deletion (RISE): remove the most salient pixels first into ``substrate``; lower AUC is
     better. ``x`` ``[N, C, H, W]`` model input, ``saliency`` ``[N, H, W]``, ``target`` ``[N]``.
-    Returns curves ``[N, ceil(HW/step) + 1]`` and AUC ``[N]``."""
+    Returns curves ``[N, ceil(HW/step) + 1]`` and AUC ``[N]``. ``patch=P``: remove whole P x P
+    patches, ``step`` patches per step (module docstring)."""
     return _curve_metric("deletion", model, x, saliency, target, step=step, substrate=substrate,
                          score=score, batch_size=batch_size, ids=ids, memory_format=memory_format,
-                         amp_dtype=amp_dtype)
+                         amp_dtype=amp_dtype, patch=patch)
 
 
 def insertion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
               step: int = 224, substrate: str | dict | Substrate = "rise_blur",
               score: str = "prob", batch_size: int | None = None, ids: Sequence[str] | None = None,
-              memory_format: str = "auto", amp_dtype: str | None = None) -> CurveResult:
+              memory_format: str = "auto", amp_dtype: str | None = None,
+              patch: int | None = None) -> CurveResult:
     """Insertion (RISE): start from ``substrate`` (RISE's blur) and reveal the most salient pixels
-    first; higher AUC is better. Shapes as ``deletion``."""
+    first; higher AUC is better. Shapes and ``patch`` as ``deletion``."""
     return _curve_metric("insertion", model, x, saliency, target, step=step, substrate=substrate,
                          score=score, batch_size=batch_size, ids=ids, memory_format=memory_format,
-                         amp_dtype=amp_dtype)
+                         amp_dtype=amp_dtype, patch=patch)
 
 
 def morf(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, **options
@@ -326,18 +392,19 @@ def morf(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, **op
     """MoRF curve (Samek et al. 2017): most relevant pixels removed first (= deletion)."""
     result = deletion(model, x, saliency, target, **options)
     return CurveResult("morf", result.curves, result.auc, result.fractions, result.step,
-                       result.substrate, result.score)
+                       result.substrate, result.score, result.patch)
 
 
 def lerf(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *, step: int = 224,
          substrate: str | dict | Substrate = "zero", score: str = "prob",
          batch_size: int | None = None, ids: Sequence[str] | None = None,
-         memory_format: str = "auto", amp_dtype: str | None = None) -> CurveResult:
-    """LeRF curve (Samek et al. 2017): least relevant pixels removed first (ties: lower index
-    first); higher AUC is better."""
+         memory_format: str = "auto", amp_dtype: str | None = None,
+         patch: int | None = None) -> CurveResult:
+    """LeRF curve (Samek et al. 2017): least relevant pixels (or ``patch``es) removed first
+    (ties: lower index first); higher AUC is better."""
     return _curve_metric("lerf", model, x, saliency, target, step=step, substrate=substrate,
                          score=score, batch_size=batch_size, ids=ids, memory_format=memory_format,
-                         amp_dtype=amp_dtype)
+                         amp_dtype=amp_dtype, patch=patch)
 
 
 def abpc(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, **options
@@ -364,10 +431,14 @@ class CurveSettings:
     batch_size: int | None = None
     amp_dtype: str | None = None
     methods: list | None = None
+    # None: pixel order (RISE); P: whole P x P patches, ``step`` patches per step; "model": the
+    # model's patch size (ModelInfo.patch_size, a vision transformer's)
+    patch: int | str | None = None
 
     def check(self) -> None:
         if self.step < 1:
             raise MetricError(f"step: must be >= 1, got {self.step}")
+        check_patch_setting(self.patch)
         if self.score not in SCORES:
             raise MetricError(f"score: {self.score!r} is not one of: {', '.join(SCORES)}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -392,19 +463,49 @@ DEFAULT_SUBSTRATES = {"deletion": "zero", "morf": "zero", "lerf": "zero", "abpc"
                       "insertion": "rise_blur"}
 
 
+def check_patch_setting(patch) -> None:
+    """The ``patch`` field of a settings dataclass: None, a positive int or ``"model"``."""
+    if patch is None or patch == "model":
+        return
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        raise MetricError(f"patch: a positive integer (pixels per patch side), 'model' (the "
+                          f"model's patch size) or omitted (pixel order), got {patch!r}")
+
+
+def resolve_patch(patch, model: nn.Module) -> int | None:
+    """A ``patch`` setting for ``model``: ``"model"`` becomes its ``ModelInfo.patch_size``."""
+    if patch != "model":
+        return patch
+    info = model_info(model)
+    if info.patch_size is None:
+        raise MetricError(f"patch: 'model', but {info.name!r} declares no patch size "
+                         "(ModelInfo.patch_size; vision transformers have one): give the size")
+    return info.patch_size
+
+
 def _options(metric: str, unit, settings: CurveSettings) -> dict:
-    return {"step": settings.step, "score": settings.score, "batch_size": settings.batch_size,
-            "substrate": settings.substrate or DEFAULT_SUBSTRATES[metric],
-            "amp_dtype": settings.amp_dtype, "ids": list(unit.ids)}
+    options = {"step": settings.step, "score": settings.score, "batch_size": settings.batch_size,
+               "substrate": settings.substrate or DEFAULT_SUBSTRATES[metric],
+               "amp_dtype": settings.amp_dtype, "ids": list(unit.ids)}
+    if settings.patch is not None:  # pixel order passes no patch: its calls are unchanged
+        options["patch"] = resolve_patch(settings.patch, unit.model)
+    return options
+
+
+def _with_patch(record: dict, options: dict) -> dict:
+    """A record with the patch size it was computed at, when at patch granularity."""
+    if "patch" in options:
+        record["patch"] = options["patch"]
+    return record
 
 
 def _curve_records(metric: str):
     function = {"deletion": deletion, "insertion": insertion, "morf": morf, "lerf": lerf}[metric]
 
     def records(unit, settings: CurveSettings) -> list[dict]:
-        result = function(unit.model, unit.x, unit.maps, unit.target,
-                          **_options(metric, unit, settings))
-        return [{"image_id": i, "value": float(v), "curve": curve}
+        options = _options(metric, unit, settings)
+        result = function(unit.model, unit.x, unit.maps, unit.target, **options)
+        return [_with_patch({"image_id": i, "value": float(v), "curve": curve}, options)
                 for i, v, curve in zip(unit.ids, result.auc.tolist(), result.curves.tolist(),
                                        strict=True)]
 
@@ -432,7 +533,9 @@ register_metric("lerf", settings=CurveSettings, direction="up", citation=_SAMEK,
                  citation="Schulz et al. 2020 (arXiv:2001.00396)")
 def _abpc_records(unit, settings: CurveSettings) -> list[dict]:
     """Area between the LeRF and MoRF curves: AUC(LeRF) - AUC(MoRF); higher is better."""
-    result = abpc(unit.model, unit.x, unit.maps, unit.target, **_options("abpc", unit, settings))
-    return [{"image_id": i, "value": float(v), "auc_morf": float(m), "auc_lerf": float(lo)}
+    options = _options("abpc", unit, settings)
+    result = abpc(unit.model, unit.x, unit.maps, unit.target, **options)
+    return [_with_patch({"image_id": i, "value": float(v), "auc_morf": float(m),
+                         "auc_lerf": float(lo)}, options)
             for i, v, m, lo in zip(unit.ids, result.abpc.tolist(), result.morf.auc.tolist(),
                                    result.lerf.auc.tolist(), strict=True)]

@@ -66,6 +66,12 @@ pixels (``int(H * W * p / 100)``), ordered by the raw map (no scaling, no tie-br
 correctness (top-1 == label), and broadcasts maps over channels so that on RGB inputs it ranks
 the C * H * W values instead of pixels (the crash on RGB images reported in our issue 13).
 
+Patch granularity (``patch=P``, off by default; for vision transformers): the map is averaged
+over each P x P patch (``harness.metrics.causal.patch_means``) and the ranking, the tie-break map
+(one value per patch), the count ``int(patches * p)`` and the removed fractions are the above on
+the patch grid; removed patches are imputed pixel by pixel as above. With ``patch=None`` every
+number is the pixel-order one.
+
 Everything runs on ``x``'s device (the model's) in chunks of ``batch_size`` images under
 ``torch.inference_mode``; per-image noise comes from generators seeded with (``seed``, the image
 id or index, order, percentage), so an image's numbers do not depend on its batch.
@@ -90,6 +96,7 @@ from torch import nn
 
 from harness.errors import MetricError
 from harness.metrics._common import validate_maps
+from harness.metrics.causal import check_patch, check_patch_setting, patch_means, resolve_patch
 from harness.metrics.imputation import (
     IMPUTERS,
     add_noise,
@@ -139,6 +146,7 @@ class RoadResult:
     clean_probs: torch.Tensor
     noise: tuple[float, ...]
     seed: int
+    patch: int | None = None  # patch granularity: whole P x P patches ranked and removed
 
     @property
     def scores(self) -> torch.Tensor:
@@ -298,7 +306,8 @@ def percentage_problem(percentages) -> str | None:
 
 def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str,
                   percentages: Sequence[float], imputer: str, noise: float, score: str,
-                  labels, ids: Sequence | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  labels, ids: Sequence | None, patch: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Check every setting before any compute; return (target, labels or None) as long
     ``[N]``."""
     if order not in ORDERS:
@@ -314,12 +323,14 @@ def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str
         raise MetricError(f"noise must be a number >= 0 (pixel units), got {noise!r}")
     target = validate_maps(x, saliency, target, ids)
     n_images, _, height, width = x.shape
+    check_patch(patch, height, width)
+    rows, cols = (height, width) if patch is None else (height // patch, width // patch)
     if imputer == "linear" and order == "lerf":
         for p in percentages:
-            if kept_count(height, width, p) == 0:
+            if kept_count(rows, cols, p) == 0:
                 raise MetricError(f"percentage {p!r}: LeRF keeps int(H * W * p) = 0 of the "
-                                 f"{height} x {width} pixels, so linear imputation has nothing "
-                                 "to impute from")
+                                  f"{rows} x {cols} {'pixels' if patch is None else 'patches'}, "
+                                  "so linear imputation has nothing to impute from")
     if labels is not None:
         labels = torch.as_tensor(labels, device=x.device).long().reshape(-1)
         if labels.shape[0] != n_images:
@@ -343,7 +354,8 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
          imputer: str = "linear", noise: float = 0.01, score: str = "accuracy", labels=None,
          seed: int = 0, ids: Sequence | None = None, batch_size: int | None = None,
          pixel_mean: float | Sequence[float] | None = None,
-         pixel_std: float | Sequence[float] | None = None) -> RoadResult:
+         pixel_std: float | Sequence[float] | None = None,
+         patch: int | None = None) -> RoadResult:
     """ROAD curves of one ``order`` (module docstring) for ``x`` ``[N, C, H, W]`` (the model's
     normalised input, on its device), ``saliency`` ``[N, H, W]``, ``target`` ``[N]`` (the class
     whose probability is scored). ``labels`` ``[N]``: the true labels correctness is checked
@@ -352,10 +364,11 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     probability). ``noise``: the linear imputer's noise in [0, 1] pixel units (converted with the
     model's std). ``pixel_mean`` / ``pixel_std``: the normalisation when the model carries no
     ``harness_info`` (needed for ``linear`` with noise > 0 and for ``zero``). ``batch_size``:
-    images per chunk (default 8 on the CPU, 64 on accelerators)."""
+    images per chunk (default 8 on the CPU, 64 on accelerators). ``patch=P``: rank and remove
+    whole P x P patches (module docstring)."""
     target, labels = validate_road(x, saliency, target, order=order, percentages=percentages,
                                    imputer=imputer, noise=noise, score=score, labels=labels,
-                                   ids=ids)
+                                   ids=ids, patch=patch)
     noise = float(noise)
     n_images, channels, height, width = x.shape
     mean, std = _pixel_stats(model, pixel_mean, pixel_std, channels)
@@ -375,7 +388,11 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
         raise MetricError(f"batch_size must be >= 1, got {batch_size}")
     percentages = tuple(float(p) for p in percentages)
     maps = saliency.detach().to(x.device)
-    tie_breaks = [tie_break_map(height, width, seed=seed, order=order, percentage=p)
+    rows, cols = height, width  # the grid that is ranked: pixels, or patches
+    if patch is not None:
+        maps = patch_means(maps, patch)
+        rows, cols = height // patch, width // patch
+    tie_breaks = [tie_break_map(rows, cols, seed=seed, order=order, percentage=p)
                   for p in percentages]
     probs = torch.empty(n_images, len(percentages), dtype=torch.float64)
     correct = torch.empty(n_images, len(percentages), dtype=torch.bool)
@@ -394,6 +411,8 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
             checked[begin:end] = chunk_labels.cpu()
             for k, p in enumerate(percentages):
                 removed = removal_mask(ranking_scores(maps[begin:end], tie_breaks[k]), p, order)
+                if patch is not None:  # each patch's pixels
+                    removed = removed.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
                 if imputer == "linear":
                     # no warm start from the previous percentage: benchmarks/road.py measured
                     # no gain, and each point then depends on its own mask only
@@ -411,10 +430,10 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
                 probs[begin:end, k] = batch_probs.cpu()
                 correct[begin:end, k] = (predicted == chunk_labels).cpu()
     return RoadResult(order=order, imputer=imputer, score=score, percentages=percentages,
-                      removed_fraction=removed_fractions(height, width, percentages, order),
+                      removed_fraction=removed_fractions(rows, cols, percentages, order),
                       probs=probs, correct=correct, labels=checked,
                       values=score_points(probs, correct, score).mean(dim=1), clean_probs=clean,
-                      noise=noise_scales, seed=seed)
+                      noise=noise_scales, seed=seed, patch=patch)
 
 
 # ----------------------------------------------------------------------------- registry entry
@@ -434,8 +453,11 @@ class RoadSettings:
     score: str = "accuracy"
     batch_size: int | None = None
     methods: list | None = None
+    # None: pixel order (the reference); P: whole P x P patches; "model": the model's patch size
+    patch: int | str | None = None
 
     def check(self) -> None:
+        check_patch_setting(self.patch)
         if isinstance(self.orders, str) or not self.orders:
             raise MetricError(f"orders: name at least one of: {', '.join(ORDERS)} (a list), got "
                              f"{self.orders!r}")
@@ -517,11 +539,12 @@ def _road_records(unit, settings: RoadSettings) -> list[dict]:
     where an image has none)."""
     info = model_info(unit.model)
     labels = unit.label_tensor
+    patch = resolve_patch(settings.patch, unit.model)
     results = {order: road(unit.model, unit.x, unit.maps, unit.target, order=order,
                            percentages=tuple(settings.percentages), imputer=settings.imputer,
                            noise=settings.noise, score=settings.score, labels=labels,
                            seed=unit.seed, ids=list(unit.ids), batch_size=settings.batch_size,
-                           pixel_mean=info.mean, pixel_std=info.std)
+                           pixel_mean=info.mean, pixel_std=info.std, patch=patch)
                for order in settings.orders}
     combined = (road_combined(results["morf"], results["lerf"]).tolist()
                 if set(results) == set(ORDERS) else None)
@@ -539,5 +562,7 @@ def _road_records(unit, settings: RoadSettings) -> list[dict]:
                       "curve": scores[i], "curve_x": curve_x}
             if combined is not None:
                 record["combined"] = combined[i]
+            if patch is not None:
+                record["patch"] = patch
             records.append(record)
     return records

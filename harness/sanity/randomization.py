@@ -7,7 +7,13 @@ section 3.1; reference code ``sanity_checks_saliency``).
   uses: SqueezeNet's kaiming-uniform convs and N(0, 0.01) final conv; ``reset_parameters`` for
   every other layer, which also resets BatchNorm statistics), from ``torch.manual_seed(seed * 1000 +
   block index)`` on a deep copy on the CPU: block k gets the same weights in both modes, and the
-  caller's model is never modified.
+  caller's model is never modified. Transformers: ``nn.MultiheadAttention`` by its own
+  ``_reset_parameters`` (its packed ``in_proj`` has no ``reset_parameters``), and the bare
+  parameters of their constructors (class, distillation and register tokens, position
+  embeddings, Swin's relative position bias tables and logit scales), which a block names by
+  path or which sit on a module without ``reset_parameters``, by their constructors' initialisers
+  (``PARAMETER_INITIALISERS``). Other bare parameters keep their values, as before (ConvNeXt's
+  ``layer_scale``).
 - ``target_mode="own_top1"`` (the paper): each randomized model explains its own top-1 class;
   ``"fixed"`` (Quantus' choice): the original target.
 - Similarity to the original map per image with the measures of ``harness.sanity.similarity``,
@@ -88,9 +94,42 @@ def _squeezenet_init(path: str, module: nn.Module) -> None:
         module.reset_parameters()
 
 
+def _log_ten(param: torch.Tensor) -> None:
+    param.copy_(torch.log(10 * torch.ones_like(param)))
+
+
+# the constructors' initialisers of bare parameters (torchvision vision_transformer.py,
+# swin_transformer.py, maxvit.py; timm vision_transformer.py init_weights, deit.py), by name
+PARAMETER_INITIALISERS: dict[str, Callable[[torch.Tensor], None]] = {
+    "class_token": init.zeros_,  # torchvision VisionTransformer
+    "pos_embedding": partial(init.normal_, std=0.02),  # torchvision Encoder
+    "relative_position_bias_table": partial(init.trunc_normal_, std=0.02),  # Swin v1, MaxViT
+    "logit_scale": _log_ten,  # torchvision Swin v2: log(10)
+    "cls_token": partial(init.normal_, std=1e-6),  # timm
+    "reg_token": partial(init.normal_, std=1e-6),  # timm
+    "dist_token": partial(init.trunc_normal_, std=0.02),  # timm DeiT distilled
+    "pos_embed": partial(init.trunc_normal_, std=0.02),  # timm
+}
+
+
+def init_parameter(path: str, param: torch.Tensor) -> None:
+    """Re-initialise bare parameter ``path`` by ``PARAMETER_INITIALISERS`` (its last name)."""
+    name = path.rsplit(".", 1)[-1]
+    if name not in PARAMETER_INITIALISERS:
+        raise MetricError(f"block parameter {path!r} has no known initialiser; known: "
+                         f"{', '.join(PARAMETER_INITIALISERS)}")
+    PARAMETER_INITIALISERS[name](param)
+
+
 def _default_init(path: str, module: nn.Module) -> None:
     if hasattr(module, "reset_parameters"):
         module.reset_parameters()
+    elif isinstance(module, nn.MultiheadAttention):
+        module._reset_parameters()
+    else:
+        for name, param in module.named_parameters(recurse=False):
+            if name in PARAMETER_INITIALISERS:
+                init_parameter(f"{path}.{name}", param)
 
 
 INITIALISERS: dict[str, Callable[[str, nn.Module], None]] = {
@@ -126,11 +165,15 @@ def randomize(model: nn.Module, blocks: Sequence[Block], *, seed: int,
     initialise = INITIALISERS.get(info.name, _default_init)
     device = next(model.parameters()).device
     randomized = copy.deepcopy(model).cpu()
+    parameters = dict(randomized.named_parameters())
     indices = list(indices) if indices is not None else list(range(len(blocks)))
     for block, index in zip(blocks, indices, strict=True):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed * 1000 + index)
             for path in block.modules:
+                if path in parameters:  # a bare parameter (a class token, an embedding)
+                    init_parameter(path, parameters[path])
+                    continue
                 root = randomized.get_submodule(path)
                 for name, module in root.named_modules():
                     initialise(f"{path}.{name}" if name else path, module)
