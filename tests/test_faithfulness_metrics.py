@@ -285,13 +285,13 @@ def test_infidelity_seeded_and_independent_of_the_batch(tiny_cnn):
 def test_infidelity_bad_input_is_named(tiny_cnn):
     x = torch.randn(2, 3, 8, 8)
     good = torch.rand(2, 8, 8)
-    with pytest.raises(ValueError, match="perturbation 'noise' is not one of: gaussian, square"):
+    with pytest.raises(ValueError, match="perturbation: 'noise' is not one of: gaussian, square"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], perturbation="noise")
-    with pytest.raises(ValueError, match="baseline 'white' is not one of: black, zero, mean"):
+    with pytest.raises(ValueError, match="baseline: 'white' is not one of: black, zero, mean"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], baseline="white")
-    with pytest.raises(ValueError, match=r"n_perturbations must be an integer \[2, 204\]"):
+    with pytest.raises(ValueError, match=r"n_perturbations: must be an integer in \[2, 204\]"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], perturbation="square", n_perturbations=205)
-    with pytest.raises(ValueError, match="noise must be a finite number > 0"):
+    with pytest.raises(ValueError, match="noise: must be a finite number > 0"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], noise=0)
     bad = good.clone()
     bad[1, 2, 2] = float("nan")
@@ -390,12 +390,12 @@ def test_correlation_undefined_and_bad_input(tiny_cnn):
     assert bool(result.values.isnan().all())
     assert result.status[0] == "undefined: the attribution sums are equal for every subset"
     good = torch.rand(2, 8, 8)
-    with pytest.raises(ValueError, match=r"subset_size must be an integer \[1, 63\]"):
+    with pytest.raises(ValueError, match=r"subset_size: must be an integer in \[1, 63\]"):
         metrics.faithfulness_correlation(tiny_cnn, x, good, [0, 1], subset_size=64)
-    with pytest.raises(ValueError, match="baseline 'blur' is not one of: black, zero, mean, min"):
+    with pytest.raises(ValueError, match="baseline: 'blur' is not one of: black, zero, mean, min"):
         metrics.faithfulness_correlation(tiny_cnn, x, good, [0, 1], subset_size=5,
                                          baseline="blur")
-    with pytest.raises(ValueError, match="score 'softmax' is not one of: prob, logit"):
+    with pytest.raises(ValueError, match="score: 'softmax' is not one of: prob, logit"):
         metrics.faithfulness_correlation(tiny_cnn, x, good, [0, 1], subset_size=5,
                                          score="softmax")
     bad = good.clone()
@@ -484,7 +484,7 @@ def test_confidence_batch_independence_and_bad_input(tiny_cnn):
     for i in range(3):
         alone = metrics.average_drop(tiny_cnn, x[i:i + 1], saliency[i:i + 1], target[i:i + 1])
         torch.testing.assert_close(alone.values, batch.values[i:i + 1], rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="score 'confidence' is not one of: prob, logit"):
+    with pytest.raises(ValueError, match="score: 'confidence' is not one of: prob, logit"):
         metrics.average_drop(tiny_cnn, x, saliency, target, score="confidence")
     model = region_model()
     pixels = torch.full((2, 3, 8, 8), 0.5, dtype=torch.float64)
@@ -556,9 +556,9 @@ def test_irof_defaults_batch_independence_and_bad_input(tiny_cnn):
                              batch_size=4)
         torch.testing.assert_close(alone.values, batch.values[i:i + 1], rtol=1e-5, atol=1e-7)
         assert torch.equal(alone.segments[0], batch.segments[i])
-    with pytest.raises(ValueError, match="baseline 'blur' is not one of: mean, zero, black"):
+    with pytest.raises(ValueError, match="baseline: 'blur' is not one of: mean, zero, black"):
         metrics.irof(tiny_cnn, x, saliency, target, baseline="blur")
-    with pytest.raises(ValueError, match=r"n_segments must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n_segments: must be an integer >= 1, got 0"):
         metrics.irof(tiny_cnn, x, saliency, target, n_segments=0)
     bad = saliency.clone()
     bad[1, 0, 0] = float("nan")
@@ -768,7 +768,8 @@ def test_scaled_infidelity_needs_two_perturbations(tiny_cnn):
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1))
     for perturbation in ("gaussian", "square"):
-        with pytest.raises(ValueError, match=r"n_perturbations must be an integer (\[2, |>= 2)"):
+        with pytest.raises(ValueError,
+                           match=r"n_perturbations: must be an integer (in \[2, |>= 2)"):
             metrics.infidelity(tiny_cnn, x, noise, [0, 1], perturbation=perturbation,
                                n_perturbations=1)
         unscaled = metrics.infidelity(tiny_cnn, x, noise, [0, 1], perturbation=perturbation,

@@ -104,26 +104,29 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from harness.errors import MetricError
+from harness.errors import ConfigError
 from harness.metrics._common import (
     MAPS,
     SCORES,
     baseline_fill,
-    check_choice,
-    check_int,
     clean_scores,
     image_key,
     pixel_scale,
     resolve_batch_size,
     score_stream,
-    setting_choice,
-    setting_int,
-    setting_number,
     unit_map,
     validate_maps,
 )
 from harness.metrics.registry import register_metric
 from harness.seeding import image_generator
+from harness.settings import (
+    check,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+)
 
 PERTURBATIONS = ("gaussian", "square")
 BASELINES = ("black", "zero", "mean")
@@ -169,27 +172,21 @@ def squares(index: torch.Tensor, height: int, width: int,
     return sides[which], local // columns, local % columns
 
 
-def _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline, score,
-                    scaling, height, width) -> tuple[int, tuple[int, ...]]:
-    check_choice("perturbation", perturbation, PERTURBATIONS)
-    check_choice("baseline", baseline, BASELINES)
-    check_choice("score", score, SCORES)
-    if not isinstance(noise, int | float) or not 0 < float(noise) < float("inf"):
-        raise MetricError(f"noise must be a finite number > 0, got {noise!r}")
-    sizes = tuple(square_sizes)
-    for side in sizes:
-        check_int("square_sizes entry", side, 1)
-    if not sizes or len(set(sizes)) != len(sizes) or min(sizes) > min(height, width):
-        raise MetricError(f"square_sizes must be distinct sides, at least one fitting the "
-                         f"{height} x {width} image, got {square_sizes!r}")
-    # with scaling, one perturbation is fitted exactly (beta = d / e): every map would score 0
-    least = 2 if scaling else 1
-    if perturbation == "gaussian":
-        count = REFERENCE_GAUSSIAN_COUNT if n_perturbations is None else n_perturbations
-        return check_int("n_perturbations", count, least), sizes
+def _count(settings: InfidelitySettings, height: int, width: int) -> int:
+    """The number of perturbations per image for an image of ``height`` x ``width`` (the settings
+    already checked): the square sides must fit the image, and a sampled count of squares be at
+    most the number of squares."""
+    sizes = settings.square_sizes
+    if min(sizes) > min(height, width):
+        raise ConfigError(f"square_sizes: no side fits the {height} x {width} image, got "
+                          f"{list(sizes)!r}")
+    least = 2 if settings.scaling else 1
+    if settings.perturbation == "gaussian":
+        count = settings.n_perturbations
+        return REFERENCE_GAUSSIAN_COUNT if count is None else count
     total = square_count(height, width, sizes)
-    count = total if n_perturbations is None else n_perturbations
-    return check_int("n_perturbations", count, least, total), sizes
+    count = total if settings.n_perturbations is None else settings.n_perturbations
+    return check_int("n_perturbations", count, least, total)
 
 
 def _integral(saliency: torch.Tensor) -> torch.Tensor:
@@ -212,10 +209,15 @@ def infidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target
     ``square_sizes``), or an integer (>= 2 with ``scaling``: beta fits one perturbation exactly,
     so every map would score 0). ``batch_size`` perturbed inputs per forward (default 8 on the
     CPU, 256 on accelerators)."""
+    settings = check(InfidelitySettings(
+        perturbation=perturbation, n_perturbations=n_perturbations, noise=noise,
+        square_sizes=square_sizes, baseline=baseline, score=score, scaling=scaling,
+        batch_size=batch_size))
+    check_seed("seed", seed)
     target = validate_maps(x, saliency, target, ids)
     n_images, _, height, width = x.shape
-    count, sizes = _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline,
-                                   score, scaling, height, width)
+    count = _count(settings, height, width)
+    sizes = tuple(square_sizes)
     batch_size = resolve_batch_size(batch_size, x.device)
     x = x.detach()
     maps = saliency.detach().to(x.device)
@@ -337,21 +339,23 @@ class InfidelitySettings:
     methods: list | None = None
 
     def check(self) -> None:
-        setting_choice("perturbation", self.perturbation, PERTURBATIONS)
-        setting_int("n_perturbations", self.n_perturbations, 1, optional=True)
+        check_choice("perturbation", self.perturbation, PERTURBATIONS)
+        check_int("n_perturbations", self.n_perturbations, 1, optional=True)
+        check_bool("scaling", self.scaling)
         if self.scaling and self.n_perturbations == 1:
-            raise MetricError("n_perturbations: must be an integer >= 2 with scaling (one "
-                             "perturbation is fitted exactly: every map would score 0), got 1")
-        setting_number("noise", self.noise, low=0, inclusive=False)
-        sides = list(self.square_sizes)
-        if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                            for s in sides) or len(set(sides)) != len(sides):
-            raise MetricError(f"square_sizes: must be distinct integer sides >= 1, got "
-                             f"{self.square_sizes!r}")
-        setting_choice("baseline", self.baseline, BASELINES)
-        setting_choice("score", self.score, SCORES)
-        setting_choice("map", self.map, MAPS)
-        setting_int("batch_size", self.batch_size, 1, optional=True)
+            raise ConfigError("n_perturbations: must be an integer >= 2 with scaling (one "
+                              "perturbation is fitted exactly: every map would score 0), got 1")
+        check_number("noise", self.noise, 0, low_open=True)
+        sides = self.square_sizes
+        if (isinstance(sides, str) or not isinstance(sides, Sequence) or not sides
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sides)
+                or len(set(sides)) != len(sides)):
+            raise ConfigError(f"square_sizes: must be distinct integer sides >= 1, got "
+                              f"{sides!r}")
+        check_choice("baseline", self.baseline, BASELINES)
+        check_choice("score", self.score, SCORES)
+        check_choice("map", self.map, MAPS)
+        check_int("batch_size", self.batch_size, 1, optional=True)
 
 
 @register_metric("infidelity", settings=InfidelitySettings, direction="down",

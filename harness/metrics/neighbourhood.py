@@ -28,6 +28,7 @@ from harness.methods import saliency
 from harness.methods._core import NonFiniteMapError, check_inputs
 from harness.models import model_info
 from harness.seeding import image_generator
+from harness.settings import check_choice, check_int, check_number, check_seed
 
 NOISES = ("uniform", "gaussian")
 RADIUS_UNITS = ("pixel", "input")
@@ -50,10 +51,8 @@ def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
     (``uniform``: the L-infinity ball of radius r) or N(0, r^2) (``gaussian``), r = ``radius``
     (divided by ``pixel_std[c]`` per channel when given). Drawn on the CPU from
     ``image_generator(seed, key, salt="robustness")`` and moved to the image's device."""
-    if noise not in NOISES:
-        raise MetricError(f"noise {noise!r} is not one of: {', '.join(NOISES)}")
-    if not radius > 0:
-        raise MetricError(f"radius must be > 0, got {radius}")
+    check_choice("noise", noise, NOISES)
+    check_number("radius", radius, 0, low_open=True)
     generator = image_generator(seed, key, salt="robustness")
     shape = (n_samples, *image.shape)
     if noise == "uniform":
@@ -74,8 +73,7 @@ def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
 def pixel_scale(model: nn.Module, radius_units: str) -> tuple[float, ...] | None:
     """The per-channel std that converts a radius in [0, 1] pixel units to the model's input space
     (``radius_units="pixel"``: ``model_info(model).std``), or None for ``"input"``."""
-    if radius_units not in RADIUS_UNITS:
-        raise MetricError(f"radius_units {radius_units!r} is not one of: {', '.join(RADIUS_UNITS)}")
+    check_choice("radius_units", radius_units, RADIUS_UNITS)
     if radius_units == "input":
         return None
     return tuple(float(v) for v in model_info(model).std)
@@ -107,6 +105,17 @@ def _finite_maps(method: str, model, x: torch.Tensor, target: torch.Tensor, para
     return maps
 
 
+def check_neighbourhood(settings) -> None:
+    """The checks of the neighbourhood fields ``radius``, ``radius_units``, ``n_samples``,
+    ``noise`` and ``batch_size`` of ``settings`` (a ``Neighbourhood`` or the robustness metrics'
+    settings), ``ConfigError("field: why")``."""
+    check_number("radius", settings.radius, 0, low_open=True)
+    check_choice("radius_units", settings.radius_units, RADIUS_UNITS)
+    check_int("n_samples", settings.n_samples, 1)
+    check_choice("noise", settings.noise, NOISES)
+    check_int("batch_size", settings.batch_size, 1, optional=True)
+
+
 @dataclass(frozen=True)
 class Neighbourhood:
     """The sampled neighbourhood of every image: ``n_samples`` deltas per image, U(-r, r)
@@ -122,17 +131,8 @@ class Neighbourhood:
     batch_size: int | None = None
 
     def check(self) -> None:
-        if not isinstance(self.n_samples, int) or self.n_samples < 1:
-            raise MetricError(f"n_samples must be an integer >= 1, got {self.n_samples}")
-        if not self.radius > 0:
-            raise MetricError(f"radius must be > 0, got {self.radius}")
-        if self.noise not in NOISES:
-            raise MetricError(f"noise {self.noise!r} is not one of: {', '.join(NOISES)}")
-        if self.radius_units not in RADIUS_UNITS:
-            raise MetricError(f"radius_units {self.radius_units!r} is not one of: "
-                             f"{', '.join(RADIUS_UNITS)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise MetricError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_neighbourhood(self)
+        check_seed("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,13 @@ def perturbed_inputs(x: torch.Tensor, neighbourhood: Neighbourhood, pixel_std, i
             del cache[image]
 
 
+def check_stability(p: float, eps_min: float) -> None:
+    """The checks of relative input stability's ``p`` (the norm, > 0) and ``eps_min`` (the guard
+    for zero divisors, > 0), ``ConfigError("field: why")``."""
+    check_number("p", p, 0, low_open=True)
+    check_number("eps_min", eps_min, 0, low_open=True)
+
+
 def _relative(change: torch.Tensor, base: torch.Tensor, eps_min: float) -> torch.Tensor:
     return change / torch.where(base == 0, torch.full_like(base, eps_min), base)
 
@@ -202,10 +209,7 @@ def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
     of a NaN/inf map."""
     target = check_inputs(x, target)
     neighbourhood.check()
-    if not p > 0:
-        raise MetricError(f"p must be > 0, got {p}")
-    if not eps_min > 0:
-        raise MetricError(f"eps_min must be > 0 (the guard for zero divisors), got {eps_min}")
+    check_stability(p, eps_min)
     if ids is not None and len(ids) != x.shape[0]:
         raise MetricError(f"ids has {len(ids)} entries for {x.shape[0]} images")
     batch_size = neighbourhood.batch_size or default_batch_size(x.device)
