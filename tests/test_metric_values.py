@@ -139,3 +139,33 @@ def test_values_are_the_recorded_ones(name):
 
 if __name__ == "__main__":
     record()
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (3, 10, 10), (1, 4, 4), (2, 3, 5)])
+def test_one_normal_draw_is_the_small_draws_in_order(shape):
+    from harness.metrics.infidelity import normal_draws
+
+    generator = torch.Generator().manual_seed(11)
+    one_by_one = torch.stack([torch.randn(shape, generator=generator) for _ in range(5)])
+    assert torch.equal(normal_draws(torch.Generator().manual_seed(11), 5, shape), one_by_one)
+
+
+def test_the_layout_hook_changes_no_gradient_and_leaves_no_hook(tiny_cnn):
+    from harness.metrics.neighbourhood import model_layout
+
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    plain = harness.saliency("vanilla", tiny_cnn, x, [0, 1, 2])
+    seen = []
+    probe = tiny_cnn.features[0].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(
+            memory_format=torch.channels_last)))
+    try:
+        with model_layout(tiny_cnn, torch.channels_last):
+            converted = harness.saliency("vanilla", tiny_cnn, x, [0, 1, 2])
+            gradient = harness.methods.raw_attribution("vanilla", tiny_cnn, x, [0, 1, 2])
+    finally:
+        probe.remove()
+    assert seen == [True, True]  # the model ran on channels_last inputs
+    assert gradient.is_contiguous()  # the method's gradient keeps x's layout
+    torch.testing.assert_close(converted, plain, rtol=1e-5, atol=1e-7)
+    assert not tiny_cnn._forward_pre_hooks  # removed on exit

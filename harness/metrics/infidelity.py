@@ -90,14 +90,19 @@ CPU, one perturbation at a time in order (Gaussian noise ``[C, H, W]`` in float3
 squares one ``randperm`` first), so its value does not depend on the batch, the chunking or the
 device. Perturbed inputs are built on the model's device and scored ``batch_size`` at a time.
 
-Memory: images are scored in passes of max(1, batch_size // count) whole images, and only the
-pass's e and f(x - I) (float64, ``[images in the pass, count]``) are kept, so memory grows with
-``batch_size`` and the count, not with the number of images (every square of a 224 x 224 image:
-481,885 perturbations, about 8 MB per pass; no full permutation is kept for sampled squares).
+Memory and batching: images are scored in passes of max(1, 65536 // count) whole images
+(``PAIRS_PER_PASS``), each pass one stream of (image, perturbation) pairs in chunks of
+``batch_size`` that run across image boundaries (full chunks whatever the count), and only the
+pass's e and f(x - I) (float64, ``[images in the pass, count]``, at most about 1 MB, or one
+image's) are kept, so memory grows with ``batch_size`` and the count, not with the number of
+images (every square of a 224 x 224 image: 481,885 perturbations, about 8 MB per pass; no full
+permutation is kept for sampled squares). Gaussian draws of a chunk are made in one call where
+that gives the same numbers (``normal_draws``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -132,6 +137,7 @@ PERTURBATIONS = ("gaussian", "square")
 BASELINES = ("black", "zero", "mean")
 REFERENCE_GAUSSIAN_COUNT = 10_000
 REFERENCE_SQUARE_SIZES = tuple(range(1, 11))
+PAIRS_PER_PASS = 1 << 16  # (image, perturbation) pairs kept per scoring pass (e and f: 1 MB)
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,17 @@ def _count(settings: InfidelitySettings, height: int, width: int) -> int:
     return check_int("n_perturbations", count, least, total)
 
 
+def normal_draws(generator: torch.Generator, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """``count`` draws of N(0, 1) noise of ``shape`` (float32, CPU), the same numbers as ``count``
+    calls ``torch.randn(shape, generator=generator)`` in order: one call when the draw's size is
+    a multiple of 16 (torch's CPU normal sampler fills blocks of 16 from consecutive uniforms, so
+    one large draw is the small ones concatenated; a test checks it), else one call per draw."""
+    if math.prod(shape) % 16 == 0:
+        return torch.randn((count, *shape), generator=generator, dtype=torch.float32)
+    return torch.stack([torch.randn(shape, generator=generator, dtype=torch.float32)
+                        for _ in range(count)])
+
+
 def _integral(saliency: torch.Tensor) -> torch.Tensor:
     """Zero-padded summed-area tables ``[N, H + 1, W + 1]`` (float64) of the maps."""
     table = saliency.double().cumsum(1).cumsum(2)
@@ -228,7 +245,7 @@ def infidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target
     scaled = torch.empty(n_images, dtype=torch.float64)
     unscaled = torch.empty(n_images, dtype=torch.float64)
     beta = torch.empty(n_images, dtype=torch.float64)
-    group = max(1, batch_size // count)  # whole images per scoring pass: memory O(batch + count)
+    group = max(1, PAIRS_PER_PASS // count)  # whole images per pass: memory O(batch + count)
     for start in range(0, n_images, group):
         images = range(start, min(start + group, n_images))
         explained, perturbed = _group_scores(model, x, maps, target, fill, images, setting, seed,
@@ -280,9 +297,8 @@ def _group_scores(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target:
             first = max(begin, local * count) - local * count
             last = min(end, (local + 1) * count) - local * count
             if setting.perturbation == "gaussian":
-                z = torch.stack([torch.randn((channels, height, width), dtype=torch.float32,
-                                             generator=generators[image])
-                                 for _ in range(first, last)]).to(x.device, x.dtype)
+                z = normal_draws(generators[image], last - first, (channels, height, width))
+                z = z.to(x.device, x.dtype)
                 pixels = x[image] * std + mean
                 base_pixels = fill[image] * std + mean
                 removed = torch.minimum(pixels, torch.maximum(pixels - 1, pixels - base_pixels

@@ -12,12 +12,21 @@ neighbourhood costs one set of method calls (the registry entries share it throu
   ``image_generator(seed, ids[i] or i, salt="robustness")`` on the CPU and are moved to the
   device, so they do not depend on the batch, ``batch_size`` or the device.
 - Batched: (image, sample) pairs image-major, ``batch_size`` perturbed inputs per ``saliency``
-  call; statistics in float64; a NaN/inf map raises ``ValueError`` naming the image and sample.
+  call (several images' samples in one batched backward); statistics in float64; a NaN/inf map
+  raises ``ValueError`` naming the image and sample.
+- Speed and memory: the model runs on channels_last inputs (``model_layout``: a forward pre-hook
+  converts the model's input, a differentiable copy, so the method still sees and differentiates
+  ``x`` in its own layout; ``benchmarks/metrics_limit.py`` measured channels_last the faster
+  layout for forward + backward, as the causal engine's forwards). Memory is bounded by
+  ``batch_size`` (the method's activations for that many inputs) plus one image's deltas at a
+  time: the default chunk (``default_batch_size``) is chosen from that benchmark's measurements
+  (``docs/performance.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +35,7 @@ from torch import nn
 from harness.errors import MetricError
 from harness.methods import saliency
 from harness.methods._core import NonFiniteMapError, check_inputs
+from harness.metrics.causal import resolve_memory_format
 from harness.models import model_info
 from harness.seeding import image_generator
 from harness.settings import check_choice, check_int, check_number, check_seed
@@ -42,6 +52,42 @@ NORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def default_batch_size(device: torch.device) -> int:
     """Perturbed inputs per method call when none is given: 16 on the CPU, 128 on accelerators."""
     return 16 if device.type == "cpu" else 128
+
+
+class _Layout(torch.autograd.Function):
+    """Identity on values: forward returns ``x`` in ``memory_format``, backward returns the
+    gradient in ``x``'s own layout (so a method's gradient is laid out as its input)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        ctx.was_contiguous = x.is_contiguous()
+        return x.contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (grad.contiguous() if ctx.was_contiguous else grad), None
+
+
+@contextlib.contextmanager
+def model_layout(model: nn.Module, memory_format: torch.memory_format) -> Iterator[None]:
+    """Within the block, ``model`` runs on its 4-D input converted to ``memory_format`` (a forward
+    pre-hook, removed on exit); the conversion changes no value and hands gradients back in the
+    input's own layout, so a method sees and differentiates ``x`` as it was given.
+    ``contiguous_format``: no hook."""
+    if memory_format == torch.contiguous_format:
+        yield
+        return
+
+    def convert(module: nn.Module, args: tuple):
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            return (_Layout.apply(args[0], memory_format), *args[1:])
+        return None
+
+    handle = model.register_forward_pre_hook(convert)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
@@ -212,10 +258,15 @@ def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
     check_stability(p, eps_min)
     if ids is not None and len(ids) != x.shape[0]:
         raise MetricError(f"ids has {len(ids)} entries for {x.shape[0]} images")
+    with model_layout(model, resolve_memory_format("auto", x.device)):
+        return _statistics(model, method, x.detach(), target, dict(method_params or {}),
+                           neighbourhood, p, eps_min, predictions, ids)
+
+
+def _statistics(model, method, x, target, params, neighbourhood, p, eps_min, predictions,
+                ids) -> SampleStatistics:
     batch_size = neighbourhood.batch_size or default_batch_size(x.device)
     pixel_std = pixel_scale(model, neighbourhood.radius_units)
-    params = dict(method_params or {})
-    x = x.detach()
     originals = _original_maps(model, method, x, target, params, batch_size, ids)
     shape = (x.shape[0], neighbourhood.n_samples)
     stats = {name: torch.empty(shape, dtype=torch.float64, device=x.device)
@@ -264,7 +315,8 @@ def kept_predictions(model: nn.Module, x: torch.Tensor, *, neighbourhood: Neighb
     batch_size = neighbourhood.batch_size or default_batch_size(x.device)
     pixel_std = pixel_scale(model, neighbourhood.radius_units)
     same = torch.ones((x.shape[0], neighbourhood.n_samples), dtype=torch.bool, device=x.device)
-    with torch.inference_mode():
+    layout = resolve_memory_format("auto", x.device)
+    with torch.inference_mode(), model_layout(model, layout):
         clean = torch.cat([model(x[s:s + batch_size]).argmax(dim=1)
                            for s in range(0, x.shape[0], batch_size)])
         for images, samples, _, inputs in perturbed_inputs(x.detach(), neighbourhood, pixel_std,
