@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -171,7 +172,8 @@ def accepts_any_keyword(fn: Callable, skip: int = 3) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A real number, numpy scalars included; never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_choice(field: str, value: Any, choices: Sequence) -> Any:
@@ -188,7 +190,7 @@ def check_int(field: str, value: Any, low: int | None = None, high: int | None =
     bound None: open), or None when ``optional``."""
     if optional and value is None:
         return value
-    ok = isinstance(value, int) and not isinstance(value, bool) and (
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and (
         low is None or value >= low) and (high is None or value <= high)
     if not ok:
         bound = (f"in [{low}, {high}]" if low is not None and high is not None else

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,3 +25,27 @@ def test_gpu_check_quick_mode_on_the_cpu(tmp_path):
     assert report["runner_records"] == 2 * 4
     assert report["auc_agreement_max_abs"]["deletion_bf16_vs_fp32"] < 0.05
     assert "quick mode" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_metrics_limit_quick_mode_measures_passes_memory_and_peers(tmp_path):
+    out = tmp_path / "limit.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metrics_limit.py"),
+                           "--quick", "--metrics", "max_sensitivity,deletion,sparseness",
+                           "--json", str(out)], capture_output=True, text=True, timeout=1800,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {row["metric"]: row for row in report["metrics"]}
+    assert report["not_calling_the_model"] == ["sparseness"]
+    sensitivity = rows["max_sensitivity"]
+    # 2 images x (3 samples + the clean map), each a forward and a backward
+    assert sensitivity["backward_images"] == 2 * 4 and sensitivity["forward_images"] == 0
+    assert rows["deletion"]["backward_images"] == 0 and rows["deletion"]["forward_images"] > 0
+    for row in (sensitivity, rows["deletion"]):
+        assert row["metric_s"] > 0 and row["limit_s"] > 0 and row["rss_added_gb"] is not None
+    peers = {peer["name"]: peer for peer in sensitivity["peers"]}
+    for name in ("Quantus MaxSensitivity", "Captum sensitivity_max"):
+        assert peers[name]["agreement"]["exact"]  # handed the harness's deltas: same values
+        assert peers[name]["agreement"]["max_rel_diff"] < 1e-4, name
+    assert "| max_sensitivity (n_samples=3) | 0 / 8 |" in done.stdout

@@ -237,30 +237,37 @@ def test_infidelity_gaussian_zero_and_mean_baselines_keep_the_closed_form(baseli
 
 
 def test_infidelity_memory_is_bounded_by_the_batch_not_the_images(tiny_cnn, monkeypatch):
-    """Images are scored in passes of max(1, batch_size // count) whole images: no call holds
-    more than max(batch_size, count) perturbations, and the passes change no value."""
+    """Perturbed inputs are built and scored ``batch_size`` at a time, in full chunks that run
+    across image boundaries; the chunking changes no value (one by one gives the same)."""
     module = importlib.import_module("harness.metrics.infidelity")  # the package's name is the
     # function
-    sizes = []
+    passes, chunks = [], []
     original = module.score_stream
 
-    def counted(model, owners, *args, **kwargs):
-        sizes.append(int(owners.shape[0]))
-        return original(model, owners, *args, **kwargs)
+    def counted(model, owners, build, *args, **kwargs):
+        passes.append(int(owners.shape[0]))
+
+        def sized(begin, end):
+            chunks.append(end - begin)
+            return build(begin, end)
+        return original(model, owners, sized, *args, **kwargs)
 
     monkeypatch.setattr(module, "score_stream", counted)
     x = torch.randn(5, 3, 8, 8)
     saliency = torch.randn(5, 8, 8)
     target = torch.tensor([0, 1, 2, 3, 4])
     for options, batch_size in (({"n_perturbations": 3}, 7), ({"perturbation": "square"}, 16)):
-        sizes.clear()
-        passes = metrics.infidelity(tiny_cnn, x, saliency, target, batch_size=batch_size,
+        passes.clear()
+        chunks.clear()
+        result = metrics.infidelity(tiny_cnn, x, saliency, target, batch_size=batch_size,
                                     **options)
-        count, scored = passes.n_perturbations, list(sizes)
-        assert max(scored) <= max(batch_size, count) and sum(scored) == 5 * count
+        count = result.n_perturbations
+        assert max(chunks) <= batch_size and sum(chunks) == 5 * count
+        assert chunks[:-1] == [batch_size] * (len(chunks) - 1)  # full chunks across images
+        assert passes == [5 * count]  # 5 x count pairs fit in one pass of PAIRS_PER_PASS
         one_by_one = metrics.infidelity(tiny_cnn, x, saliency, target, batch_size=1, **options)
-        torch.testing.assert_close(passes.values, one_by_one.values, rtol=1e-5, atol=1e-8)
-    assert scored == [204] * 5  # every square of an 8 x 8 image, one image per pass
+        torch.testing.assert_close(result.values, one_by_one.values, rtol=1e-5, atol=1e-8)
+    assert count == 204  # every square of an 8 x 8 image
 
 
 def test_infidelity_seeded_and_independent_of_the_batch(tiny_cnn):
@@ -285,13 +292,13 @@ def test_infidelity_seeded_and_independent_of_the_batch(tiny_cnn):
 def test_infidelity_bad_input_is_named(tiny_cnn):
     x = torch.randn(2, 3, 8, 8)
     good = torch.rand(2, 8, 8)
-    with pytest.raises(ValueError, match="perturbation 'noise' is not one of: gaussian, square"):
+    with pytest.raises(ValueError, match="perturbation: 'noise' is not one of: gaussian, square"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], perturbation="noise")
-    with pytest.raises(ValueError, match="baseline 'white' is not one of: black, zero, mean"):
+    with pytest.raises(ValueError, match="baseline: 'white' is not one of: black, zero, mean"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], baseline="white")
-    with pytest.raises(ValueError, match=r"n_perturbations must be an integer \[2, 204\]"):
+    with pytest.raises(ValueError, match=r"n_perturbations: must be an integer in \[2, 204\]"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], perturbation="square", n_perturbations=205)
-    with pytest.raises(ValueError, match="noise must be a finite number > 0"):
+    with pytest.raises(ValueError, match="noise: must be a finite number > 0"):
         metrics.infidelity(tiny_cnn, x, good, [0, 1], noise=0)
     bad = good.clone()
     bad[1, 2, 2] = float("nan")
@@ -390,12 +397,12 @@ def test_correlation_undefined_and_bad_input(tiny_cnn):
     assert bool(result.values.isnan().all())
     assert result.status[0] == "undefined: the attribution sums are equal for every subset"
     good = torch.rand(2, 8, 8)
-    with pytest.raises(ValueError, match=r"subset_size must be an integer \[1, 63\]"):
+    with pytest.raises(ValueError, match=r"subset_size: must be an integer in \[1, 63\]"):
         metrics.faithfulness_correlation(tiny_cnn, x, good, [0, 1], subset_size=64)
-    with pytest.raises(ValueError, match="baseline 'blur' is not one of: black, zero, mean, min"):
+    with pytest.raises(ValueError, match="baseline: 'blur' is not one of: black, zero, mean, min"):
         metrics.faithfulness_correlation(tiny_cnn, x, good, [0, 1], subset_size=5,
                                          baseline="blur")
-    with pytest.raises(ValueError, match="score 'softmax' is not one of: prob, logit"):
+    with pytest.raises(ValueError, match="score: 'softmax' is not one of: prob, logit"):
         metrics.faithfulness_correlation(tiny_cnn, x, good, [0, 1], subset_size=5,
                                          score="softmax")
     bad = good.clone()
@@ -484,7 +491,7 @@ def test_confidence_batch_independence_and_bad_input(tiny_cnn):
     for i in range(3):
         alone = metrics.average_drop(tiny_cnn, x[i:i + 1], saliency[i:i + 1], target[i:i + 1])
         torch.testing.assert_close(alone.values, batch.values[i:i + 1], rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="score 'confidence' is not one of: prob, logit"):
+    with pytest.raises(ValueError, match="score: 'confidence' is not one of: prob, logit"):
         metrics.average_drop(tiny_cnn, x, saliency, target, score="confidence")
     model = region_model()
     pixels = torch.full((2, 3, 8, 8), 0.5, dtype=torch.float64)
@@ -556,9 +563,9 @@ def test_irof_defaults_batch_independence_and_bad_input(tiny_cnn):
                              batch_size=4)
         torch.testing.assert_close(alone.values, batch.values[i:i + 1], rtol=1e-5, atol=1e-7)
         assert torch.equal(alone.segments[0], batch.segments[i])
-    with pytest.raises(ValueError, match="baseline 'blur' is not one of: mean, zero, black"):
+    with pytest.raises(ValueError, match="baseline: 'blur' is not one of: mean, zero, black"):
         metrics.irof(tiny_cnn, x, saliency, target, baseline="blur")
-    with pytest.raises(ValueError, match=r"n_segments must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n_segments: must be an integer >= 1, got 0"):
         metrics.irof(tiny_cnn, x, saliency, target, n_segments=0)
     bad = saliency.clone()
     bad[1, 0, 0] = float("nan")
@@ -768,7 +775,8 @@ def test_scaled_infidelity_needs_two_perturbations(tiny_cnn):
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1))
     for perturbation in ("gaussian", "square"):
-        with pytest.raises(ValueError, match=r"n_perturbations must be an integer (\[2, |>= 2)"):
+        with pytest.raises(ValueError,
+                           match=r"n_perturbations: must be an integer (in \[2, |>= 2)"):
             metrics.infidelity(tiny_cnn, x, noise, [0, 1], perturbation=perturbation,
                                n_perturbations=1)
         unscaled = metrics.infidelity(tiny_cnn, x, noise, [0, 1], perturbation=perturbation,

@@ -464,15 +464,15 @@ def test_numpy_scalars_are_numbers(tiny_cnn):
     ({"percentages": (0.0,)}, r"percentage 0\.0 is outside \(0, 1\)"),
     ({"percentages": (10, 20)}, r"percentage 10 is outside \(0, 1\)"),
     ({"percentages": ()}, "non-empty"),
-    ({"imputer": "gain"}, r"imputer 'gain' is not one of: linear, mean, zero"),
-    ({"order": "random"}, r"order 'random' is not one of: morf, lerf"),
-    ({"noise": -0.1}, "noise must be"),
+    ({"imputer": "gain"}, r"imputer: 'gain' is not one of: linear, mean, zero"),
+    ({"order": "random"}, r"order: 'random' is not one of: morf, lerf"),
+    ({"noise": -0.1}, "noise: must be a finite number >= 0"),
     ({"order": "lerf", "percentages": (0.001,)}, r"percentage 0\.001: LeRF keeps"),
-    ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"score": "auc"}, r"score 'auc' is not one of: accuracy, prob"),
+    ({"batch_size": 0}, "batch_size: must be an integer >= 1"),
+    ({"score": "auc"}, r"score: 'auc' is not one of: accuracy, prob"),
     ({"percentages": (0.5, 0.5)}, r"percentage 0\.5 is given twice"),
     ({"percentages": 0.5}, "non-empty sequence"),
-    ({"noise": True}, "noise must be a number"),
+    ({"noise": True}, "noise: must be a finite number >= 0, got True"),
 ])
 def test_bad_input_is_named(tiny_cnn, bad, match):
     x = torch.randn(2, 3, 16, 16)
@@ -488,7 +488,7 @@ def test_bad_maps_targets_and_missing_normalisation_are_named(tiny_cnn):
         metrics.road(tiny_cnn, x, maps, [0, 1], ids=["a", "b"])
     with pytest.raises(ValueError, match="saliency has shape"):
         metrics.road(tiny_cnn, x, torch.rand(2, 8, 8), [0, 1])
-    with pytest.raises(ValueError, match="target 9 is out of range"):
+    with pytest.raises(ValueError, match="target 9 of image #1 is out of range"):
         metrics.road(tiny_cnn, x, torch.rand(2, 16, 16), [0, 9])
     bare = RegionModel((slice(0, 2), slice(0, 2)))
     with pytest.raises(ValueError, match="pass pixel_std"):

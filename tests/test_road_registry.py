@@ -51,8 +51,8 @@ BASE = {"name": "t", "methods": ["sobel"]}
     ({"percentages": [0.2, 0.4]}, r"metrics\.road\.percentages: MoRF removes the fractions "
                                   r"\{0\.2, 0\.4\} and LeRF .*\{0\.6, 0\.8\}: none in common"),
     ({"score": "auc"}, r"metrics\.road\.score: 'auc' is not one of: accuracy, prob"),
-    ({"noise": -1}, r"metrics\.road\.noise: must be a number >= 0"),
-    ({"batch_size": 0}, r"metrics\.road\.batch_size: must be >= 1"),
+    ({"noise": -1}, r"metrics\.road\.noise: must be a finite number >= 0"),
+    ({"batch_size": 0}, r"metrics\.road\.batch_size: must be an integer >= 1"),
     ({"percentages": 0.5}, r"metrics\.road\.percentages: expected tuple"),
     ({"cubic": 1}, r"metrics\.road\.cubic: unknown key. Valid keys here: orders, "
                    r"percentages, imputer, noise, score, batch_size, methods"),

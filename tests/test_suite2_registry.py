@@ -162,12 +162,15 @@ def test_a_masks_metric_on_data_without_masks_is_refused_before_compute(tmp_path
     ("max_sensitivity", {"radius_units": "pixels"},
      r"metrics.max_sensitivity.radius_units: 'pixels' is not one of: pixel, input"),
     ("avg_sensitivity", {"n_samples": 0}, r"metrics.avg_sensitivity.n_samples: must be"),
-    ("local_lipschitz_estimate", {"radius": 0}, r"local_lipschitz_estimate.radius: must be > 0"),
-    ("relative_input_stability", {"p": 0}, r"relative_input_stability.p: must be > 0"),
+    ("local_lipschitz_estimate", {"radius": 0},
+     r"local_lipschitz_estimate.radius: must be a finite number > 0"),
+    ("relative_input_stability", {"p": 0},
+     r"relative_input_stability.p: must be a finite number > 0"),
     ("max_sensitivity", {"norm": "l3"}, r"max_sensitivity.norm: 'l3' is not one of: fro"),
     ("pointing_game", {"tolerance": -1}, r"pointing_game.tolerance: must be an integer >= 0"),
     ("top_k_intersection", {"k": 0}, r"top_k_intersection.k: must be an integer >= 1"),
-    ("effective_complexity", {"eps": -1}, r"effective_complexity.eps: must be >= 0"),
+    ("effective_complexity", {"eps": -1},
+     r"effective_complexity.eps: must be a finite number >= 0"),
 ])
 def test_bad_settings_are_named(tmp_path, metric, settings, message):
     with pytest.raises(ConfigError, match=message):

@@ -8,9 +8,11 @@ perturbations or images. Inputs go to the model channels_last, the causal engine
 layout (``resolve_memory_format``: measured faster for convnets on CPUs, preferred by cuDNN).
 Which image an input belongs to (``owners``) picks its target class.
 
-For the registry entries (see ``harness.metrics.registry``): the checks of settings fields
-(``ValueError("field: why")``), the map a metric reads from a work unit (``unit_map``) and
-JSON-safe values (``defined``: NaN becomes None).
+For the registry entries (see ``harness.metrics.registry``): the map a metric reads from a work
+unit (``unit_map``) and JSON-safe values (``defined``: NaN becomes None). Settings are checked by
+the settings dataclasses with the field validators of ``harness.settings`` (``ConfigError("field:
+why")``); the pure functions build those dataclasses from their arguments and run the same check
+(``harness.settings.check``).
 """
 
 from __future__ import annotations
@@ -27,26 +29,15 @@ from harness.metrics.causal import (  # validate_maps: the metrics' shared input
     validate_maps,  # noqa: F401
 )
 from harness.models import model_info
+from harness.settings import check_choice, check_int, check_target_range
+
+# ``setting_choice`` is the name ``harness.sanity.random_logit`` imports: the same validator
+setting_choice = check_choice
 
 SCORES = ("prob", "logit")
 # why a score that a metric divides by is not positive, by score
 POSITIVE_HINTS = {"logit": "(use score='prob')",
                   "prob": "(the softmax probability underflows to 0 in the model's precision)"}
-
-
-def check_choice(name: str, value, choices: Sequence[str]) -> None:
-    """ValueError naming ``name``, the bad ``value`` and the valid ``choices``."""
-    if value not in choices:
-        raise MetricError(f"{name} {value!r} is not one of: {', '.join(choices)}")
-
-
-def check_int(name: str, value, low: int, high: int | None = None) -> int:
-    """``value`` as an int in [low, high] (high=None: unbounded), else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
-            high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise MetricError(f"{name} must be an integer {bound}, got {value!r}")
-    return value
 
 
 def image_name(ids: Sequence[str] | None, index: int) -> str:
@@ -83,7 +74,7 @@ def baseline_fill(name: str, x: torch.Tensor, mean: torch.Tensor, std: torch.Ten
                   choices: Sequence[str]) -> torch.Tensor:
     """The replacement value of baseline ``name`` (one of ``choices``, see ``BASELINES``) per
     image and channel, ``[N, C, 1, 1]`` in the model's input space."""
-    check_choice("baseline", name, choices)
+    check_choice("baseline", name, tuple(choices))
     n_images, channels = x.shape[:2]
     if name == "black":
         fill = -mean / std
@@ -114,7 +105,8 @@ def score_stream(model: nn.Module, owners: torch.Tensor,
                  batch_size: int, ids: Sequence[str] | None = None) -> torch.Tensor:
     """Scores ``[M]`` (float64, CPU) of the inputs ``build(begin, end)`` for the flat indices
     ``0..M-1``; input m is scored for class ``target[owners[m]]`` (softmax probability or logit).
-    Chunks of ``batch_size`` inputs, in order, under ``torch.inference_mode``."""
+    Chunks of ``batch_size`` inputs, in order, under ``torch.inference_mode``; the targets are
+    checked against the model's classes on the first chunk (``check_target_range``)."""
     total = owners.shape[0]
     scores = torch.empty(total, dtype=torch.float64)
     owners = owners.to(target.device)
@@ -123,12 +115,9 @@ def score_stream(model: nn.Module, owners: torch.Tensor,
         for begin in range(0, total, batch_size):
             end = min(begin + batch_size, total)
             logits = model(build(begin, end).contiguous(memory_format=layout))
+            if begin == 0:
+                check_target_range(target, logits.shape[1], ids, error=MetricError)
             targets = target[owners[begin:end]]
-            bad = (targets < 0) | (targets >= logits.shape[1])
-            if bool(bad.any()):
-                index = int(owners[begin:end][bad][0])
-                raise MetricError(f"target {int(target[index])} of image {image_name(ids, index)} "
-                                 f"is out of range: the model has {logits.shape[1]} classes")
             scores[begin:end] = _scores(logits, targets, score).cpu()
     return scores
 
@@ -144,32 +133,6 @@ def clean_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, sco
 # ----------------------------------------------------------------------------- registry helpers
 
 MAPS = ("signed", "absolute")
-
-
-def setting_choice(field: str, value, choices: Sequence[str]) -> None:
-    """``ValueError("field: ...")`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise MetricError(f"{field}: {value!r} is not one of: {', '.join(choices)}")
-
-
-def setting_int(field: str, value, low: int, *, optional: bool = False) -> None:
-    """``ValueError("field: ...")`` unless ``value`` is an integer >= ``low`` (or None when
-    ``optional``)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        hint = " (or omitted for the default)" if optional else ""
-        raise MetricError(f"{field}: must be an integer >= {low}{hint}, got {value!r}")
-
-
-def setting_number(field: str, value, *, low: float, inclusive: bool) -> None:
-    """``ValueError("field: ...")`` unless ``value`` is a finite number > ``low`` (>= when
-    ``inclusive``)."""
-    ok = (isinstance(value, int | float) and not isinstance(value, bool)
-          and float(value) < float("inf") and (value >= low if inclusive else value > low))
-    if not ok:
-        raise MetricError(f"{field}: must be a finite number {'>=' if inclusive else '>'} {low}, "
-                         f"got {value!r}")
 
 
 def unit_map(unit, which: str) -> tuple[torch.Tensor, str]:

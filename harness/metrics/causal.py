@@ -42,13 +42,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.errors import MetricError
+from harness.errors import ConfigError, MetricError
 from harness.methods._core import check_finite_inputs
 from harness.metrics.registry import register_metric
 from harness.metrics.substrates import Substrate, list_substrates, make_substrate
 from harness.model_info import model_info
+from harness.settings import check, check_choice, check_int, check_target_range
 
 SCORES = ("prob", "logit")
+AMP_DTYPES = ("bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 @dataclass(frozen=True)
@@ -170,15 +173,13 @@ def validate_maps(x: torch.Tensor, saliency: torch.Tensor, target,
 
 
 def validate(model_input: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | Sequence,
-             step: int, score: str, ids: Sequence[str] | None) -> torch.Tensor:
-    """Check shapes, finiteness, step and score; return target as long ``[N]``."""
+             step: int, ids: Sequence[str] | None) -> torch.Tensor:
+    """Check shapes, finiteness and ``step`` against the image's pixels (the settings are checked
+    by ``CurveSettings.check``); return target as long ``[N]``."""
     target = validate_maps(model_input, saliency, target, ids)
     check_finite_inputs(model_input, ids)
     height, width = model_input.shape[2:]
-    if not isinstance(step, int) or not 1 <= step <= height * width:
-        raise MetricError(f"step must be an integer in [1, H*W = {height * width}], got {step}")
-    if score not in SCORES:
-        raise MetricError(f"score {score!r} is not one of: {', '.join(SCORES)}")
+    check_int("step", step, 1, height * width)
     return target
 
 
@@ -186,8 +187,7 @@ def _autocast(device: torch.device, amp_dtype: str | None):
     if amp_dtype is None:
         return contextlib.nullcontext()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp_dtype not in dtypes:
-        raise MetricError(f"amp_dtype {amp_dtype!r} is not one of: bf16, fp16 (or None for fp32)")
+    check_choice("amp_dtype", amp_dtype, AMP_DTYPES)
     return torch.autocast(device_type=device.type, dtype=dtypes[amp_dtype])
 
 
@@ -196,19 +196,10 @@ def resolve_memory_format(memory_format: str, device: torch.device) -> torch.mem
     SqueezeNet 1.1 2.8x and EfficientNet-Lite0 1.6x faster on a 2-core x86 CPU (oneDNN) with
     channels_last inputs, and cuDNN prefers it for convnets."""
     formats = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+    check_choice("memory_format", memory_format, MEMORY_FORMATS)
     if memory_format == "auto":
         return torch.channels_last
-    if memory_format not in formats:
-        raise MetricError(f"memory_format {memory_format!r} is not one of: auto, channels_last, "
-                         "contiguous")
     return formats[memory_format]
-
-
-def _check_targets(target: torch.Tensor, n_classes: int) -> None:
-    bad = (target < 0) | (target >= n_classes)
-    if bool(bad.any()):
-        raise MetricError(f"target {int(target[bad][0])} is out of range: the model has "
-                         f"{n_classes} classes")
 
 
 def _pixel_rows(image: torch.Tensor) -> torch.Tensor:
@@ -233,8 +224,7 @@ def resolve_build(build: str, device: torch.device) -> str:
     """``auto``: ``incremental`` on the CPU (half the engine's overhead there, measured by
     ``benchmarks/causal_metrics.py``), ``mask`` on accelerators (one broadcast kernel per image
     run in a chunk rather than a few small kernels per point)."""
-    if build not in BUILDS:
-        raise MetricError(f"build {build!r} is not one of: {', '.join(BUILDS)}")
+    check_choice("build", build, BUILDS)
     if build == "auto":
         return "incremental" if device.type == "cpu" else "mask"
     return build
@@ -244,7 +234,7 @@ def perturbation_curves(model: nn.Module, start: torch.Tensor, finish: torch.Ten
                         ranks: torch.Tensor, target: torch.Tensor, *, step: int,
                         score: str = "prob", batch_size: int | None = None,
                         memory_format: str = "auto", amp_dtype: str | None = None,
-                        build: str = "auto") -> torch.Tensor:
+                        build: str = "auto", ids: Sequence[str] | None = None) -> torch.Tensor:
     """Scores ``[N, n_steps + 1]``: point k of image i scores ``where(rank_i < min(k*step, HW),
     finish_i, start_i)``. ``start``/``finish`` ``[N, C, H, W]``, ``ranks`` ``[N, H * W]``.
 
@@ -253,16 +243,16 @@ def perturbation_curves(model: nn.Module, start: torch.Tensor, finish: torch.Ten
     or a few images; ``build`` says how an image's run of points is written (the inputs are
     identical either way, bit for bit): ``mask`` broadcasts start/finish against the run's
     ``rank < threshold`` masks; ``incremental`` builds the run's first point that way and each
-    next one as a copy of the previous plus the next ``step`` pixels of the order."""
+    next one as a copy of the previous plus the next ``step`` pixels of the order. ``target``
+    is checked against the model's classes on the first chunk (``ids`` name the image)."""
     n_images, _, height, width = start.shape
     n_pixels = height * width
     n_points = n_steps_for(height, width, step) + 1
     device = start.device
     layout = resolve_memory_format(memory_format, device)
     build = resolve_build(build, device)
-    batch_size = batch_size or default_batch_size(device)
-    if batch_size < 1:
-        raise MetricError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
+    check_int("batch_size", batch_size, 1)
     start = start.contiguous(memory_format=layout)
     finish = finish.contiguous(memory_format=layout)
     # ranks broadcast over channels in the inputs' layout, so that the mask, the sources and the
@@ -305,7 +295,7 @@ def perturbation_curves(model: nn.Module, start: torch.Tensor, finish: torch.Ten
                     rows[slot].index_copy_(0, pixels, finish_rows.index_select(0, pixels))
             logits = model(inputs).float()
             if begin == 0:
-                _check_targets(target, logits.shape[1])
+                check_target_range(target, logits.shape[1], ids, error=MetricError)
             targets = target[torch.arange(begin, end, device=device) // n_points]
             if score == "prob":
                 values = logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
@@ -321,12 +311,16 @@ def _fractions(height: int, width: int, step: int) -> torch.Tensor:
 
 
 def _curve_metric(metric: str, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor,
-                  target, *, step: int, substrate: str | dict | Substrate, score: str,
+                  target, *, step: int, substrate: str | dict | Substrate | None, score: str,
                   batch_size: int, ids: Sequence[str] | None, memory_format: str,
                   amp_dtype: str | None, patch: int | None = None) -> CurveResult:
+    settings_class = InsertionSettings if metric == "insertion" else CurveSettings
+    check(settings_class(step=step, substrate=substrate, score=score, batch_size=batch_size,
+                         amp_dtype=amp_dtype))
+    check_choice("memory_format", memory_format, MEMORY_FORMATS)
     pixel_step = step if patch is None else _patch_step(x, step, patch)
-    target = validate(x, saliency, target, pixel_step, score, ids)
-    substrate_fn, substrate_name = make_substrate(substrate)
+    target = validate(x, saliency, target, pixel_step, ids)
+    substrate_fn, substrate_name = make_substrate(substrate or DEFAULT_SUBSTRATES[metric])
     x = x.detach()
     with torch.inference_mode():
         replacement = substrate_fn(x)
@@ -340,7 +334,7 @@ def _curve_metric(metric: str, model: nn.Module, x: torch.Tensor, saliency: torc
     start, finish = (replacement, x) if metric == "insertion" else (x, replacement)
     curves = perturbation_curves(model, start, finish, ranks, target, step=pixel_step,
                                  score=score, batch_size=batch_size, memory_format=memory_format,
-                                 amp_dtype=amp_dtype)
+                                 amp_dtype=amp_dtype, ids=ids)
     curves = curves.cpu()
     return CurveResult(metric, curves, auc(curves), _fractions(*x.shape[2:], pixel_step), step,
                        substrate_name, score, patch)
@@ -436,20 +430,21 @@ class CurveSettings:
     patch: int | str | None = None
 
     def check(self) -> None:
-        if self.step < 1:
-            raise MetricError(f"step: must be >= 1, got {self.step}")
         check_patch_setting(self.patch)
-        if self.score not in SCORES:
-            raise MetricError(f"score: {self.score!r} is not one of: {', '.join(SCORES)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise MetricError(f"batch_size: must be >= 1 (or omitted for the device's default), "
-                             f"got {self.batch_size}")
-        if self.amp_dtype not in (None, "bf16", "fp16"):
-            raise MetricError(f"amp_dtype: {self.amp_dtype!r} is not one of: bf16, fp16 (or "
-                             "omitted for fp32)")
-        name = self.substrate.get("name") if isinstance(self.substrate, dict) else self.substrate
-        if name is not None and name not in list_substrates():
-            raise MetricError(f"substrate: {name!r} is not one of: {', '.join(list_substrates())}")
+        check_int("step", self.step, 1)
+        check_choice("score", self.score, SCORES)
+        check_int("batch_size", self.batch_size, 1, optional=True)
+        if self.amp_dtype is not None:
+            check_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
+        substrate = self.substrate
+        if substrate is None or (callable(substrate) and not isinstance(substrate, str)):
+            return  # the metric's default, or a substrate function given in Python
+        if isinstance(substrate, dict):
+            if "name" not in substrate:
+                raise ConfigError(f"substrate: {substrate!r} needs a 'name' (one of: "
+                                  f"{', '.join(list_substrates())})")
+            substrate = substrate["name"]
+        check_choice("substrate", substrate, list_substrates())
 
 
 @dataclass(frozen=True)
@@ -468,7 +463,7 @@ def check_patch_setting(patch) -> None:
     if patch is None or patch == "model":
         return
     if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
-        raise MetricError(f"patch: a positive integer (pixels per patch side), 'model' (the "
+        raise ConfigError(f"patch: a positive integer (pixels per patch side), 'model' (the "
                           f"model's patch size) or omitted (pixel order), got {patch!r}")
 
 

@@ -41,6 +41,7 @@ import torch
 
 from harness.errors import MetricError
 from harness.metrics.registry import register_metric, value_records
+from harness.settings import check, check_bool, check_number
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,7 @@ def effective_complexity(saliency: torch.Tensor, *, eps: float = 1e-5, normalise
                          ids: Sequence | None = None) -> ComplexityResult:
     """Number of pixels with |map| / max |map| > ``eps`` (Quantus' ``EffectiveComplexity``;
     ``normalise=False``: |map| > eps), ``[N]``; lower = simpler."""
-    if not eps >= 0:
-        raise MetricError(f"eps must be >= 0, got {eps}")
+    check(EffectiveComplexitySettings(eps=eps, normalise=normalise))
     values = _absolute(saliency, ids)
     if normalise:
         peak = values.amax(dim=1, keepdim=True)
@@ -126,8 +126,8 @@ class EffectiveComplexitySettings:
     methods: list | None = None
 
     def check(self) -> None:
-        if not (isinstance(self.eps, int | float) and self.eps >= 0):
-            raise MetricError(f"eps: must be >= 0, got {self.eps!r}")
+        check_number("eps", self.eps, 0)
+        check_bool("normalise", self.normalise)
 
 
 @register_metric("sparseness", settings=ComplexitySettings, direction="up",

@@ -56,17 +56,15 @@ from harness.errors import MetricError
 from harness.metrics._common import (
     POSITIVE_HINTS,
     SCORES,
-    check_choice,
     clean_scores,
     image_name,
     pixel_scale,
     resolve_batch_size,
     score_stream,
-    setting_choice,
-    setting_int,
     validate_maps,
 )
 from harness.metrics.registry import register_metric
+from harness.settings import check, check_choice, check_int, check_seed
 
 METRICS = ("average_drop", "increase_in_confidence")
 
@@ -111,9 +109,9 @@ def confidence_change(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor,
                       metric: str = "average_drop") -> ConfidenceResult:
     """Y, O, the drop fraction and the increase indicator for every image (see the module
     docstring); ``values`` is the ``metric``'s per-image quantity."""
-    target = validate_maps(x, saliency, target, ids)
-    check_choice("score", score, SCORES)
+    check(ConfidenceSettings(score=score, batch_size=batch_size))
     check_choice("metric", metric, METRICS)
+    target = validate_maps(x, saliency, target, ids)
     batch_size = resolve_batch_size(batch_size, x.device)
     x = x.detach()
     clean = clean_scores(model, x, target, score=score, batch_size=batch_size, ids=ids)
@@ -139,6 +137,7 @@ def average_drop(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, targ
     """Average Drop (Grad-CAM++): ``values`` ``[N]`` = max(0, Y - O) / Y per image, lower is
     better; the paper reports 100 x the mean. ``x`` ``[N, C, H, W]`` normalised model input,
     ``saliency`` ``[N, H, W]``, ``target`` ``[N]``."""
+    check_seed("seed", seed)
     return confidence_change(model, x, saliency, target, score=score, ids=ids,
                              batch_size=batch_size, metric="average_drop")
 
@@ -148,6 +147,7 @@ def increase_in_confidence(model: nn.Module, x: torch.Tensor, saliency: torch.Te
                            batch_size: int | None = None) -> ConfidenceResult:
     """Increase in Confidence (Grad-CAM++): ``values`` ``[N]`` = 1[O > Y] per image, higher is
     better; the paper reports 100 x the mean."""
+    check_seed("seed", seed)
     return confidence_change(model, x, saliency, target, score=score, ids=ids,
                              batch_size=batch_size, metric="increase_in_confidence")
 
@@ -166,8 +166,8 @@ class ConfidenceSettings:
     methods: list | None = None
 
     def check(self) -> None:
-        setting_choice("score", self.score, SCORES)
-        setting_int("batch_size", self.batch_size, 1, optional=True)
+        check_choice("score", self.score, SCORES)
+        check_int("batch_size", self.batch_size, 1, optional=True)
 
 
 def _confidence_records(metric: str):

@@ -52,21 +52,18 @@ from harness.metrics._common import (
     MAPS,
     SCORES,
     baseline_fill,
-    check_choice,
-    check_int,
     clean_scores,
     defined,
     image_key,
     pixel_scale,
     resolve_batch_size,
     score_stream,
-    setting_choice,
-    setting_int,
     unit_map,
     validate_maps,
 )
 from harness.metrics.registry import register_metric
 from harness.seeding import image_generator
+from harness.settings import check, check_choice, check_int, check_seed
 
 BASELINES = ("black", "zero", "mean", "min")
 
@@ -116,12 +113,13 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, saliency: torch.
     """Faithfulness correlation of maps ``saliency`` ``[N, H, W]`` for inputs ``x`` ``[N, C, H, W]``
     (the model's normalised input) and classes ``target`` ``[N]``: ``values`` ``[N]`` in [-1, 1],
     higher is better. See the module docstring for the definition and the defaults' sources."""
+    check(CorrelationSettings(subset_size=subset_size, n_subsets=n_subsets, baseline=baseline,
+                              score=score, batch_size=batch_size))
+    check_seed("seed", seed)
     target = validate_maps(x, saliency, target, ids)
     n_images, _, height, width = x.shape
     n_pixels = height * width
-    check_int("subset_size", subset_size, 1, n_pixels - 1)
-    check_int("n_subsets", n_subsets, 3)  # with 2 subsets Pearson's r is always +-1
-    check_choice("score", score, SCORES)
+    check_int("subset_size", subset_size, 1, n_pixels - 1)  # a subset leaves a pixel
     batch_size = resolve_batch_size(batch_size, x.device)
     x = x.detach()
     maps = saliency.detach().to(x.device).reshape(n_images, n_pixels)
@@ -176,12 +174,12 @@ class CorrelationSettings:
     methods: list | None = None
 
     def check(self) -> None:
-        setting_int("subset_size", self.subset_size, 1)
-        setting_int("n_subsets", self.n_subsets, 3)
-        setting_choice("baseline", self.baseline, BASELINES)
-        setting_choice("score", self.score, SCORES)
-        setting_choice("map", self.map, MAPS)
-        setting_int("batch_size", self.batch_size, 1, optional=True)
+        check_int("subset_size", self.subset_size, 1)
+        check_int("n_subsets", self.n_subsets, 3)  # with 2 subsets Pearson's r is always +-1
+        check_choice("baseline", self.baseline, BASELINES)
+        check_choice("score", self.score, SCORES)
+        check_choice("map", self.map, MAPS)
+        check_int("batch_size", self.batch_size, 1, optional=True)
 
 
 @register_metric("faithfulness_correlation", settings=CorrelationSettings, direction="up",

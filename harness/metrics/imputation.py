@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import MetricError
+from harness.settings import check_int, check_number
 
 EDGE_WEIGHT = 1.0 / 6.0
 DIAGONAL_WEIGHT = 1.0 / 12.0
@@ -407,10 +408,8 @@ def solve_linear(x: torch.Tensor, removed: torch.Tensor, *, initial: torch.Tenso
     iterations of all rounds together."""
     removed = validate_removed(x, removed)
     check_not_singular(removed, ids)
-    if not rtol > 0:
-        raise MetricError(f"rtol must be > 0, got {rtol}")
-    if max_iter < 1:
-        raise MetricError(f"max_iter must be >= 1, got {max_iter}")
+    check_number("rtol", rtol, 0, low_open=True)
+    check_int("max_iter", max_iter, 1)
     x64 = x.detach().double()
     if not bool(removed.any()):
         return x64.clone()
@@ -480,8 +479,8 @@ def add_noise(imputed: torch.Tensor, removed: torch.Tensor, noise: float | Seque
     """``imputed + noise_c * N(0, 1)`` at removed pixels only (``noise`` a float or one per
     channel); draws on the CPU (see ``_noise_draws``), moved to ``imputed``'s device."""
     scales = per_channel(noise, imputed.shape[1], "noise")
-    if any(s < 0 for s in scales):
-        raise MetricError(f"noise must be >= 0, got {noise}")
+    for scale in scales:
+        check_number("noise", scale, 0)
     if all(s == 0 for s in scales):
         return imputed
     draws = _noise_draws(tuple(imputed.shape), generator).to(imputed.device, imputed.dtype)

@@ -90,45 +90,54 @@ CPU, one perturbation at a time in order (Gaussian noise ``[C, H, W]`` in float3
 squares one ``randperm`` first), so its value does not depend on the batch, the chunking or the
 device. Perturbed inputs are built on the model's device and scored ``batch_size`` at a time.
 
-Memory: images are scored in passes of max(1, batch_size // count) whole images, and only the
-pass's e and f(x - I) (float64, ``[images in the pass, count]``) are kept, so memory grows with
-``batch_size`` and the count, not with the number of images (every square of a 224 x 224 image:
-481,885 perturbations, about 8 MB per pass; no full permutation is kept for sampled squares).
+Memory and batching: images are scored in passes of max(1, 65536 // count) whole images
+(``PAIRS_PER_PASS``), each pass one stream of (image, perturbation) pairs in chunks of
+``batch_size`` that run across image boundaries (full chunks whatever the count), and only the
+pass's e and f(x - I) (float64, ``[images in the pass, count]``, at most about 1 MB, or one
+image's) are kept, so memory grows with ``batch_size`` and the count, not with the number of
+images (every square of a 224 x 224 image: 481,885 perturbations, about 8 MB per pass; no full
+permutation is kept for sampled squares). Gaussian draws of a chunk are made in one call where
+that gives the same numbers (``normal_draws``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from harness.errors import MetricError
+from harness.errors import ConfigError
 from harness.metrics._common import (
     MAPS,
     SCORES,
     baseline_fill,
-    check_choice,
-    check_int,
     clean_scores,
     image_key,
     pixel_scale,
     resolve_batch_size,
     score_stream,
-    setting_choice,
-    setting_int,
-    setting_number,
     unit_map,
     validate_maps,
 )
 from harness.metrics.registry import register_metric
 from harness.seeding import image_generator
+from harness.settings import (
+    check,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+)
 
 PERTURBATIONS = ("gaussian", "square")
 BASELINES = ("black", "zero", "mean")
 REFERENCE_GAUSSIAN_COUNT = 10_000
 REFERENCE_SQUARE_SIZES = tuple(range(1, 11))
+PAIRS_PER_PASS = 1 << 16  # (image, perturbation) pairs kept per scoring pass (e and f: 1 MB)
 
 
 @dataclass(frozen=True)
@@ -169,27 +178,32 @@ def squares(index: torch.Tensor, height: int, width: int,
     return sides[which], local // columns, local % columns
 
 
-def _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline, score,
-                    scaling, height, width) -> tuple[int, tuple[int, ...]]:
-    check_choice("perturbation", perturbation, PERTURBATIONS)
-    check_choice("baseline", baseline, BASELINES)
-    check_choice("score", score, SCORES)
-    if not isinstance(noise, int | float) or not 0 < float(noise) < float("inf"):
-        raise MetricError(f"noise must be a finite number > 0, got {noise!r}")
-    sizes = tuple(square_sizes)
-    for side in sizes:
-        check_int("square_sizes entry", side, 1)
-    if not sizes or len(set(sizes)) != len(sizes) or min(sizes) > min(height, width):
-        raise MetricError(f"square_sizes must be distinct sides, at least one fitting the "
-                         f"{height} x {width} image, got {square_sizes!r}")
-    # with scaling, one perturbation is fitted exactly (beta = d / e): every map would score 0
-    least = 2 if scaling else 1
-    if perturbation == "gaussian":
-        count = REFERENCE_GAUSSIAN_COUNT if n_perturbations is None else n_perturbations
-        return check_int("n_perturbations", count, least), sizes
+def _count(settings: InfidelitySettings, height: int, width: int) -> int:
+    """The number of perturbations per image for an image of ``height`` x ``width`` (the settings
+    already checked): the square sides must fit the image, and a sampled count of squares be at
+    most the number of squares."""
+    sizes = settings.square_sizes
+    if min(sizes) > min(height, width):
+        raise ConfigError(f"square_sizes: no side fits the {height} x {width} image, got "
+                          f"{list(sizes)!r}")
+    least = 2 if settings.scaling else 1
+    if settings.perturbation == "gaussian":
+        count = settings.n_perturbations
+        return REFERENCE_GAUSSIAN_COUNT if count is None else count
     total = square_count(height, width, sizes)
-    count = total if n_perturbations is None else n_perturbations
-    return check_int("n_perturbations", count, least, total), sizes
+    count = total if settings.n_perturbations is None else settings.n_perturbations
+    return check_int("n_perturbations", count, least, total)
+
+
+def normal_draws(generator: torch.Generator, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """``count`` draws of N(0, 1) noise of ``shape`` (float32, CPU), the same numbers as ``count``
+    calls ``torch.randn(shape, generator=generator)`` in order: one call when the draw's size is
+    a multiple of 16 (torch's CPU normal sampler fills blocks of 16 from consecutive uniforms, so
+    one large draw is the small ones concatenated; a test checks it), else one call per draw."""
+    if math.prod(shape) % 16 == 0:
+        return torch.randn((count, *shape), generator=generator, dtype=torch.float32)
+    return torch.stack([torch.randn(shape, generator=generator, dtype=torch.float32)
+                        for _ in range(count)])
 
 
 def _integral(saliency: torch.Tensor) -> torch.Tensor:
@@ -212,10 +226,15 @@ def infidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target
     ``square_sizes``), or an integer (>= 2 with ``scaling``: beta fits one perturbation exactly,
     so every map would score 0). ``batch_size`` perturbed inputs per forward (default 8 on the
     CPU, 256 on accelerators)."""
+    settings = check(InfidelitySettings(
+        perturbation=perturbation, n_perturbations=n_perturbations, noise=noise,
+        square_sizes=square_sizes, baseline=baseline, score=score, scaling=scaling,
+        batch_size=batch_size))
+    check_seed("seed", seed)
     target = validate_maps(x, saliency, target, ids)
     n_images, _, height, width = x.shape
-    count, sizes = _check_settings(perturbation, n_perturbations, noise, square_sizes, baseline,
-                                   score, scaling, height, width)
+    count = _count(settings, height, width)
+    sizes = tuple(square_sizes)
     batch_size = resolve_batch_size(batch_size, x.device)
     x = x.detach()
     maps = saliency.detach().to(x.device)
@@ -226,7 +245,7 @@ def infidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target
     scaled = torch.empty(n_images, dtype=torch.float64)
     unscaled = torch.empty(n_images, dtype=torch.float64)
     beta = torch.empty(n_images, dtype=torch.float64)
-    group = max(1, batch_size // count)  # whole images per scoring pass: memory O(batch + count)
+    group = max(1, PAIRS_PER_PASS // count)  # whole images per pass: memory O(batch + count)
     for start in range(0, n_images, group):
         images = range(start, min(start + group, n_images))
         explained, perturbed = _group_scores(model, x, maps, target, fill, images, setting, seed,
@@ -278,9 +297,8 @@ def _group_scores(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target:
             first = max(begin, local * count) - local * count
             last = min(end, (local + 1) * count) - local * count
             if setting.perturbation == "gaussian":
-                z = torch.stack([torch.randn((channels, height, width), dtype=torch.float32,
-                                             generator=generators[image])
-                                 for _ in range(first, last)]).to(x.device, x.dtype)
+                z = normal_draws(generators[image], last - first, (channels, height, width))
+                z = z.to(x.device, x.dtype)
                 pixels = x[image] * std + mean
                 base_pixels = fill[image] * std + mean
                 removed = torch.minimum(pixels, torch.maximum(pixels - 1, pixels - base_pixels
@@ -337,21 +355,23 @@ class InfidelitySettings:
     methods: list | None = None
 
     def check(self) -> None:
-        setting_choice("perturbation", self.perturbation, PERTURBATIONS)
-        setting_int("n_perturbations", self.n_perturbations, 1, optional=True)
+        check_choice("perturbation", self.perturbation, PERTURBATIONS)
+        check_int("n_perturbations", self.n_perturbations, 1, optional=True)
+        check_bool("scaling", self.scaling)
         if self.scaling and self.n_perturbations == 1:
-            raise MetricError("n_perturbations: must be an integer >= 2 with scaling (one "
-                             "perturbation is fitted exactly: every map would score 0), got 1")
-        setting_number("noise", self.noise, low=0, inclusive=False)
-        sides = list(self.square_sizes)
-        if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                            for s in sides) or len(set(sides)) != len(sides):
-            raise MetricError(f"square_sizes: must be distinct integer sides >= 1, got "
-                             f"{self.square_sizes!r}")
-        setting_choice("baseline", self.baseline, BASELINES)
-        setting_choice("score", self.score, SCORES)
-        setting_choice("map", self.map, MAPS)
-        setting_int("batch_size", self.batch_size, 1, optional=True)
+            raise ConfigError("n_perturbations: must be an integer >= 2 with scaling (one "
+                              "perturbation is fitted exactly: every map would score 0), got 1")
+        check_number("noise", self.noise, 0, low_open=True)
+        sides = self.square_sizes
+        if (isinstance(sides, str) or not isinstance(sides, Sequence) or not sides
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sides)
+                or len(set(sides)) != len(sides)):
+            raise ConfigError(f"square_sizes: must be distinct integer sides >= 1, got "
+                              f"{sides!r}")
+        check_choice("baseline", self.baseline, BASELINES)
+        check_choice("score", self.score, SCORES)
+        check_choice("map", self.map, MAPS)
+        check_int("batch_size", self.batch_size, 1, optional=True)
 
 
 @register_metric("infidelity", settings=InfidelitySettings, direction="down",

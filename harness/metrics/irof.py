@@ -62,19 +62,15 @@ from harness.metrics._common import (
     POSITIVE_HINTS,
     SCORES,
     baseline_fill,
-    check_choice,
-    check_int,
     clean_scores,
     image_name,
     pixel_scale,
     resolve_batch_size,
     score_stream,
-    setting_choice,
-    setting_int,
-    setting_number,
     validate_maps,
 )
 from harness.metrics.registry import register_metric
+from harness.settings import check, check_choice, check_int, check_number, check_seed
 
 BASELINES = ("mean", "zero", "black")
 
@@ -124,13 +120,10 @@ def irof(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     """IROF of maps ``saliency`` ``[N, H, W]`` for inputs ``x`` ``[N, C, H, W]`` (the model's
     normalised input) and classes ``target`` ``[N]``; higher is better. See the module docstring
     for the definition, normalisation and defaults."""
+    check(IROFSettings(n_segments=n_segments, compactness=compactness, sigma=sigma,
+                       baseline=baseline, score=score, batch_size=batch_size))
+    check_seed("seed", seed)
     target = validate_maps(x, saliency, target, ids)
-    check_int("n_segments", n_segments, 1)
-    if not isinstance(compactness, int | float) or not compactness > 0:
-        raise MetricError(f"compactness must be a number > 0, got {compactness!r}")
-    if not isinstance(sigma, int | float) or not sigma >= 0:
-        raise MetricError(f"sigma must be a number >= 0, got {sigma!r}")
-    check_choice("score", score, SCORES)
     batch_size = resolve_batch_size(batch_size, x.device)
     x = x.detach()
     n_images = x.shape[0]
@@ -196,12 +189,12 @@ class IROFSettings:
     methods: list | None = None
 
     def check(self) -> None:
-        setting_int("n_segments", self.n_segments, 1)
-        setting_number("compactness", self.compactness, low=0, inclusive=False)
-        setting_number("sigma", self.sigma, low=0, inclusive=True)
-        setting_choice("baseline", self.baseline, BASELINES)
-        setting_choice("score", self.score, SCORES)
-        setting_int("batch_size", self.batch_size, 1, optional=True)
+        check_int("n_segments", self.n_segments, 1)
+        check_number("compactness", self.compactness, 0, low_open=True)
+        check_number("sigma", self.sigma, 0)
+        check_choice("baseline", self.baseline, BASELINES)
+        check_choice("score", self.score, SCORES)
+        check_int("batch_size", self.batch_size, 1, optional=True)
 
 
 CURVE_GRID = 101

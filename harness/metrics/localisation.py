@@ -60,6 +60,7 @@ import torch
 from harness.errors import MetricError
 from harness.metrics.causal import pixel_ranks
 from harness.metrics.registry import register_metric, value_records
+from harness.settings import check, check_bool, check_int
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,7 @@ def pointing_game(saliency: torch.Tensor, mask: torch.Tensor, *, tolerance: int 
                   ids: Sequence | None = None) -> PointingGameResult:
     """Pointing game (Zhang et al. 2016, TorchRay): hit if a mask pixel lies within Euclidean
     distance < ``tolerance`` pixels of the map's maximum; ``values`` ``[N]`` 1.0/0.0."""
-    if not isinstance(tolerance, int) or tolerance < 0:
-        raise MetricError(f"tolerance must be an integer >= 0 (pixels), got {tolerance!r}")
+    check(PointingGameSettings(tolerance=tolerance))
     saliency, mask = validate_masks(saliency, mask, ids)
     points = max_points(saliency)
     _, height, width = saliency.shape
@@ -216,6 +216,7 @@ def attribution_localisation(saliency: torch.Tensor, mask: torch.Tensor, *,
                              ids: Sequence | None = None) -> LocalisationResult:
     """Attribution localisation (Kohlbrenner et al. 2020): mu = positive relevance in the mask /
     positive relevance in the image; ``weighted``: mu * (H*W) / |mask|. ``[N]``."""
+    check(AttributionLocalisationSettings(weighted=weighted))
     saliency, mask = validate_masks(saliency, mask, ids)
     values = _mass_inside(saliency, mask)
     if weighted:
@@ -229,10 +230,10 @@ def top_k_intersection(saliency: torch.Tensor, mask: torch.Tensor, *, k: int = 1
                        ids: Sequence | None = None) -> LocalisationResult:
     """Top-k intersection (Theiner et al. 2022; Quantus): |top-k pixels in the mask| / k,
     ``[N]``; ``concept_influence`` multiplies by (H*W) / |mask|. Ties to the lower flat index."""
+    check(TopKSettings(k=k, concept_influence=concept_influence))
     saliency, mask = validate_masks(saliency, mask, ids)
     n_pixels = mask[0].numel()
-    if not isinstance(k, int) or not 1 <= k <= n_pixels:
-        raise MetricError(f"k must be an integer in [1, H*W = {n_pixels}], got {k!r}")
+    check_int("k", k, 1, n_pixels)  # at most the maps' H * W pixels
     counts = torch.full((mask.shape[0],), k, device=mask.device)
     values = _top_in_mask(saliency, mask, counts) / k
     if concept_influence:
@@ -264,9 +265,7 @@ class PointingGameSettings:
     methods: list | None = None
 
     def check(self) -> None:
-        if not isinstance(self.tolerance, int) or self.tolerance < 0:
-            raise MetricError(f"tolerance: must be an integer >= 0 (pixels), got "
-                             f"{self.tolerance!r}")
+        check_int("tolerance", self.tolerance, 0)  # pixels
 
 
 @register_metric("pointing_game", settings=PointingGameSettings, direction="up",
@@ -324,6 +323,9 @@ class AttributionLocalisationSettings:
     weighted: bool = False
     methods: list | None = None
 
+    def check(self) -> None:
+        check_bool("weighted", self.weighted)
+
 
 @register_metric("attribution_localisation", settings=AttributionLocalisationSettings,
                  direction="up", citation="Kohlbrenner et al. 2020 (IJCNN, arXiv:1910.09840)",
@@ -346,8 +348,8 @@ class TopKSettings:
     methods: list | None = None
 
     def check(self) -> None:
-        if not isinstance(self.k, int) or self.k < 1:
-            raise MetricError(f"k: must be an integer >= 1 (pixels), got {self.k!r}")
+        check_int("k", self.k, 1)  # pixels
+        check_bool("concept_influence", self.concept_influence)
 
 
 @register_metric("top_k_intersection", settings=TopKSettings, direction="up",

@@ -12,12 +12,21 @@ neighbourhood costs one set of method calls (the registry entries share it throu
   ``image_generator(seed, ids[i] or i, salt="robustness")`` on the CPU and are moved to the
   device, so they do not depend on the batch, ``batch_size`` or the device.
 - Batched: (image, sample) pairs image-major, ``batch_size`` perturbed inputs per ``saliency``
-  call; statistics in float64; a NaN/inf map raises ``ValueError`` naming the image and sample.
+  call (several images' samples in one batched backward); statistics in float64; a NaN/inf map
+  raises ``ValueError`` naming the image and sample.
+- Speed and memory: the model runs on channels_last inputs (``model_layout``: a forward pre-hook
+  converts the model's input, a differentiable copy, so the method still sees and differentiates
+  ``x`` in its own layout; ``benchmarks/metrics_limit.py`` measured channels_last the faster
+  layout for forward + backward, as the causal engine's forwards). Memory is bounded by
+  ``batch_size`` (the method's activations for that many inputs) plus one image's deltas at a
+  time: the default chunk (``default_batch_size``) is chosen from that benchmark's measurements
+  (``docs/performance.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +35,10 @@ from torch import nn
 from harness.errors import MetricError
 from harness.methods import saliency
 from harness.methods._core import NonFiniteMapError, check_inputs
+from harness.metrics.causal import resolve_memory_format
 from harness.models import model_info
 from harness.seeding import image_generator
+from harness.settings import check_choice, check_int, check_number, check_seed
 
 NOISES = ("uniform", "gaussian")
 RADIUS_UNITS = ("pixel", "input")
@@ -43,6 +54,42 @@ def default_batch_size(device: torch.device) -> int:
     return 16 if device.type == "cpu" else 128
 
 
+class _Layout(torch.autograd.Function):
+    """Identity on values: forward returns ``x`` in ``memory_format``, backward returns the
+    gradient in ``x``'s own layout (so a method's gradient is laid out as its input)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        ctx.was_contiguous = x.is_contiguous()
+        return x.contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (grad.contiguous() if ctx.was_contiguous else grad), None
+
+
+@contextlib.contextmanager
+def model_layout(model: nn.Module, memory_format: torch.memory_format) -> Iterator[None]:
+    """Within the block, ``model`` runs on its 4-D input converted to ``memory_format`` (a forward
+    pre-hook, removed on exit); the conversion changes no value and hands gradients back in the
+    input's own layout, so a method sees and differentiates ``x`` as it was given.
+    ``contiguous_format``: no hook."""
+    if memory_format == torch.contiguous_format:
+        yield
+        return
+
+    def convert(module: nn.Module, args: tuple):
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            return (_Layout.apply(args[0], memory_format), *args[1:])
+        return None
+
+    handle = model.register_forward_pre_hook(convert)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
                        noise: str = "uniform", pixel_std: Sequence[float] | None = None,
                        seed: int = 0, key: int | str = 0) -> torch.Tensor:
@@ -50,10 +97,8 @@ def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
     (``uniform``: the L-infinity ball of radius r) or N(0, r^2) (``gaussian``), r = ``radius``
     (divided by ``pixel_std[c]`` per channel when given). Drawn on the CPU from
     ``image_generator(seed, key, salt="robustness")`` and moved to the image's device."""
-    if noise not in NOISES:
-        raise MetricError(f"noise {noise!r} is not one of: {', '.join(NOISES)}")
-    if not radius > 0:
-        raise MetricError(f"radius must be > 0, got {radius}")
+    check_choice("noise", noise, NOISES)
+    check_number("radius", radius, 0, low_open=True)
     generator = image_generator(seed, key, salt="robustness")
     shape = (n_samples, *image.shape)
     if noise == "uniform":
@@ -74,8 +119,7 @@ def draw_perturbations(image: torch.Tensor, n_samples: int, *, radius: float,
 def pixel_scale(model: nn.Module, radius_units: str) -> tuple[float, ...] | None:
     """The per-channel std that converts a radius in [0, 1] pixel units to the model's input space
     (``radius_units="pixel"``: ``model_info(model).std``), or None for ``"input"``."""
-    if radius_units not in RADIUS_UNITS:
-        raise MetricError(f"radius_units {radius_units!r} is not one of: {', '.join(RADIUS_UNITS)}")
+    check_choice("radius_units", radius_units, RADIUS_UNITS)
     if radius_units == "input":
         return None
     return tuple(float(v) for v in model_info(model).std)
@@ -107,6 +151,17 @@ def _finite_maps(method: str, model, x: torch.Tensor, target: torch.Tensor, para
     return maps
 
 
+def check_neighbourhood(settings) -> None:
+    """The checks of the neighbourhood fields ``radius``, ``radius_units``, ``n_samples``,
+    ``noise`` and ``batch_size`` of ``settings`` (a ``Neighbourhood`` or the robustness metrics'
+    settings), ``ConfigError("field: why")``."""
+    check_number("radius", settings.radius, 0, low_open=True)
+    check_choice("radius_units", settings.radius_units, RADIUS_UNITS)
+    check_int("n_samples", settings.n_samples, 1)
+    check_choice("noise", settings.noise, NOISES)
+    check_int("batch_size", settings.batch_size, 1, optional=True)
+
+
 @dataclass(frozen=True)
 class Neighbourhood:
     """The sampled neighbourhood of every image: ``n_samples`` deltas per image, U(-r, r)
@@ -122,17 +177,8 @@ class Neighbourhood:
     batch_size: int | None = None
 
     def check(self) -> None:
-        if not isinstance(self.n_samples, int) or self.n_samples < 1:
-            raise MetricError(f"n_samples must be an integer >= 1, got {self.n_samples}")
-        if not self.radius > 0:
-            raise MetricError(f"radius must be > 0, got {self.radius}")
-        if self.noise not in NOISES:
-            raise MetricError(f"noise {self.noise!r} is not one of: {', '.join(NOISES)}")
-        if self.radius_units not in RADIUS_UNITS:
-            raise MetricError(f"radius_units {self.radius_units!r} is not one of: "
-                             f"{', '.join(RADIUS_UNITS)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise MetricError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_neighbourhood(self)
+        check_seed("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -187,6 +233,13 @@ def perturbed_inputs(x: torch.Tensor, neighbourhood: Neighbourhood, pixel_std, i
             del cache[image]
 
 
+def check_stability(p: float, eps_min: float) -> None:
+    """The checks of relative input stability's ``p`` (the norm, > 0) and ``eps_min`` (the guard
+    for zero divisors, > 0), ``ConfigError("field: why")``."""
+    check_number("p", p, 0, low_open=True)
+    check_number("eps_min", eps_min, 0, low_open=True)
+
+
 def _relative(change: torch.Tensor, base: torch.Tensor, eps_min: float) -> torch.Tensor:
     return change / torch.where(base == 0, torch.full_like(base, eps_min), base)
 
@@ -202,16 +255,18 @@ def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
     of a NaN/inf map."""
     target = check_inputs(x, target)
     neighbourhood.check()
-    if not p > 0:
-        raise MetricError(f"p must be > 0, got {p}")
-    if not eps_min > 0:
-        raise MetricError(f"eps_min must be > 0 (the guard for zero divisors), got {eps_min}")
+    check_stability(p, eps_min)
     if ids is not None and len(ids) != x.shape[0]:
         raise MetricError(f"ids has {len(ids)} entries for {x.shape[0]} images")
+    with model_layout(model, resolve_memory_format("auto", x.device)):
+        return _statistics(model, method, x.detach(), target, dict(method_params or {}),
+                           neighbourhood, p, eps_min, predictions, ids)
+
+
+def _statistics(model, method, x, target, params, neighbourhood, p, eps_min, predictions,
+                ids) -> SampleStatistics:
     batch_size = neighbourhood.batch_size or default_batch_size(x.device)
     pixel_std = pixel_scale(model, neighbourhood.radius_units)
-    params = dict(method_params or {})
-    x = x.detach()
     originals = _original_maps(model, method, x, target, params, batch_size, ids)
     shape = (x.shape[0], neighbourhood.n_samples)
     stats = {name: torch.empty(shape, dtype=torch.float64, device=x.device)
@@ -260,7 +315,8 @@ def kept_predictions(model: nn.Module, x: torch.Tensor, *, neighbourhood: Neighb
     batch_size = neighbourhood.batch_size or default_batch_size(x.device)
     pixel_std = pixel_scale(model, neighbourhood.radius_units)
     same = torch.ones((x.shape[0], neighbourhood.n_samples), dtype=torch.bool, device=x.device)
-    with torch.inference_mode():
+    layout = resolve_memory_format("auto", x.device)
+    with torch.inference_mode(), model_layout(model, layout):
         clean = torch.cat([model(x[s:s + batch_size]).argmax(dim=1)
                            for s in range(0, x.shape[0], batch_size)])
         for images, samples, _, inputs in perturbed_inputs(x.detach(), neighbourhood, pixel_std,

@@ -94,7 +94,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from harness.errors import MetricError
+from harness.errors import ConfigError, MetricError
 from harness.metrics._common import validate_maps
 from harness.metrics.causal import check_patch, check_patch_setting, patch_means, resolve_patch
 from harness.metrics.imputation import (
@@ -108,6 +108,14 @@ from harness.metrics.imputation import (
 from harness.metrics.registry import CELL_COLUMNS, record_curves, register_metric
 from harness.models import model_info
 from harness.seeding import image_generator
+from harness.settings import (
+    check,
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+    check_target_range,
+)
 
 ORDERS = ("morf", "lerf")
 PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
@@ -171,8 +179,7 @@ class RoadResult:
 
 def score_points(probs: torch.Tensor, correct: torch.Tensor, score: str) -> torch.Tensor:
     """``[N, P]`` float64: ``correct`` as 0/1 (``"accuracy"``) or ``probs`` (``"prob"``)."""
-    if score not in SCORES:
-        raise MetricError(f"score {score!r} is not one of: {', '.join(SCORES)}")
+    check_choice("score", score, SCORES)
     return correct.double() if score == "accuracy" else probs.double()
 
 
@@ -306,21 +313,15 @@ def percentage_problem(percentages) -> str | None:
 
 def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str,
                   percentages: Sequence[float], imputer: str, noise: float, score: str,
-                  labels, ids: Sequence | None, patch: int | None = None
+                  labels, ids: Sequence | None, batch_size: int | None = None,
+                  seed: int = 0, patch: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Check every setting before any compute; return (target, labels or None) as long
-    ``[N]``."""
-    if order not in ORDERS:
-        raise MetricError(f"order {order!r} is not one of: {', '.join(ORDERS)}")
-    if imputer not in IMPUTERS:
-        raise MetricError(f"imputer {imputer!r} is not one of: {', '.join(IMPUTERS)}")
-    if score not in SCORES:
-        raise MetricError(f"score {score!r} is not one of: {', '.join(SCORES)}")
-    problem = percentage_problem(percentages)
-    if problem is not None:
-        raise MetricError(problem)
-    if not _is_number(noise) or not noise >= 0:
-        raise MetricError(f"noise must be a number >= 0 (pixel units), got {noise!r}")
+    """Check every setting before any compute (``RoadSettings.check`` for one ``order``), then the
+    inputs; return (target, labels or None) as long ``[N]``."""
+    check_choice("order", order, ORDERS)
+    check(RoadSettings(orders=[order], percentages=percentages, imputer=imputer, noise=noise,
+                       score=score, batch_size=batch_size))
+    check_seed("seed", seed)
     target = validate_maps(x, saliency, target, ids)
     n_images, _, height, width = x.shape
     check_patch(patch, height, width)
@@ -328,9 +329,10 @@ def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str
     if imputer == "linear" and order == "lerf":
         for p in percentages:
             if kept_count(rows, cols, p) == 0:
-                raise MetricError(f"percentage {p!r}: LeRF keeps int(H * W * p) = 0 of the "
-                                  f"{rows} x {cols} {'pixels' if patch is None else 'patches'}, "
-                                  "so linear imputation has nothing to impute from")
+                raise ConfigError(f"percentages: percentage {p!r}: LeRF keeps int(H * W * p) = 0 "
+                                  f"of the {rows} x {cols} "
+                                  f"{'pixels' if patch is None else 'patches'}, so linear "
+                                  "imputation has nothing to impute from")
     if labels is not None:
         labels = torch.as_tensor(labels, device=x.device).long().reshape(-1)
         if labels.shape[0] != n_images:
@@ -338,13 +340,10 @@ def validate_road(x: torch.Tensor, saliency: torch.Tensor, target, *, order: str
     return target, labels
 
 
-def _probabilities(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _probabilities(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
+                   names: Sequence | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model(inputs).float()
-    if bool(((target < 0) | (target >= logits.shape[1])).any()):
-        bad = target[(target < 0) | (target >= logits.shape[1])][0]
-        raise MetricError(f"target {int(bad)} is out of range: the model has {logits.shape[1]} "
-                         "classes")
+    check_target_range(target, logits.shape[1], names, error=MetricError)
     probs = logits.softmax(dim=1).gather(1, target[:, None])[:, 0]
     return probs.double(), logits.argmax(dim=1)
 
@@ -368,7 +367,7 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
     whole P x P patches (module docstring)."""
     target, labels = validate_road(x, saliency, target, order=order, percentages=percentages,
                                    imputer=imputer, noise=noise, score=score, labels=labels,
-                                   ids=ids, patch=patch)
+                                   ids=ids, batch_size=batch_size, seed=seed, patch=patch)
     noise = float(noise)
     n_images, channels, height, width = x.shape
     mean, std = _pixel_stats(model, pixel_mean, pixel_std, channels)
@@ -384,8 +383,6 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
                          "model's input: attach harness_info or pass pixel_mean and pixel_std")
     if batch_size is None:
         batch_size = 8 if x.device.type == "cpu" else 64
-    if batch_size < 1:
-        raise MetricError(f"batch_size must be >= 1, got {batch_size}")
     percentages = tuple(float(p) for p in percentages)
     maps = saliency.detach().to(x.device)
     rows, cols = height, width  # the grid that is ranked: pixels, or patches
@@ -405,7 +402,7 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target, *,
             chunk = x[begin:end]
             keys = [ids[i] if ids is not None else i for i in range(begin, end)]
             names = [ids[i] if ids is not None else f"#{i}" for i in range(begin, end)]
-            clean_probs, clean_top1 = _probabilities(model, chunk, target[begin:end])
+            clean_probs, clean_top1 = _probabilities(model, chunk, target[begin:end], names)
             clean[begin:end] = clean_probs.cpu()
             chunk_labels = clean_top1 if labels is None else labels[begin:end]
             checked[begin:end] = chunk_labels.cpu()
@@ -459,30 +456,24 @@ class RoadSettings:
     def check(self) -> None:
         check_patch_setting(self.patch)
         if isinstance(self.orders, str) or not self.orders:
-            raise MetricError(f"orders: name at least one of: {', '.join(ORDERS)} (a list), got "
-                             f"{self.orders!r}")
+            raise ConfigError(f"orders: name at least one of: {', '.join(ORDERS)} (a list), got "
+                              f"{self.orders!r}")
         for order in self.orders:
-            if order not in ORDERS:
-                raise MetricError(f"orders: {order!r} is not one of: {', '.join(ORDERS)}")
+            check_choice("orders", order, ORDERS)
         if len(set(self.orders)) != len(self.orders):
-            raise MetricError(f"orders: an order is named twice in {list(self.orders)}")
+            raise ConfigError(f"orders: an order is named twice in {list(self.orders)}")
         problem = percentage_problem(self.percentages)
         if problem is not None:
-            raise MetricError(f"percentages: {problem}")
+            raise ConfigError(f"percentages: {problem}")
         if set(self.orders) == set(ORDERS):
             try:
                 aligned_points(self.percentages, self.percentages)
             except RoadAlignmentError as error:
-                raise MetricError(f"percentages: {error}") from None
-        for key, value, choices in (("imputer", self.imputer, IMPUTERS),
-                                    ("score", self.score, SCORES)):
-            if value not in choices:
-                raise MetricError(f"{key}: {value!r} is not one of: {', '.join(choices)}")
-        if not _is_number(self.noise) or not self.noise >= 0:
-            raise MetricError(f"noise: must be a number >= 0 (pixel units), got {self.noise!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise MetricError(f"batch_size: must be >= 1 (or omitted for the device's default), "
-                             f"got {self.batch_size}")
+                raise ConfigError(f"percentages: {error}") from None
+        check_choice("imputer", self.imputer, tuple(IMPUTERS))
+        check_choice("score", self.score, SCORES)
+        check_number("noise", self.noise, 0)  # [0, 1] pixel units
+        check_int("batch_size", self.batch_size, 1, optional=True)
 
 
 def _road_parts(settings: RoadSettings, model: nn.Module) -> list[tuple]:

@@ -93,11 +93,11 @@ from torch import nn
 
 from harness.errors import MetricError
 from harness.metrics.neighbourhood import (
-    NOISES,
     NORMS,
-    RADIUS_UNITS,
     Neighbourhood,
     SampleStatistics,
+    check_neighbourhood,
+    check_stability,
     default_batch_size,
     draw_perturbations,
     kept_predictions,
@@ -106,6 +106,7 @@ from harness.metrics.neighbourhood import (
     sample_statistics,
 )
 from harness.metrics.registry import register_metric
+from harness.settings import check, check_bool, check_choice
 
 __all__ = ["RobustnessResult", "avg_sensitivity", "default_batch_size", "draw_perturbations",
            "local_lipschitz_estimate", "max_normalised", "max_sensitivity",
@@ -155,8 +156,7 @@ def _settings(neighbourhood: Neighbourhood, model, method_params, **extra) -> di
 def sensitivity_from(stats: SampleStatistics, *, norm: str = "fro", reduce: str = "max",
                      same_prediction: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-sample sensitivity quotients ``[N, S]`` and the samples included (None: all)."""
-    if norm not in NORMS:
-        raise MetricError(f"norm {norm!r} is not one of: {', '.join(NORMS)}")
+    check_choice("norm", norm, tuple(NORMS))
     if same_prediction and stats.same_prediction is None:
         raise MetricError("same_prediction needs statistics computed with predictions=True")
     values = stats.difference[norm] / stats.clean_norm[norm].view(-1, 1)
@@ -192,9 +192,10 @@ def max_sensitivity(model: nn.Module, method: str, x: torch.Tensor, target, *,
     samples, Frobenius norm (``norm`` also ``"l1"``, ``"linf"``, applied to both).
     ``same_prediction``: only samples keeping the clean top-1 class (Bhatt et al.'s N_r).
     See the module docstring for Captum's and Quantus' settings."""
+    settings = check(SensitivitySettings(radius, radius_units, n_samples, noise, batch_size,
+                                         norm=norm, same_prediction=same_prediction))
     return _sensitivity("max_sensitivity", "max", model, method, x, target, method_params,
-                        Neighbourhood(radius, radius_units, n_samples, noise, seed, batch_size),
-                        norm, same_prediction, ids)
+                        settings.neighbourhood(seed), norm, same_prediction, ids)
 
 
 def avg_sensitivity(model: nn.Module, method: str, x: torch.Tensor, target, *,
@@ -206,15 +207,14 @@ def avg_sensitivity(model: nn.Module, method: str, x: torch.Tensor, target, *,
     """Avg-Sensitivity, Quantus' ``AvgSensitivity`` variant of Bhatt et al.'s mu_A: the mean over
     samples of the Max-Sensitivity quotient (divided by ||phi(x)||; every sample counts unless
     ``same_prediction``), same defaults and the same deltas as ``max_sensitivity``."""
+    settings = check(SensitivitySettings(radius, radius_units, n_samples, noise, batch_size,
+                                         norm=norm, same_prediction=same_prediction))
     return _sensitivity("avg_sensitivity", "mean", model, method, x, target, method_params,
-                        Neighbourhood(radius, radius_units, n_samples, noise, seed, batch_size),
-                        norm, same_prediction, ids)
+                        settings.neighbourhood(seed), norm, same_prediction, ids)
 
 
 def _sensitivity(metric, reduce, model, method, x, target, method_params, neighbourhood, norm,
                  same_prediction, ids) -> RobustnessResult:
-    if norm not in NORMS:
-        raise MetricError(f"norm {norm!r} is not one of: {', '.join(NORMS)}")
     stats = sample_statistics(model, method, x, target, method_params=method_params,
                               neighbourhood=neighbourhood, predictions=same_prediction, ids=ids)
     values, included = sensitivity_from(stats, norm=norm, same_prediction=same_prediction)
@@ -239,7 +239,8 @@ def local_lipschitz_estimate(model: nn.Module, method: str, x: torch.Tensor, tar
     per batch in Quantus); Quantus' defaults are ``noise="gaussian", radius=0.1,
     radius_units="input", n_samples=200, normalise=True``.
     """
-    neighbourhood = Neighbourhood(radius, radius_units, n_samples, noise, seed, batch_size)
+    neighbourhood = check(LipschitzSettings(radius, radius_units, n_samples, noise, batch_size,
+                                            normalise=normalise)).neighbourhood(seed)
     stats = sample_statistics(model, method, x, target, method_params=method_params,
                               neighbourhood=neighbourhood, ids=ids)
     return _result("local_lipschitz_estimate", method, lipschitz_from(stats, normalise=normalise),
@@ -262,7 +263,8 @@ def relative_input_stability(model: nn.Module, method: str, x: torch.Tensor, tar
     relative changes are measured in that space whatever ``radius_units`` says about the ball.
     Defaults: the same neighbourhood as Max-Sensitivity.
     """
-    neighbourhood = Neighbourhood(radius, radius_units, n_samples, noise, seed, batch_size)
+    neighbourhood = check(StabilitySettings(radius, radius_units, n_samples, noise, batch_size,
+                                            p=p, eps_min=eps_min)).neighbourhood(seed)
     stats = sample_statistics(model, method, x, target, method_params=method_params,
                               neighbourhood=neighbourhood, p=p, eps_min=eps_min,
                               predictions=True, ids=ids)
@@ -292,18 +294,7 @@ class NeighbourhoodSettings:
     methods: list | None = None
 
     def check(self) -> None:
-        if not (isinstance(self.radius, int | float) and self.radius > 0):
-            raise MetricError(f"radius: must be > 0, got {self.radius!r}")
-        if self.radius_units not in RADIUS_UNITS:
-            raise MetricError(f"radius_units: {self.radius_units!r} is not one of: "
-                             f"{', '.join(RADIUS_UNITS)}")
-        if not isinstance(self.n_samples, int) or self.n_samples < 1:
-            raise MetricError(f"n_samples: must be an integer >= 1, got {self.n_samples!r}")
-        if self.noise not in NOISES:
-            raise MetricError(f"noise: {self.noise!r} is not one of: {', '.join(NOISES)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise MetricError(f"batch_size: must be >= 1 (or omitted for the device's default), "
-                             f"got {self.batch_size}")
+        check_neighbourhood(self)
 
     def neighbourhood(self, seed: int) -> Neighbourhood:
         return Neighbourhood(float(self.radius), self.radius_units, self.n_samples, self.noise,
@@ -321,8 +312,8 @@ class SensitivitySettings(NeighbourhoodSettings):
 
     def check(self) -> None:
         super().check()
-        if self.norm not in NORMS:
-            raise MetricError(f"norm: {self.norm!r} is not one of: {', '.join(NORMS)}")
+        check_choice("norm", self.norm, tuple(NORMS))
+        check_bool("same_prediction", self.same_prediction)
 
 
 @dataclass(frozen=True)
@@ -331,6 +322,10 @@ class LipschitzSettings(NeighbourhoodSettings):
     (Quantus' normalised variant; off: the paper's quotient)."""
 
     normalise: bool = False
+
+    def check(self) -> None:
+        super().check()
+        check_bool("normalise", self.normalise)
 
 
 @dataclass(frozen=True)
@@ -343,10 +338,7 @@ class StabilitySettings(NeighbourhoodSettings):
 
     def check(self) -> None:
         super().check()
-        if not self.p > 0:
-            raise MetricError(f"p: must be > 0, got {self.p}")
-        if not self.eps_min > 0:
-            raise MetricError(f"eps_min: must be > 0, got {self.eps_min}")
+        check_stability(self.p, self.eps_min)
 
 
 def unit_statistics(unit, settings: NeighbourhoodSettings, *, predictions: bool = False,

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-from harness.errors import MetricError
+from harness.errors import ConfigError, MetricError
 from harness.registry import lookup
 from harness.seeding import content_generator
+from harness.settings import check_number
 
 Substrate = Callable[[torch.Tensor], torch.Tensor]
 SUBSTRATES: dict[str, Callable[..., torch.Tensor]] = {}
@@ -86,8 +87,7 @@ def rise_blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tenso
 
 @_substrate("blur")
 def blur(x: torch.Tensor, sigma: float = 5.0) -> torch.Tensor:
-    if sigma <= 0:
-        raise MetricError(f"blur: sigma must be > 0, got {sigma}")
+    check_number("substrate.sigma", sigma, 0, low_open=True)
     radius = max(1, math.ceil(4 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
@@ -125,7 +125,8 @@ def make_substrate(spec: str | dict | Substrate) -> tuple[Substrate, str]:
     if isinstance(spec, dict):
         params = {k: v for k, v in spec.items() if k != "name"}
         if "name" not in spec:
-            raise MetricError(f"substrate {spec!r} needs a 'name' ({', '.join(list_substrates())})")
+            raise ConfigError(f"substrate: {spec!r} needs a 'name' (one of: "
+                              f"{', '.join(list_substrates())})")
         fn = lookup(SUBSTRATES, "substrate", spec["name"])
         text = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
         return partial(fn, **params), f"{spec['name']}({text})" if text else spec["name"]
