@@ -116,8 +116,8 @@ def test_a_new_metric_is_one_module(tmp_path, toy_metric, capsys):
 
 
 def test_metric_names_are_checked_against_the_registry():
-    with pytest.raises(ConfigError, match=r"metrics: unknown metric 'road_morff'. Did you mean "
-                                          r"'road'\? Valid metrics: abpc, .*deletion"):
+    with pytest.raises(ConfigError, match=r"metrics: unknown metric 'road_morff'. Valid metrics: "
+                                          r"abpc, .*deletion, .*road, "):
         from_dict({"name": "t", "methods": ["vanilla"], "metrics": {"road_morff": {}}})
 
 
