@@ -22,18 +22,17 @@ import yaml
 
 from harness.api import load_config, log_run, run, score_curves, score_maps, score_summary, table
 from harness.config import check_device, check_signature_options, validate_method
-from harness.datasets import get_dataset, list_datasets, load_dataset
-from harness.errors import ConfigError, HarnessError, MissingDependencyError
+from harness.datasets import get_dataset, load_dataset
+from harness.errors import ConfigError, HarnessError
 from harness.figures import saliency_grid
 from harness.files import atomic_save, atomic_write
 from harness.images import crop_pixels, preprocess
+from harness.listing import compact_table, list_text, settings_text, small_n_warning, terminal_width
 from harness.mapsfile import save_maps
-from harness.methods import FAMILIES, get_method, list_methods, saliency_batched
-from harness.methods.plugins import SIGNATURE
-from harness.metrics.registry import get_metric, list_metrics, per_image_table
-from harness.models import list_models, load_model
+from harness.methods import saliency_batched
+from harness.metrics.registry import get_metric, per_image_table
+from harness.models import load_model
 from harness.registry import import_plugins, plugin_folders
-from harness.report import render_tables, table_meta
 from harness.targets import resolve_targets
 from harness.tracking import masked, resolve_tracking
 from harness.version import __version__
@@ -89,53 +88,10 @@ def check_data_options(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- list
 
 
-def _direction_words(metric) -> str:
-    if not metric.column_directions:
-        return f"{'higher' if metric.direction == 'up' else 'lower'} is better"
-    return ", ".join(f"{c}: {'higher' if d == 'up' else 'lower'} is better"
-                     for c, d in metric.column_directions)
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    listings = {"models": list_models, "methods": list_methods, "datasets": list_datasets,
-                "metrics": list_metrics}
-    for kind in [args.kind] if args.kind else listings:
-        print(f"{kind}:")
-        if kind == "methods":
-            for name in list_methods():
-                method = get_method(name)
-                print(f"  {name:22s} {method.summary}  [{method.citation}]")
-            print_dynamic_methods()
-        elif kind == "metrics":
-            for name in list_metrics():
-                metric = get_metric(name)
-                defaults = ", ".join(f"{k}={v}" for k, v in metric.defaults().items())
-                print(f"  {name:22s} {metric.summary} ({_direction_words(metric)}; needs "
-                      f"{', '.join(sorted(metric.needs))})  [{metric.citation}]\n"
-                      f"  {'':22s} defaults: {defaults}")
-        else:
-            print("  " + ", ".join(listings[kind]()))
+    kinds = [args.kind] if args.kind else ["models", "datasets", "methods", "metrics"]
+    print(list_text(kinds))
     return 0
-
-
-def print_dynamic_methods() -> None:
-    """The adapter families (with their classes, or the extra to install) and the plug-ins."""
-    print("adapters (optional libraries; a method is <prefix>:<Class>):")
-    for prefix, family in FAMILIES.items():
-        try:
-            members = family.members()
-        except MissingDependencyError:
-            print(f"  {prefix + ':<Class>':22s} {family.library} is not installed: "
-                  f"pip install -e '.[{family.extra}]'")
-            continue
-        lines = textwrap.wrap(", ".join(members), width=72)
-        print(f"  {prefix + ':<Class>':22s} {family.summary} ({len(members)}):")
-        for line in lines:
-            print(f"  {'':22s}   {line}")
-    print("plug-ins: entry points of group 'harness.methods' are listed above with the "
-          "registered methods;")
-    print(f"  any package.module:function with the signature {SIGNATURE}, or a module named "
-          "in a config's plugins: / --plugin")
 
 
 # ----------------------------------------------------------------------------- saliency
@@ -221,10 +177,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     curves = score_curves(frame)
     atomic_save(curves_path, lambda temporary: np.savez_compressed(
         temporary, ids=np.array(list(dict.fromkeys(frame["image_id"]))), **curves))
-    used = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-                     for name, values in settings.items() if values)
-    print(f"wrote {out} and {curves_path} ({args.target_mode} targets"
-          + (f"; {used}" if used else "; every metric at its defaults") + ")")
+    print(f"wrote {out} and {curves_path} ({args.target_mode} targets); settings:")
+    for name, values in settings.items():
+        print("\n".join(textwrap.wrap(
+            f"{name}: {settings_text({**get_metric(name).defaults(), **values})}",
+            width=terminal_width(), initial_indent="  ", subsequent_indent="      ")))
     return 0
 
 
@@ -239,11 +196,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"rank {result.rank}: {result.computed} records computed in {result.output_dir}")
         return 0
     print()
-    source = f"MLflow run {result.run_id}" if result.run_id else str(result.output_dir)
-    print(render_tables(result.table, {**table_meta(config, result.weights, source),
-                                       "similarity": result.similarity})["md"])
+    print(compact_table(result.table))
     output = result.output_dir
-    print(f"results: {output}/results.csv, tables: {output}/tables/, figures: {output}/figures/")
+    n = int(result.table["n"].max()) if len(result.table) else 0
+    notes = [f"means over n = {n} images, * best per column; the table with 95% intervals, "
+             f"tests and its caption: {output}/tables/table.md (.tex, .csv)",
+             small_n_warning(result.table),
+             f"results: {output}/results.csv, figures: {output}/figures/"]
+    print()
+    for note in filter(None, notes):
+        print("\n".join(textwrap.wrap(note, width=terminal_width(), subsequent_indent="  ",
+                                       break_on_hyphens=False, break_long_words=False)))
     if result.run_id:
         uri, experiment, _ = resolve_tracking(config.tracking.uri, config.tracking.experiment)
         print(f"MLflow: parent run {result.run_id} in experiment '{experiment}' "
@@ -265,10 +228,10 @@ def run_hints(run_id: str, uri: str, tools: Path) -> list[str]:
     harness_cli = tools / "harness" if (tools / "harness").exists() else "harness"
     lines = []
     if uri.startswith("sqlite:"):
-        lines.append(f"  open the UI:  {quote(str(mlflow_cli))} ui --backend-store-uri "
-                     f"{quote(uri)}   (then http://127.0.0.1:5000, select the method runs, "
-                     "Compare)")
-    lines.append(f"  paper table:  {quote(str(harness_cli))} table {quote(run_id)} "
+        lines.append("  open the UI (then http://127.0.0.1:5000, select the method runs, Compare):")
+        lines.append(f"    {quote(str(mlflow_cli))} ui --backend-store-uri {quote(uri)}")
+    lines.append("  the paper's table:")
+    lines.append(f"    {quote(str(harness_cli))} table {quote(run_id)} "
                  f"--tracking-uri {quote(masked(uri))}")
     return lines
 

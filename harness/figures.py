@@ -16,7 +16,6 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from harness.files import atomic_save  # noqa: E402
-from harness.metrics.causal import auc  # noqa: E402
 from harness.metrics.registry import as_frame, metric_curves  # noqa: E402
 from harness.sanity.figures import similarity_curves  # noqa: E402
 from harness.sanity.randomization import RandomizationResult  # noqa: E402
@@ -61,34 +60,44 @@ def _wrap(title: str, width: int = 22) -> str:
 
 def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: int = 0
                      ) -> str | None:
-    """Mean curves per method (deletion, insertion, MoRF/LeRF, ROAD, ...: every metric whose
-    records carry curves, model randomization apart) with 95% bootstrap bands."""
+    """Mean curves as small multiples: one panel per metric whose records carry curves
+    (deletion, insertion, MoRF/LeRF, ROAD, ...; model randomization apart), at most three panels
+    a row, each method one line of the same colour in every panel with a light 95% bootstrap band,
+    and one legend outside the panels. The AUCs are in the run's table."""
     curves = metric_curves(records, exclude=("model_randomization",))
     if not curves:
         return None
-    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
+    methods = list(dict.fromkeys(m for by_method in curves.values() for m in by_method))
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colours = {method: palette(i % palette.N) for i, method in enumerate(methods)}
+    columns = min(3, len(curves))
+    rows = -(-len(curves) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns + 1.8, 3.0 * rows),
+                                squeeze=False, layout="constrained")
     rng = np.random.default_rng(seed)
-    for axis, (name, by_method) in zip(axes[0], curves.items(), strict=True):
+    for axis, (name, by_method) in zip(axes.flat, curves.items(), strict=False):
         bounded = True
+        even = True
         for method, (xs, values) in by_method.items():
             mean = np.nanmean(values, axis=0)
             picks = rng.integers(0, len(values), (2000, len(values)))
             low, high = np.nanquantile(np.nanmean(values[picks], axis=1), [0.025, 0.975], axis=0)
-            even = np.allclose(xs, np.linspace(0, 1, len(xs)))
-            summary = (f"AUC of mean {float(auc(torch.from_numpy(mean))):.3f}" if even else
-                       f"mean {float(np.mean(mean)):.3f}")
-            axis.plot(xs, mean, marker=None if even else "o", markersize=3,
-                      label=f"{method} ({summary})")
-            axis.fill_between(xs, low, high, alpha=0.2)
+            even = bool(np.allclose(xs, np.linspace(0, 1, len(xs))))
+            axis.plot(xs, mean, marker=None if even else "o", markersize=3, linewidth=1.2,
+                      color=colours[method], label=method)
+            axis.fill_between(xs, low, high, alpha=0.1, color=colours[method], linewidth=0)
             bounded &= bool(np.nanmin(values) >= 0 and np.nanmax(values) <= 1)
-        axis.set_title(name)
-        axis.set_xlabel("fraction of pixels changed" if even else "fraction")
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("fraction of pixels changed" if even else "fraction", fontsize=8)
+        axis.tick_params(labelsize=7)
         if bounded:
             axis.set_ylim(0, 1.02)
-    axes[0, 0].set_ylabel("score of the target class")
-    for axis in axes[0]:
-        axis.legend(fontsize=7)
-    figure.tight_layout()
+    for axis in list(axes.flat)[len(curves):]:
+        axis.set_visible(False)
+    for axis in axes[:, 0]:
+        axis.set_ylabel("score of the target class", fontsize=8)
+    handles = [plt.Line2D([], [], color=colours[m], linewidth=1.5) for m in methods]
+    figure.legend(handles, methods, loc="outside right upper", fontsize=8, frameon=False)
     atomic_save(path, lambda temporary: figure.savefig(temporary, dpi=110))
     plt.close(figure)
     return str(path)

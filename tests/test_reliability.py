@@ -408,8 +408,9 @@ def test_printed_hints_are_shell_quoted(tmp_path):
     (tools / "harness").write_text("")
     (tools / "mlflow").write_text("")
     uri = f"sqlite:///{tmp_path}/it's here/mlflow.db"
-    ui, table = run_hints("abc123", uri, tools)
-    assert ui.split("open the UI:  ")[1].startswith(f"'{tools}/mlflow' ui --backend-store-uri ")
+    ui_title, ui, table_title, table = run_hints("abc123", uri, tools)
+    assert "open the UI" in ui_title and "paper's table" in table_title
+    assert ui.strip().startswith(f"'{tools}/mlflow' ui --backend-store-uri ")
     assert table.endswith(f"'{tools}/harness' table abc123 --tracking-uri "
                           f"'sqlite:///{tmp_path}/it'\"'\"'s here/mlflow.db'")
 
