@@ -32,6 +32,7 @@ from harness.methods import FAMILIES, get_method, list_methods, saliency_batched
 from harness.methods.plugins import SIGNATURE
 from harness.metrics.registry import get_metric, list_metrics, per_image_table
 from harness.models import list_models, load_model
+from harness.reference import method_reference_markdown, metric_reference_markdown
 from harness.registry import import_plugins, plugin_folders
 from harness.report import render_tables, table_meta
 from harness.targets import resolve_targets
@@ -99,6 +100,13 @@ def _direction_words(metric) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     listings = {"models": list_models, "methods": list_methods, "datasets": list_datasets,
                 "metrics": list_metrics}
+    if args.format == "md":
+        markdown = {"metrics": metric_reference_markdown, "methods": method_reference_markdown}
+        if args.kind not in markdown:
+            raise ConfigError("--format md: only for `harness list metrics` or `harness list "
+                              "methods`")
+        print(markdown[args.kind]())
+        return 0
     for kind in [args.kind] if args.kind else listings:
         print(f"{kind}:")
         if kind == "methods":
@@ -296,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", parents=[common],
                              help="list models, methods, datasets and metrics")
     listing.add_argument("kind", nargs="?", choices=["models", "methods", "datasets", "metrics"])
+    listing.add_argument("--format", choices=["text", "md"], default="text",
+                         help="md: the metric or method reference as Markdown (the docs' pages)")
     listing.set_defaults(func=cmd_list)
 
     figure = sub.add_parser("saliency", parents=[common],
