@@ -30,6 +30,7 @@ lint: install
 	$(BIN)/ruff check harness tests benchmarks notebooks docs
 
 docs: install
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
 	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: install

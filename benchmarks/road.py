@@ -54,8 +54,8 @@ OFFSETS = [(dy, dx, DIAGONAL if dy and dx else EDGE)
 
 def lean_scipy(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     """Direct solve of one image ``[C, H, W]`` (float64) at ``removed`` ``[H, W]``: the system
-    assembled with vectorised numpy from the definition (DESIGN.md 2.6; nothing taken from the
-    implementation under test), one ``spsolve`` for all channels."""
+    assembled with vectorised numpy from the definition (docs/faithfulness.md; nothing taken from
+    the implementation under test), one ``spsolve`` for all channels."""
     channels, height, width = image.shape
     flat_removed = removed.ravel()
     unknowns = np.flatnonzero(flat_removed)

@@ -407,7 +407,9 @@ def table(run: str | Path, *, tracking_uri: str | None = None, reference: str | 
         run: a run folder of ``harness run``, or an MLflow parent run id.
         tracking_uri: the MLflow store of a run id (default: ``MLFLOW_TRACKING_URI``, else the
             embedded store).
-        reference, seed, ci_method: override the run's config for the paired tests and CIs.
+        reference: overrides the run's reference method for the paired tests.
+        seed: overrides the run's seed of the bootstrap.
+        ci_method: overrides the run's interval method (``bca`` or ``percentile``).
         out: the folder for ``table.tex/.md/.csv`` (default: the run's ``tables/``).
 
     Returns:

@@ -32,6 +32,7 @@ from harness.mapsfile import save_maps
 from harness.methods import saliency_batched
 from harness.metrics.registry import get_metric, per_image_table
 from harness.models import load_model
+from harness.reference import method_reference_markdown, metric_reference_markdown
 from harness.registry import import_plugins, plugin_folders
 from harness.targets import resolve_targets
 from harness.tracking import masked, resolve_tracking
@@ -89,6 +90,13 @@ def check_data_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.format == "md":
+        markdown = {"metrics": metric_reference_markdown, "methods": method_reference_markdown}
+        if args.kind not in markdown:
+            raise ConfigError("--format md: only for `harness list metrics` or `harness list "
+                              "methods`")
+        print(markdown[args.kind]())
+        return 0
     kinds = [args.kind] if args.kind else ["models", "datasets", "methods", "metrics"]
     print(list_text(kinds))
     return 0
@@ -259,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", parents=[common],
                              help="list models, methods, datasets and metrics")
     listing.add_argument("kind", nargs="?", choices=["models", "methods", "datasets", "metrics"])
+    listing.add_argument("--format", choices=["text", "md"], default="text",
+                         help="md: the metric or method reference as Markdown (the docs' pages)")
     listing.set_defaults(func=cmd_list)
 
     figure = sub.add_parser("saliency", parents=[common],

@@ -104,7 +104,7 @@ class Registry(Mapping[str, T], Generic[T]):
         return add
 
     def remove(self, name: str) -> None:
-        """Forget ``name`` (tests and interactive sessions that re-register a plug-in)."""
+        """Forget ``name`` (tests and interactive use that re-register a plug-in)."""
         self._entries.pop(name, None)
         self._dynamic.pop(name, None)
 

@@ -1,6 +1,6 @@
 """Deletion, insertion and pixel-flipping curves on one batched engine.
 
-Definitions (``DESIGN.md`` section 2; Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling
+Definitions (``docs/faithfulness.md``; Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling
 for Explanation of Black-box Models", reference ``evaluation.py``):
 
 - Pixels are ordered by decreasing saliency; ties go to the lower flat index first (a stable sort),

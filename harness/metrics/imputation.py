@@ -2,7 +2,7 @@
 
 Definitions follow the ROAD reference code (Rong, Leemann, Nguyen, Fiedler, Kasneci & Kasneci,
 "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML 2022; repository
-``tleemann/road_evaluation``, ``road/imputations.py``; restated in ``DESIGN.md`` section 2.6):
+``tleemann/road_evaluation``, ``road/imputations.py``; restated in ``docs/faithfulness.md``):
 
 - ``linear`` (the reference's ``NoisyLinearImputer``): every removed pixel equals the weighted mean
   of its in-image 8 neighbours, weight 1/6 for the 4 edge and 1/12 for the 4 diagonal neighbours;

@@ -2,7 +2,7 @@
 Efficient Evaluation Strategy for Attribution Methods", ICML 2022), as its reference code computes
 it (``tleemann/road_evaluation``: ``road/road.py`` ``run_road``, ``road/imputed_dataset.py``
 ``ImputedDataset``, ``road/utils.py`` ``rescale_channel``, ``road/retraining.py`` ``road_eval``;
-restated in ``DESIGN.md`` section 2.6):
+restated in ``docs/faithfulness.md``):
 
 - Ranking: the map (ours are already ``[H, W]``; the reference sums its ``[H, W, C]`` maps over
   channels) min-max scaled, ``(s - min) / (max - min + 1e-5)``, plus a tie-break map
@@ -46,7 +46,7 @@ restated in ``DESIGN.md`` section 2.6):
   MoRF) / 2, grad-cam's ``ROADCombined``. Curves that share no removed fraction raise
   ``RoadAlignmentError``.
 
-Where DESIGN.md 2.6 and the reference code differ, this follows the code: (1) the tie-break map
+Where the paper's text and the reference code differ, this follows the code: (1) the tie-break map
 is drawn per percentage and order (``run_road`` builds a dataset per percentage), not once per
 dataset; (2) the reference's ``run_road`` scores class 0's probability (``prediction=None``), not
 the clean prediction's: we score ``target``; (3) the count is ``int()`` of the floating-point
