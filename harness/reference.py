@@ -140,9 +140,15 @@ METRIC_REFERENCE: dict[str, MetricReference] = {
             "the sample photos) and the signed gradient scores 51-120; use `perturbation: "
             "square` to compare maps.",
             "The registry entry reads the method's signed map where it has one (`map: signed`).",
-            "Quantus 0.6 `Infidelity`: 4 x 4 grid blocks removed cumulatively into the image "
-            "minimum, 10 samples, no scaling. Captum `infidelity`: a user `perturb_func`, 10 "
-            "perturbations, no scaling by default.",
+            "Quantus 0.6 `Infidelity`: the non-overlapping 4 x 4 blocks of a fixed grid "
+            "(`perturb_patch_sizes=[4]`) in raster order, removed cumulatively into the image "
+            "minimum, I^T phi = the map broadcast over channels times x - x', 10 samples "
+            "(identical with its deterministic default baseline), softmax off, no scaling. "
+            "Captum `infidelity`: a user `perturb_func`, attributions shaped like the input, 10 "
+            "perturbations, no scaling by default (`normalize=True` is the reference's "
+            "scaling).",
+            "A zero map (mean(e^2) = 0) gets beta = 0 and the value mean(d^2), as Captum's "
+            "`safe_div`; the reference divides 0 by 0.",
         )),
     "faithfulness_correlation": MetricReference(
         "[-1, 1] (Pearson r); undefined (NaN, with a status) for a constant map or a model "

@@ -1,36 +1,16 @@
 """Deletion, insertion and pixel-flipping curves on one batched engine.
 
-Definitions (``docs/faithfulness.md``; Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling
-for Explanation of Black-box Models", reference ``evaluation.py``):
+Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling for Explanation of Black-box Models"
+(reference eclique/RISE ``evaluation.py``); MoRF / LeRF (Samek et al. 2017, "Evaluating the
+visualization of what a deep neural network has learned"); ABPC (Schulz et al. 2020, "Restricting
+the Flow") = AUC(LeRF) - AUC(MoRF). Pixels ordered by decreasing saliency (ties: lower flat index
+first), ``step`` pixels changed per step in all channels, ``ceil(H * W / step) + 1`` points;
+deletion moves the image to the substrate, insertion the substrate to the image; the score is the
+target's softmax probability (or logit); AUC = (sum(curve) - curve[0] / 2 - curve[-1] / 2) /
+(len(curve) - 1). ``patch=P`` ranks and removes whole P x P patches.
 
-- Pixels are ordered by decreasing saliency; ties go to the lower flat index first (a stable sort),
-  so results are exact and reproducible. Each step changes ``step`` pixels in all channels;
-  ``n_steps = ceil(H * W / step)`` and the curve has ``n_steps + 1`` points, both ends included:
-  point k is scored with the first ``min(k * step, H * W)`` pixels of the order changed.
-- Deletion starts from the image and moves the ordered pixels to the substrate (default ``zero``:
-  zeros in the model's input space, i.e. the mean colour). Insertion starts from the substrate
-  (default ``rise_blur``) and reveals the image's pixels.
-- The score is the softmax probability of the target class (``score="prob"``) or its logit
-  (``"logit"``). RISE explains the top-1 class of the clean image; pass that as ``target`` for the
-  RISE convention or the true label otherwise (the runner records which).
-- AUC = (sum(curve) - curve[0] / 2 - curve[-1] / 2) / (len(curve) - 1): the trapezoid over points
-  spaced evenly on [0, 1] (RISE's ``auc``). Quantus' unnormalised ``np.trapz(dx=1)`` is not this.
-- MoRF / LeRF (Samek et al. 2017, "Evaluating the visualization of what a deep neural network has
-  learned"): the deletion curve with the most / least relevant pixels removed first. ABPC (area
-  between perturbation curves, Schulz et al. 2020, "Restricting the Flow"): AUC(LeRF) - AUC(MoRF);
-  higher is better.
-- Patch granularity (``patch=P``, off by default; for vision transformers, whose input is a grid
-  of P x P patches): whole patches are ranked by their mean saliency (ties: the lower row-major
-  patch index first) and removed whole, ``step`` patches per step (``n_steps = ceil(patches /
-  step)``); ``patch_ranks`` gives each pixel its patch's place in that order. P must divide H and
-  W. With ``patch=None`` (the default) every number is the pixel-order one above.
-
-The engine builds every perturbed input on the model's device from one sort per image (the first
-point of an image in a chunk with a ``rank < threshold`` mask and ``torch.where``, each next point
-from the previous one plus the next ``step`` pixels of the order), scores (image, step) pairs in
-chunks of ``batch_size`` (default: 8 on the CPU, 256 on CUDA) under ``torch.inference_mode``, so
-memory is bounded by ``batch_size``, not by the number of steps or images, and no data crosses
-between host and device per step.
+Conventions against Quantus, the engine and patch granularity: docs/faithfulness.md,
+docs/transformers.md (patch granularity) and the metric reference (docs/metrics.md).
 """
 
 from __future__ import annotations

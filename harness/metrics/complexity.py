@@ -1,35 +1,16 @@
 """Complexity of a map: is the explanation concise? Pure functions of maps ``[N, H, W]``.
 
-All three read the absolute map a = |saliency| flattened to n = H*W values and return float64
-values ``[N]``:
+All three read a = |saliency| flattened to n = H W values and return float64 values ``[N]``:
 
-- Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha 2020, "Concise Explanations of Neural Networks
-  using Adversarial Training", ICML): the Gini index of a sorted ascending,
-  G = sum_i (2i - n - 1) a_(i) / (n sum_i a_i), i = 1..n. G = 0 for a constant map, (n - 1)/n for
-  a one-hot map (the maximum); higher = sparser = better. Quantus ``Sparseness`` (which follows
-  the authors' ``jfc43/advex`` code, per its docstring) first applies ``normalise_by_max`` (on by
-  default), which divides by the max |value| over the WHOLE batch (all axes, the batch axis
-  included; an all-zero batch is left as it is), then adds 1e-7 to every value; the shift is
-  relative to that batch-wide scale, so a map's value there depends on the other maps of its
-  batch. Ours computes G exactly per map and defines the all-zero map as 0 (what the 1e-7 shift
-  gives it).
-- Complexity (Bhatt, Weller & Moura 2020, "Evaluating and Aggregating Feature-based Model
-  Explanations", IJCAI; Quantus ``Complexity``): the entropy -sum_i P_i ln P_i of the fractional
-  contributions P_i = a_i / sum_j a_j (natural log; 0 ln 0 = 0). ln(n) for a constant map, 0 for a
-  one-hot map; lower = simpler. Quantus adds 1e-12 inside the log after its batch-wide
-  ``normalise_by_max`` (no effect on P but for that 1e-12). An all-zero map has no distribution:
-  NaN.
-- Effective complexity (Nguyen & Rodríguez Martínez 2020, "On quantitative aspects of model
-  interpretability", arXiv:2007.07584), as Quantus ``EffectiveComplexity`` computes it: the
-  number of pixels with a_i > eps, default eps = 1e-5, after normalisation (``normalise=True``,
-  Quantus' default). Quantus' ``normalise_by_max`` divides by the max |value| over the whole batch
-  (all axes, batch included), so there a map's count depends on the other maps of its batch (a
-  faint map next to a strong one counts fewer pixels). Ours divides each map by its OWN max
-  |value|, a deliberate difference: an image's value must not depend on its batch (for a batch
-  of one the two agree). ``normalise=False`` thresholds the raw |values|. Lower = simpler. An
-  all-zero map counts 0 (both ways).
+- Sparseness (Chalasani et al., ICML 2020; authors' code ``jfc43/advex``): the Gini index
+  G = sum_i (2i - n - 1) a_(i) / (n sum_i a_i), a sorted ascending; higher = sparser.
+- Complexity (Bhatt, Weller & Moura, IJCAI 2020; Quantus ``Complexity``): the entropy
+  -sum_i P_i ln P_i of P_i = a_i / sum_j a_j; lower = simpler.
+- Effective complexity (Nguyen & Rodríguez Martínez 2020, arXiv:2007.07584; Quantus
+  ``EffectiveComplexity``): the number of pixels with a_i / max a > eps (1e-5); lower = simpler.
 
-A NaN/inf map raises ``ValueError`` naming the image.
+Edge cases and Quantus' batch-wide normalisation: docs/robustness.md (Complexity) and the metric
+reference (docs/metrics.md).
 """
 
 from __future__ import annotations

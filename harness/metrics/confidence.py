@@ -1,47 +1,14 @@
 """Average Drop and Increase in Confidence (Chattopadhay, Sarkar, Howlader & Balasubramanian,
 WACV 2018, "Grad-CAM++: Generalized Gradient-based Visual Explanations for Deep Convolutional
-Networks").
+Networks"; compared with pytorch-grad-cam ``metrics/cam_mult_image.py``).
 
-Definitions, per image i with target class c: Y = the model's confidence for c on the image, O =
-its confidence for c on the "explanation map" E = image * M, the image multiplied pixel-wise by the
-map M scaled to [0, 1].
+Per image with target c: Y = the softmax probability of c on the image (``score="prob"``), O =
+the same on the image's pixels multiplied by the map min-max scaled to [0, 1] (``masked_image``;
+a constant map counts as all ones). ``average_drop``: max(0, Y - O) / Y, lower is better;
+``increase_in_confidence``: 1[O > Y], higher is better. The paper reports 100 x the means.
 
-- Average Drop % = 100/N sum_i max(0, Y_i - O_i) / Y_i (lower is better). ``average_drop`` returns
-  the per-image fraction max(0, Y - O) / Y as ``values``: the paper's number is 100 x their mean.
-  With ``score="prob"`` (the paper's) it lies in [0, 1]; with ``score="logit"`` it is >= 0 but
-  exceeds 1 whenever O < 0 (a logit can be negative), so logit drops are not percentages.
-- % Increase in Confidence = 100/N sum_i 1[Y_i < O_i] (higher is better). ``increase_in_confidence``
-  returns the per-image indicator 1[O > Y] (0.0 or 1.0); the paper's number is 100 x the mean.
-
-Both functions return the same ``ConfidenceResult`` (``drop``, ``increase``, ``clean`` = Y,
-``explained`` = O); only ``values`` and ``metric`` differ.
-
-Choices, stated:
-
-- Confidence: ``score="prob"`` (default), the softmax probability of the target; ``"logit"`` is
-  allowed, but the ratio needs Y > 0, so an image whose logit is not positive is an error naming it.
-- M = (s - min s) / (max s - min s) per image (min-max, as pytorch-grad-cam's ``scale_cam_image``
-  without its 1e-7). A constant map ranks no pixel above another; we take M = 1 everywhere for it
-  (the image unchanged: drop 0, no increase), where pytorch-grad-cam's epsilon gives M = 0.
-- The product is taken on pixels, as the paper multiplies the image: x is the model's normalised
-  input, so E = normalise(deprocess(x) * M) = ((x * std + mean) * M - mean) / std with the model's
-  ``model_info(model).mean/std`` (``masked_image``). Multiplying the normalised tensor instead
-  (pytorch-grad-cam's ``multiply_tensor_with_cam``: ``input_tensor * cam``) sends a pixel with
-  M = 0 to the mean colour instead of black, and scales around the mean colour.
-
-Peers: pytorch-grad-cam's ``DropInConfidence`` (``metrics/cam_mult_image.py``) returns
-max(0, Y - O) without the division, in the units of the target callable it is given (logit or
-probability), on the normalised-tensor product; its ``IncreaseInConfidence`` is 1[O - Y > 0] as
-ours. We follow the paper (the division, so images of different confidence
-weigh the same, and the pixel-space product).
-
-Registered as ``average_drop`` (down) and ``increase_in_confidence`` (up), both reading the
-method's own map (``unit.maps``: the map the tables report, as deletion and insertion read; the
-paper scales CAM maps, which are non-negative). Records carry Y (``clean_score``) and O
-(``masked_score``).
-
-No randomness: ``seed`` and ``ids`` are taken for the common metric signature (``ids`` names
-images in errors).
+Choices against pytorch-grad-cam and the logit case: docs/faithfulness.md (Average Drop and
+Increase in Confidence) and the metric reference (docs/metrics.md).
 """
 
 from __future__ import annotations

@@ -1,43 +1,15 @@
 """Faithfulness correlation (Bhatt, Weller & Moura, IJCAI 2020, "Evaluating and Aggregating
-Feature-based Model Explanations").
+Feature-based Model Explanations"; defaults of Quantus' ``FaithfulnessCorrelation`` 0.6, the peer
+implementation in common use, as no authors' code is published).
 
-Definition: for ``n_subsets`` random subsets S of ``subset_size`` pixels of an image, the Pearson
-correlation, over the subsets, between the attribution summed over S, sum_{p in S} phi_p, and the
-drop of the target's score when the pixels of S (all channels) are set to a baseline,
-f(x) - f(x with x_S = baseline_S). Higher is better (a faithful map's sums predict the drops).
+For ``n_subsets`` (100) random subsets S of ``subset_size`` (224) pixels, the Pearson correlation
+over the subsets between sum_{p in S} phi_p and f(x) - f(x with x_S = baseline_S), all channels
+of a pixel set to the baseline; higher is better. A constant map or a model blind to the subsets
+gives NaN with the reason in ``status``. Subsets come from ``image_generator(seed, id,
+salt="faithfulness_correlation")``.
 
-Settings and defaults: those of Quantus' ``FaithfulnessCorrelation`` (0.6), the peer
-implementation in common use, except where stated:
-
-- ``n_subsets`` = 100 and ``subset_size`` = 224 (Quantus' ``nr_runs`` and ``subset_size``);
-  subsets are drawn without replacement within a subset, independently across subsets.
-- ``score`` = ``"logit"`` (Quantus calls the model with ``softmax=False``); ``"prob"`` for the
-  softmax probability.
-- ``baseline``: ``black`` (pixel value 0 in every channel: (0 - mean) / std in the model's input
-  space; default, Quantus' name), ``zero`` (0 in the model's input space, the normalisation's mean
-  colour), ``mean`` (the image's own channel means), ``min`` (the image's minimum over all channels
-  and pixels: what Quantus' ``perturb_baseline="black"`` computes, which is black only for [0, 1]
-  inputs that contain a black pixel).
-- Units: we choose whole pixels (the subset is a set of positions, every channel set to the
-  baseline), as the issue and the paper's "features" of an image map; Quantus broadcasts the map
-  over channels and draws 224 of the C*H*W values, so it perturbs single channels of pixels.
-- The map is used as given (Quantus' default ``normalise=True`` divides by the maximum absolute
-  value, which Pearson correlation ignores; ``abs=False`` as ours).
-
-Undefined values: when the attribution sums or the drops are the same for every subset (e.g. a
-constant map, or a model that ignores the pixels), Pearson's r is undefined: the value is NaN and
-``status`` says why ("ok" otherwise), never a silent NaN.
-
-Which map the registered metric (``faithfulness_correlation`` in ``METRICS``) reads: as
-infidelity, the method's signed map where it has one, else its own map (records say which in
-``map``; ``map: absolute`` in the settings for the method's own map): the subset sums predict a
-signed score change, which a non-negative map cannot do for subsets that raise the score.
-
-Determinism: image i draws its subsets from ``image_generator(seed, ids[i] or i,
-salt="faithfulness_correlation")`` (one ``randperm`` per subset, on the CPU) before any perturbed
-input is scored, so values do not depend on the batch or the device. The clean images are scored
-first (an out-of-range target is named before the perturbed passes); perturbed inputs are built
-on the model's device and scored ``batch_size`` at a time.
+Baselines, units against Quantus, and which map the registry entry reads: docs/faithfulness.md
+(Faithfulness correlation) and the metric reference (docs/metrics.md).
 """
 
 from __future__ import annotations

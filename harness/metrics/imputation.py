@@ -1,50 +1,16 @@
 """Imputers for ROAD: noisy linear imputation (a batched multigrid solver in torch), mean, zero.
 
-Definitions follow the ROAD reference code (Rong, Leemann, Nguyen, Fiedler, Kasneci & Kasneci,
-"A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML 2022; repository
-``tleemann/road_evaluation``, ``road/imputations.py``; restated in ``docs/faithfulness.md``):
+Definitions of the ROAD reference code (Rong, Leemann et al., ICML 2022;
+``tleemann/road_evaluation`` ``road/imputations.py``): ``linear`` (``NoisyLinearImputer``): every
+removed pixel is the weighted mean of its in-image 8 neighbours (1/6 edge, 1/12 diagonal), per
+channel, plus ``noise * N(0, 1)`` on imputed pixels only; ``mean`` (``ChannelMeanImputer``,
+``"fixed"``): the image's channel means; ``zero`` (``ZeroImputer``): a constant ``fill`` per
+channel. The linear system is solved for all images and channels at once (float64 iterative
+refinement around float32 multigrid-preconditioned conjugate gradients) until ``||b - A u|| <=
+rtol ||b||`` per image and channel.
 
-- ``linear`` (the reference's ``NoisyLinearImputer``): every removed pixel equals the weighted mean
-  of its in-image 8 neighbours, weight 1/6 for the 4 edge and 1/12 for the 4 diagonal neighbours;
-  kept neighbours enter the right-hand side, removed ones are unknowns; each channel separately.
-  Per image and channel that is the sparse system ``A u = b`` with, for removed pixels i, j::
-
-      A[i, i] = D_i = sum of the weights of i's in-image neighbours (1 inside, 2/3 at an edge,
-                      5/12 at a corner),   A[i, j] = -w_ij,   b_i = sum over kept j of w_ij x_j
-
-  (the reference writes the negated system). After solving, ``noise * N(0, 1)`` is added to the
-  imputed values only (reference: ``noise = 0.01`` in its [0, 1] pixel units, fresh draws per
-  call). The imputation is affine-equivariant per channel (weights of a mean), so imputing an
-  image normalised with ``(x - mean) / std`` gives the normalised imputation of the pixel image
-  exactly when the noise is ``noise / std`` per channel: ``road`` passes that.
-- ``mean`` (the reference's ``ChannelMeanImputer``, its string ``"fixed"``): removed pixels get
-  the image's per-channel mean over all its pixels (removed ones included, as the reference
-  computes it on the intact image).
-- ``zero`` (the reference's ``ZeroImputer``): removed pixels become 0 in the reference's pixel
-  space, i.e. ``(0 - mean) / std`` in the model's input space: ``fill`` per channel (``road``
-  passes it; ``fill=0`` is the model-space zero, the mean colour).
-
-The system is symmetric (the weights are symmetric in the offsets) and positive definite unless a
-connected (8-neighbour) region of removed pixels touches no kept pixel. The pixel grid is
-connected, so a removed region that is not the whole image has an in-image neighbour outside it,
-which is kept: the only singular case is an image with every pixel removed. That is checked first
-and raises ``SingularImputationError`` naming the image.
-
-The solver (replacing the reference's one scipy factorisation per image): all images and
-channels at once on ``x``'s device. Iterative refinement in float64: the residual ``b - A u`` in
-float64, then a correction from preconditioned conjugate gradients in float32, each round cutting
-the residual by ``INNER_REDUCTION`` (the last round only as far as needed). The preconditioner is
-one V-cycle of aggregation multigrid (2 x 2 aggregates, Galerkin coarse operators stored as
-9-point stencils per cell, one Jacobi sweep before and after, the coarse correction scaled by
-``COARSE_SCALE``, down to at most ``COARSEST_CELLS`` cells solved with a dense inverse); it is
-symmetric positive definite, as CG needs. Convergence criterion, per image and channel:
-``||b - A u||_2 <= rtol * ||b||_2`` with the float64 residual of the returned ``u`` (default
-``rtol = 1e-8``; a system with ``b = 0`` has the exact solution 0). Systems that converged are
-frozen, so an image's iterations do not depend on the other images of its batch. More than
-``max_iter`` CG iterations in all raise ``ImputationNotConvergedError`` naming the image and
-channel. Tests compare with a direct ``scipy.sparse.linalg.spsolve`` of the system written from
-the definition (within 1e-5 in float32, 1e-6 in float64); ``benchmarks/road.py`` measures the
-speed against the reference's scipy solve and checks agreement on 224 x 224 photos.
+The system, its solvability, the solver's parts and its tests: docs/faithfulness.md (ROAD
+imputers); speed: docs/benchmarks.md.
 """
 
 from __future__ import annotations

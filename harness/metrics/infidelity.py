@@ -2,102 +2,16 @@
 Sensitivity of Explanations"; reference code ``chihkuanyeh/saliency_evaluation``,
 ``infid_sen_utils.py``: ``get_exp_infid``, ``set_zero_infid``, ``get_imageset``).
 
-Definition: INFD(phi, f, x) = E_I[(I^T phi - (f(x) - f(x - I)))^2], the mean squared error between
-the explanation's prediction of the score change, I^T phi, and the actual change, over random
-perturbations I. Lower is better. ``f`` is the target's logit (the reference scores ``out[:,
-label]``, the model's raw output; ``score="prob"`` for the softmax probability).
+INFD(phi, f, x) = E_I[(I^T phi - (f(x) - f(x - I)))^2] over random perturbations I, f the
+target's logit; lower is better. With the reference's optimal scaling (``scaling=True``), e = I^T
+phi, d = f(x) - f(x - I): beta = mean(d e) / mean(e^2) and the value is mean((d - beta e)^2).
+Perturbations as the reference draws them, in [0, 1] pixel units and entering d and e as I / std
+in the model's input: ``gaussian`` (10000 draws, I = clip(p - b + 0.2 z, p - 1, p)) or ``square``
+(every square of side 1..10 set to the baseline, I binary). For ``[H, W]`` maps e = sum_hw phi_hw
+sum_c I_chw. Randomness per image from ``image_generator(seed, id, salt="infidelity")``.
 
-Optimal scaling (the reference, "performs optimal scaling for each explanation before calculating
-the infidelity score"): with e = I^T phi and d = f(x) - f(x - I) over the drawn perturbations,
-beta = mean(d * e) / mean(e^2) and the value is mean((d - beta * e)^2), so an explanation is not
-penalised for its scale (a map and 3 x the map score the same). ``scaling=False`` gives the plain
-mean((d - e)^2): that is Captum's ``infidelity`` default (``normalize=False``; ``normalize=True``
-is this scaling). Both are returned (``scaled``, ``unscaled``) with ``beta``; ``values`` is the
-one ``scaling`` selects. We follow the reference (scaling on): saliency maps have no common unit,
-so without the scaling infidelity mostly measures a map's scale. When mean(e^2) = 0 (a zero map)
-beta is 0 and the value is mean(d^2) (Captum's ``safe_div`` gives the same; the reference divides
-0 by 0).
-
-Perturbations, as the reference draws them (its MNIST images are pixels in [0, 1]; ours are the
-model's normalised input x, so pixels p = x * std + mean, ``model_info(model)``):
-
-- ``gaussian`` (reference default, ``config.py``): every pixel of every channel is perturbed, with
-  z ~ N(0, 1): I_pix = clip(p - b + noise * z, p - 1, p) (``set_zero_infid``: ``randd = normal *
-  0.2 + x``, clipped to [x - 1, x]; the reference's baseline b is 0), so the perturbed image
-  p - I_pix = clip(b - noise * z, 0, 1) is noise around the baseline, clipped to valid pixels,
-  whatever the image. ``noise`` = 0.2 (reference) in pixel units; I = I_pix / std in the model's
-  units. Reference count: 10000 per image (``num = 10000``).
-- ``square``: a square of side s at (top, left) is set to the baseline in all channels, I is its
-  binary indicator (the reference's ``binary_I=True``). The reference uses every square of side
-  1..10 at every position (``get_imageset``: for side, for top, for left, row-major), one
-  perturbation each, equally weighted (its SHAP-kernel weights are computed and then overwritten
-  by ones). ``n_perturbations=None`` does exactly that; an integer draws that many distinct
-  squares uniformly from the same set (seeded; 224 x 224 has 481,885 squares of side 1..10).
-  Sampled estimates: the unscaled mean((d - e)^2) over a uniform sample without replacement is
-  an unbiased estimate of its value over all squares, but the scaled value is only consistent
-  (it converges as the count grows and equals it at the full count): beta is fitted on the same
-  draws it is scored on, so the estimate minimises the sampled mean and is biased low, by more
-  for small counts. The same holds for the Gaussian draws (the reference's 10000 make the bias
-  small). Compare scaled values only at equal counts.
-
-Caveat of the Gaussian perturbation on natural images: the perturbed image clip(b - noise z, 0,
-1) does not depend on the image, so d = f(x) - f(x - I) is nearly the same for every draw (one
-ImageNet photo, EfficientNet-Lite0, logit: mean 8.26, standard deviation 0.08). Any map whose e is
-nearly constant across draws (every non-negative map: e ~ sum phi * (p - b)) fits d's mean through
-beta and is left with d's variance, so Grad-CAM, |gradient|, a random map and an all-ones map
-all score about 0.006 on the sample photos, while the signed gradient (e: mean 2.7, standard
-deviation 4.8) cannot fit d's mean and scores 51-120. ``square`` perturbations are the ones that
-tell maps apart there.
-
-``baseline``: ``black`` (pixel value 0, the reference's zero on [0, 1] images; default), ``zero``
-(0 in the model's input space, the normalisation's mean colour: the harness's deletion substrate)
-or ``mean`` (the image's own channel means).
-
-I^T phi for our channel-reduced maps phi ``[N, H, W]``: ``gaussian``: sum over pixels of phi times
-the perturbation summed over channels, sum_hw phi_hw sum_c I_chw (Quantus broadcasts a 2-D map
-over channels, the same product); ``square``: the sum of phi over the square (binary I).
-
-Which map makes infidelity exactly 0 for an exactly linear model f(x) = sum W_chw x_chw + b:
-
-- ``square``: d = sum over the square of sum_c W_chw (x_chw - beta_c) (beta the baseline in model
-  space) and e = sum over the square of phi_hw; equal for every square (1x1 squares included) iff
-  phi_hw = sum_c W_chw (x_chw - beta_c): the signed channel sum of gradient x (input - baseline).
-  With ``baseline="zero"`` that is the signed channel sum of gradient x input (the method
-  ``grad_x_input``, ``signed=True``); with ``black`` it is gradient x input computed in pixel space,
-  which is what the reference pairs with squares (``expl * image`` on its pixel-space model).
-- ``gaussian``: d = sum W_chw I_chw and e = sum_hw phi_hw sum_c I_chw agree for every I only if
-  W_chw = k * phi_hw for all c: exact for models whose weights do not depend on the channel (phi
-  the gradient of any channel, or their sum); for other linear models no [H, W] map is exact (the
-  reference's MNIST has one channel, where the plain gradient is exact).
-
-Which map the registered metric (``infidelity`` in ``METRICS``) reads: the method's signed map
-where it has one (``unit.signed_maps``), else its own map, and each record says which (``map``:
-``signed`` / ``absolute``). I^T phi predicts a signed score change, and every exact map above is
-signed; a non-negative map (|gradient|) predicts no score increase, so it is penalised for the
-lost signs (the test with the channel-free model shows it). ``map: absolute`` in the settings
-scores the method's own map instead.
-
-Peers: Captum ``infidelity`` takes a user ``perturb_func``, attributions shaped like the input, 10
-perturbations by default and no scaling by default. Quantus ``Infidelity`` (0.6): the
-non-overlapping 4 x 4 blocks of a fixed grid (``perturb_patch_sizes=[4]``) in raster order, set
-to ``black`` (the input's minimum) cumulatively (perturbation j has blocks 1..j removed), I^T phi
-= the map broadcast over channels times x - x', 10 samples (identical with its deterministic
-default baseline), softmax off, no scaling. We follow the reference: its perturbations, its
-counts, its scaling, the logit.
-
-Determinism: image i draws from ``image_generator(seed, ids[i] or i, salt="infidelity")`` on the
-CPU, one perturbation at a time in order (Gaussian noise ``[C, H, W]`` in float32; for sampled
-squares one ``randperm`` first), so its value does not depend on the batch, the chunking or the
-device. Perturbed inputs are built on the model's device and scored ``batch_size`` at a time.
-
-Memory and batching: images are scored in passes of max(1, 65536 // count) whole images
-(``PAIRS_PER_PASS``), each pass one stream of (image, perturbation) pairs in chunks of
-``batch_size`` that run across image boundaries (full chunks whatever the count), and only the
-pass's e and f(x - I) (float64, ``[images in the pass, count]``, at most about 1 MB, or one
-image's) are kept, so memory grows with ``batch_size`` and the count, not with the number of
-images (every square of a 224 x 224 image: 481,885 perturbations, about 8 MB per pass; no full
-permutation is kept for sampled squares). Gaussian draws of a chunk are made in one call where
-that gives the same numbers (``normal_draws``).
+Conventions, peers, exact maps, sampling bias and measured numbers: docs/faithfulness.md
+(Infidelity) and the metric reference (docs/metrics.md).
 """
 
 from __future__ import annotations

@@ -1,50 +1,14 @@
 """IROF, Iterative Removal Of Features (Rieger & Hansen 2020, "IROF: a low resource evaluation
-metric for explanation methods", arXiv:2003.08747).
+metric for explanation methods", arXiv:2003.08747; compared with Quantus ``IROF`` 0.6).
 
-Definition, per image: segment it into superpixels (SLIC), order the segments by their mean
-relevance (the mean of the map over the segment's pixels, highest first; ties: lower segment label
-first), remove them one after another (cumulatively: point k has the first k segments replaced by
-the baseline in all channels) and record the relative score c_k = f(x^(k)) / f(x) of the target,
-k = 0..K (c_0 = 1). IROF is the area over this curve, higher is better (a faithful map removes the
-evidence first, so the score falls fast):
+Per image: SLIC superpixels (scikit-image defaults), ordered by mean relevance (highest first,
+ties to the lower label), replaced cumulatively by the baseline (default each image's channel
+means); c_k = f(x^(k)) / f(x) for k = 0..K; IROF = 1 - (sum_k c_k - c_0 / 2 - c_K / 2) / K, the
+area over the curve on [0, 1]; higher is better. ``unnormalised`` = K - trapz(c_1..c_K, dx=1),
+Quantus' number for the images with their batch's largest K.
 
-    IROF = 1 - (sum_k c_k - c_0 / 2 - c_K / 2) / K,
-
-the trapezoid on x in [0, 1] (the fraction of segments removed), as the harness's AUC; K differs
-between images, so the normalised area is what makes images comparable. ``unnormalised`` is
-K - np.trapz(c_1..c_K, dx=1) (no c_0 point) = K * IROF + (1 + c_1) / 2: what Quantus' ``IROF``
-(0.6) reports, but only for the images of its batch with the batch's largest K. Quantus pads the
-curves of images with fewer segments with zeros up to the batch's largest K and integrates the
-padded curve, which adds the trapezoid from c_K down to 0: those images come out lower by
-c_K / 2 than ``unnormalised``, and an image's Quantus value depends on its batch mates.
-
-Settings and defaults:
-
-- Segmentation: ``skimage.segmentation.slic`` with scikit-image's defaults, as Quantus calls it
-  (``slic(img, start_label=0)``): ``n_segments`` = 100, ``compactness`` = 10, ``sigma`` = 0,
-  ``max_num_iter`` = 10, connectivity enforced; labels renumbered 0..K-1. We segment the image's
-  pixels (``x * std + mean``, channels last), the RGB image SLIC converts to Lab; Quantus segments
-  the array it is given, i.e. the normalised tensor when models take normalised input.
-- ``baseline`` (the paper: removed segments are replaced by "the mean value"): ``mean`` (default),
-  each image's own channel means of the clean image; ``zero`` (0 in the model's input space, the
-  normalisation's mean colour) and ``black`` (pixel value 0) are offered. Quantus 0.6 fills with
-  the mean over all channels, pixels and images of the current, already perturbed batch (its
-  ``baseline_replacement_by_mask`` calls ``get_baseline_value`` without ``batched``), so its value
-  drifts as segments are removed and depends on the batch mates; ours is fixed per image.
-- ``score``: ``prob`` (default), the softmax probability (Quantus' IROF default ``softmax=True``;
-  the paper's class score); ``logit`` is allowed when f(x) > 0 (else an error names the image).
-- Quantus PR #221 fixed its IROF to accumulate removals and to count segments by their labels
-  (``len(np.unique(segments))``); both are part of our definition. (PR #357, "batched metrics",
-  changed Quantus' Infidelity and RandomLogit, not IROF.)
-
-Registered as ``irof`` (up), reading the method's own map (``unit.maps``, as deletion does).
-Each record carries the image's curve (``curve``: c_0..c_K, ``curve_x``: k / K) and
-``unnormalised``; as K differs between images, the mean-curve figure interpolates every curve
-linearly onto 101 evenly spaced fractions (the records keep the exact points).
-
-Batched: SLIC runs on the CPU per image (it is not a torch operation); the K perturbed inputs of
-every image are built on the model's device from one per-pixel "removal rank" map and scored
-``batch_size`` at a time. No randomness (``seed`` is taken for the common signature).
+Segmentation, baselines and Quantus' padding and batch-mean fill: docs/faithfulness.md (IROF) and
+the metric reference (docs/metrics.md).
 """
 
 from __future__ import annotations

@@ -1,53 +1,21 @@
 """Localisation against ground truth: does the map point at the object?
 
-Inputs are maps ``saliency`` ``[N, H, W]`` and boolean object masks ``mask`` ``[N, H, W]`` at the
-same resolution (``harness.images.preprocess_masks`` brings masks to the model's input geometry).
-Every metric returns float64 values ``[N]``, higher is better:
+Maps ``saliency`` ``[N, H, W]`` against boolean object masks ``mask`` ``[N, H, W]``; float64
+values ``[N]``, higher is better:
 
-- Pointing game (Zhang, Bargal, Lin, Brandt, Shen & Sclaroff 2016, "Top-down Neural Attention by
-  Excitation Backprop", ECCV; reference TorchRay ``torchray/benchmark/pointing_game.py`` and
-  ``examples/attribution_benchmark.py``): the point is the map's maximum (the first in row-major
-  order on ties, as ``torch.argmax`` in TorchRay's ``_saliency_to_point``); a hit (1) if some mask
-  pixel p has squared distance ||p - point||^2 < tolerance^2 (TorchRay's strict inequality), else
-  a miss (0). Default tolerance 15 pixels (TorchRay's), measured at the maps' resolution (TorchRay
-  resizes maps to the original image first). ``tolerance=0`` means the point itself must be in the
-  mask (TorchRay's test would never hit). ``pointing_game_summary`` reports as TorchRay does:
-  accuracy per class, hits / (hits + misses), then the mean over classes; TorchRay averages over
-  all ``num_classes`` of its dataset (a class without images counts 0), ours over the classes that
-  occur. Quantus ``PointingGame`` has no tolerance and counts a hit if ANY tied maximum is in the
-  mask.
-- Relevance mass accuracy (Arras, Osman & Samek 2022, "CLEVR-XAI: A benchmark dataset for the
-  ground truth evaluation of neural network explanations", Information Fusion 81): R_within /
-  R_total, the positive relevance inside the mask over the positive relevance in the image
-  (negative values are set to 0; our maps are non-negative unless signed). Quantus'
-  ``RelevanceMassAccuracy`` divides the raw sums without clipping, after ``normalise_by_max``
-  (on by default), which divides by the max |value| over the whole batch (all axes, batch
-  included); the quotient does not depend on that scale.
-- Relevance rank accuracy (Arras et al. 2022): with K = |mask|, the fraction of the K
-  highest-ranked pixels that lie in the mask. Ties: lower flat index first (a stable sort, the
-  harness' rule everywhere); Quantus uses ``np.argsort(-a)`` (not stable).
-- Attribution localisation (Kohlbrenner, Bauer, Nakajima, Binder, Samek & Lapuschkin 2020,
-  "Towards Best Practice in Explaining Neural Network Decisions with LRP", IJCNN): mu = R_in /
-  R_tot over positive relevance, i.e. the same quotient as relevance mass accuracy;
-  ``weighted=True`` gives mu * (H*W) / |mask| (relevance density inside the mask relative to the
-  whole image: 1 for a uniform map), our reading of the paper's size-weighted variant (the paper's
-  text was not at hand when this was written: check it before citing weighted numbers). Quantus'
-  ``AttributionLocalisation(weighted=True)`` multiplies mu by
-  ``size_bbox / x_batch[2:].size``: |mask| over the number of elements of the input batch from
-  its THIRD image on ((N - 2) * C * H * W: the slice is over the batch axis, not the spatial
-  ones), a factor that depends on the batch size and divides by zero for batches of one or two
-  images; it also uses ``abs=True`` and ``normalise=True`` (division by the batch's max |value|)
-  by default, clips negative values only with ``positive_attributions=True``, adds 1e-9 to the
-  denominator and returns NaN where mu > 1. We do not reproduce that factor.
-- Top-k intersection (Theiner, Müller-Budack & Ewerth 2022, "Interpretable Semantic Photo
-  Geolocation", WACV, arXiv:2104.14995; Quantus ``TopKIntersection``): the fraction of the k
-  highest-ranked pixels (the binarised explanation) that lie in the mask, default k = 1000
-  (Quantus'); ties as above.
-  ``concept_influence=True`` multiplies by (H*W) / |mask| (Quantus' option of that name).
+- Pointing game (Zhang et al., ECCV 2016, "Top-down Neural Attention by Excitation Backprop";
+  reference TorchRay ``torchray/benchmark/pointing_game.py``): a hit if a mask pixel lies within
+  ``tolerance`` (15) pixels of the map's first maximum.
+- Relevance mass / rank accuracy (Arras, Osman & Samek 2022, "CLEVR-XAI", Information Fusion 81):
+  positive relevance inside the mask over all positive relevance; the share of the |mask|
+  highest-ranked pixels inside the mask (ties: lower flat index first).
+- Attribution localisation (Kohlbrenner et al., IJCNN 2020): the same positive-relevance ratio;
+  ``weighted=True`` multiplies by H W / |mask|.
+- Top-k intersection (Theiner, Müller-Budack & Ewerth, WACV 2022, arXiv:2104.14995; Quantus
+  ``TopKIntersection``): the share of the k (1000) highest-ranked pixels inside the mask.
 
-Bad input raises ``ValueError``: maps and masks of different shapes, a mask that is not boolean
-(0/1 values are accepted), an empty mask or a NaN/inf map (naming the image). A map with no
-positive relevance gives NaN for the mass-based metrics (0 / 0).
+Conventions against TorchRay, CLEVR-XAI and Quantus: docs/robustness.md and the metric reference
+(docs/metrics.md).
 """
 
 from __future__ import annotations

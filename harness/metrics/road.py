@@ -1,85 +1,18 @@
 """ROAD: RemOve And Debias (Rong, Leemann, Nguyen, Fiedler, Kasneci & Kasneci, "A Consistent and
 Efficient Evaluation Strategy for Attribution Methods", ICML 2022), as its reference code computes
-it (``tleemann/road_evaluation``: ``road/road.py`` ``run_road``, ``road/imputed_dataset.py``
-``ImputedDataset``, ``road/utils.py`` ``rescale_channel``, ``road/retraining.py`` ``road_eval``;
-restated in ``docs/faithfulness.md``):
+it (``tleemann/road_evaluation``: ``road/road.py`` ``run_road``, ``road/imputed_dataset.py``,
+``road/retraining.py`` ``road_eval``).
 
-- Ranking: the map (ours are already ``[H, W]``; the reference sums its ``[H, W, C]`` maps over
-  channels) min-max scaled, ``(s - min) / (max - min + 1e-5)``, plus a tie-break map
-  ``1e-4 * N(0, 1)`` of shape ``[H, W]`` shared by all images, then sorted in decreasing order.
-  The reference draws that map with numpy's global generator once per ``ImputedDataset``, and
-  ``run_road`` builds one dataset per percentage (and per call, i.e. per order): we draw one map
-  per (``seed``, order, percentage), seeded, the same for every image and batch.
-- Removal: ``n = int(H * W * p)`` (the reference's ``int(width * height * th_p)``). MoRF removes
-  the n highest-ranked pixels. LeRF, as in the reference, removes every pixel except the n
-  highest-ranked ones, so for LeRF ``p`` is the fraction KEPT; every result records the fraction
-  removed at each point (``removed_fraction``).
-- Imputation (``harness.metrics.imputation``): ``linear`` (default; the reference's noisy linear
-  imputation with ``noise = 0.01`` in [0, 1] pixel units), ``mean`` (the reference's ``fixed``),
-  ``zero``. The reference imputes the [0, 1] image and normalises afterwards; we impute the
-  normalised model input, which is the same thing (the imputers are affine-equivariant per
-  channel; a test checks it) once the pixel-unit settings are converted: the noise becomes
-  ``noise / std`` per channel and the zero fill ``-mean / std``, with ``mean`` / ``std`` from
-  ``harness.models.model_info(model)`` or the ``pixel_mean`` / ``pixel_std`` arguments.
-- Scores per image and percentage: ``correct``, top-1 prediction == ``labels``, and ``probs``,
-  the softmax probability of ``target``. Pass the dataset's true labels as ``labels`` for the
-  reference's accuracy (``road_eval``: top-1 == dataset label); without ``labels`` correctness is
-  agreement with the clean image's top-1 prediction. The reference's ``road_eval`` also returns the
-  mean probability of the class predicted when the explanation was made (``prediction``); note
-  that its ``run_road`` passes ``prediction=None``, which ``ImputedDataset`` turns into class 0,
-  so the probability column of ``run_road`` is class 0's (its retraining path passes the
-  predictions). We score the explained class ``target``: pass the clean image's top-1 prediction
-  to follow the reference's intent. ``accuracy`` and ``mean_probs`` (``[P]``) are the reference's
-  two outputs.
-- ``values`` ``[N]``, the per-image summary, by ``score``: ``"accuracy"`` (default) the image's
-  mean correctness over the percentages, i.e. its share of the reference's accuracy, the number
-  the paper publishes (its ``NoRetrainingMethod.py`` stores ``res_acc`` only); ``"prob"`` the mean
-  of ``probs``, pytorch-grad-cam's per-order summary (``ROADMostRelevantFirstAverage`` /
-  ``ROADLeastRelevantFirstAverage``, which subtract the clean score). Both per-image curves
-  (``correct`` and ``probs``) are kept either way. Lower is better for MoRF, higher for LeRF.
-- ``road_combined`` per image, higher is better: (LeRF - MoRF) / 2 of the chosen score, averaged
-  over the removed fractions both curves have. MoRF at p removes the fraction p and LeRF at p
-  removes 1 - p, so the curves are aligned by removed fraction (p for MoRF, 1 - p for LeRF;
-  matched within 1e-9; the pixel counts int(H W p) and H W - int(H W (1 - p)) can differ by one
-  pixel through ``int``): with the reference's 7 percentages that is {0.1, 0.3, 0.5, 0.7, 0.9};
-  with pytorch-grad-cam's grid 0.1, ..., 0.9 all of them, and then it equals (mean LeRF - mean
-  MoRF) / 2, grad-cam's ``ROADCombined``. Curves that share no removed fraction raise
-  ``RoadAlignmentError``.
+Each map is min-max scaled, ``(s - min) / (max - min + 1e-5)``, plus a tie-break map ``1e-4 N(0,
+1)`` ``[H, W]`` drawn per (``seed``, order, percentage); MoRF removes the ``int(H * W * p)``
+top-ranked pixels, LeRF all but them; removed pixels are imputed (``linear``, ``mean``, ``zero``:
+``harness.metrics.imputation``) and the image scored (``correct``: top-1 == ``labels``; ``probs``:
+softmax probability of ``target``). ``values`` is the mean over percentages of the chosen score
+(``accuracy``, the paper's number, or ``prob``); MoRF lower is better, LeRF higher.
+``road_combined``: (LeRF - MoRF) / 2 over the removed fractions both orders share.
 
-Where the paper's text and the reference code differ, this follows the code: (1) the tie-break map
-is drawn per percentage and order (``run_road`` builds a dataset per percentage), not once per
-dataset; (2) the reference's ``run_road`` scores class 0's probability (``prediction=None``), not
-the clean prediction's: we score ``target``; (3) the count is ``int()`` of the floating-point
-product ``H * W * p`` (``int(100 * 0.29) = 28``), not the exact floor(p * H * W) = 29.
-
-Peer conventions that differ: pytorch-grad-cam (``pytorch_grad_cam/metrics/road.py``) thresholds
-with ``np.percentile`` (ties all on one side, no min-max scaling or tie-break map), uses
-percentiles 10, 20, ..., 90, scores the change of a user-chosen target (a logit unless a softmax
-target is given) from the clean image, and adds the noise 0.01 in the model's normalised units.
-Its MoRF at percentile q KEEPS the q% least relevant pixels (removes the (100 - q)% most
-relevant) and its LeRF at q KEEPS the q% most relevant (removes the (100 - q)% least relevant):
-both remove 1 - q at q, so its ROADCombined pairs equal removed fractions, and over its
-symmetric grid both orders sweep the same fractions as ours. Its per-order averages differ from
-our ``score="prob"`` values by the clean score; its ROADCombined equals ours with
-``score="prob"`` on its grid. Quantus' ``ROAD`` is MoRF only, percentages 1, 3, ..., 99 of the
-pixels (``int(H * W * p / 100)``), ordered by the raw map (no scaling, no tie-break), scoring only
-correctness (top-1 == label), and broadcasts maps over channels so that on RGB inputs it ranks
-the C * H * W values instead of pixels (the crash on RGB images reported in our issue 13).
-
-Patch granularity (``patch=P``, off by default; for vision transformers): the map is averaged
-over each P x P patch (``harness.metrics.causal.patch_means``) and the ranking, the tie-break map
-(one value per patch), the count ``int(patches * p)`` and the removed fractions are the above on
-the patch grid; removed patches are imputed pixel by pixel as above. With ``patch=None`` every
-number is the pixel-order one.
-
-Everything runs on ``x``'s device (the model's) in chunks of ``batch_size`` images under
-``torch.inference_mode``; per-image noise comes from generators seeded with (``seed``, the image
-id or index, order, percentage), so an image's numbers do not depend on its batch.
-
-Registered as metric ``road`` (``RoadSettings``, the reference's defaults): one record per
-(image, order) with ``measure`` = the order; table columns ``road_morf`` (lower is better),
-``road_lerf`` (higher) and, when both orders ran, ``road_combined`` (higher); mean curves
-``road_morf`` / ``road_lerf`` of the chosen score against the removed fraction.
+Where the paper's text and the code differ (followed: the code), peers (pytorch-grad-cam, Quantus)
+and patch granularity: docs/faithfulness.md (ROAD) and the metric reference (docs/metrics.md).
 """
 
 from __future__ import annotations

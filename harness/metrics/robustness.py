@@ -1,84 +1,22 @@
 """Robustness of explanations: does the map change when the input barely does?
 
 Each metric re-runs the saliency method on ``n_samples`` perturbed copies x' = x + delta of every
-image and reduces a per-sample quotient to one value per image (lower is more robust):
+image (delta uniform in the L-infinity ball of ``radius``, in [0, 1] pixel units by default) and
+reduces a per-sample quotient to one value per image; lower is more robust:
 
-- Max-Sensitivity (Yeh, Hsieh, Suggala, Inouye & Ravikumar 2019, "On the (In)fidelity and
-  Sensitivity of Explanations", NeurIPS; reference ``chihkuanyeh/saliency_evaluation``,
-  ``infid_sen_utils.py`` ``get_exp_sens`` / ``sample_eps_Inf``): max over samples of
-  ||phi(x') - phi(x)|| / ||phi(x)||, delta uniform in the L-infinity ball of radius r. The paper
-  defines SENS_MAX = max ||phi(x') - phi(x)|| without a denominator; the division by ||phi(x)||
-  is the reference CODE's (``infid_sen_utils.py:308``, ``norm = np.linalg.norm(expl)`` at line
-  334), and ours follows the code, as Captum and Quantus do. Reference defaults, ours: r = 0.2
-  (``config.py`` ``sen_r``) in [0, 1] pixel units (below), 50 samples (``sen_N``, "50 for the
-  experiments used in the paper"), the Frobenius norm of the whole explanation
-  (``np.linalg.norm``), target = the class explained on the clean image, no clipping of x'.
-- Avg-Sensitivity: the mean of the same quotient over the samples. Bhatt, Weller & Moura 2020
-  ("Evaluating and Aggregating Feature-based Model Explanations", IJCAI) define the average
-  sensitivity mu_A over the neighbourhood N_r = {z : rho(x, z) <= r, f(z) = f(x)} (only points
-  with the same prediction) and without dividing by ||phi(x)||. Ours is Quantus'
-  ``AvgSensitivity`` variant: every sample counts (``same_prediction=False``, Quantus'
-  ``return_nan_when_prediction_changes=False``) and the difference is divided by ||phi(x)||;
-  ``same_prediction=True`` restricts both sensitivities to Bhatt's N_r (a sample whose top-1
-  class differs from the clean image's is left out; ``kept`` counts those that entered).
-- Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018, "On the Robustness of Interpretability
-  Methods", arXiv:1806.08049): max over samples of ||phi(x') - phi(x)||_2 / ||x' - x||_2. The
-  paper maximises over the ball with an optimiser; this is the Monte-Carlo estimate (a lower bound
-  of that maximum), as in Quantus ``LocalLipschitzEstimate``. Neither the paper's estimate nor
-  Quantus' default filters samples by prediction (Bhatt's f(z) = f(x) condition belongs to the
-  sensitivities), and ours does not either. With ``normalise=True`` it is Quantus' normalised
-  variant, except for how maps are normalised (below).
-- Relative Input Stability (Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022,
-  "Rethinking Stability for Attribution-based Explanations", arXiv:2203.06877; Quantus
-  ``RelativeInputStability``): max over samples x' with the same top-1 prediction as x of
-  ||(e_x - e_x') / e_x||_p / max(||(x - x') / x||_p, eps_min); elementwise divisions, where
-  e_x = 0 (or x = 0) the divisor is eps_min (Quantus' guard), p = 2 over all elements.
+- Max-Sensitivity (Yeh et al., NeurIPS 2019, "On the (In)fidelity and Sensitivity of
+  Explanations"; reference ``chihkuanyeh/saliency_evaluation`` ``infid_sen_utils.py``
+  ``get_exp_sens``): max over samples of ||phi(x') - phi(x)|| / ||phi(x)|| (the division is the
+  reference code's; defaults r = 0.2, 50 samples, Frobenius norm).
+- Avg-Sensitivity (Bhatt, Weller & Moura, IJCAI 2020; Quantus ``AvgSensitivity``): the mean of
+  the same quotient (``same_prediction=True``: only samples keeping the top-1 class).
+- Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018, arXiv:1806.08049): max over samples
+  of ||phi(x') - phi(x)||_2 / ||x' - x||_2, a Monte-Carlo lower bound of the paper's maximum.
+- Relative Input Stability (Agarwal et al. 2022, arXiv:2203.06877): max over samples with the
+  same top-1 class of ||(e_x - e_x') / e_x||_p / max(||(x - x') / x||_p, eps_min).
 
-Shared conventions (the reference's unless said):
-
-- phi is the map ``harness.methods.saliency(method, ...)`` returns ``[H, W]`` (non-negative by
-  default; ``method_params={"signed": True}`` for the signed variant). The reference measures the
-  raw signed attribution of all channels of its MNIST inputs; ours measures the map being scored.
-- Units of the radius. The reference's loader has only ``transforms.ToTensor()``: its inputs are
-  [0, 1] pixels, so r = 0.2 is 20% of the pixel range. Our ``x`` is the model input, normalised
-  with the model's mean/std, so by default (``radius_units="pixel"``) channel c gets the radius
-  r / std_c in input space (``model_info(model).std``; for ImageNet models about 4.4 times larger
-  than r itself), the same ball in pixels as the reference. ``radius_units="input"`` draws the
-  ball in the model's input space as given (Captum's and Quantus' convention: they perturb the
-  array they are handed, here the normalised input). ``noise="gaussian"`` draws N(0, r^2) per
-  element instead (in the same units; Quantus' Local Lipschitz default: sigma 0.1, 200 samples).
-- Randomness: image i's deltas ``[n_samples, C, H, W]`` come from
-  ``harness.seeding.image_generator(seed, ids[i] or i, salt="robustness")`` on the CPU, so the
-  four metrics see the same deltas for the same settings, and an image's value does not depend on
-  the batch it is in, ``batch_size`` or the device. Stochastic methods (SmoothGrad, the random
-  control) seed their noise by the values of the image they are given
-  (``harness.seeding.content_generator``), so they too give the same values at any batch size, and
-  a perturbed input gets noise of its own (not the clean map's).
-- Batched: the (image, sample) pairs are taken image-major, ``batch_size`` perturbed inputs per
-  ``saliency`` call (several images' samples stacked in one call), memory bounded by
-  ``batch_size``. Statistics are computed in float64.
-- A NaN/inf map, clean or perturbed, raises ``ValueError`` naming the image (and the sample).
-  ||phi(x)|| = 0 (an all-zero clean map) gives inf (or NaN for 0/0) in the sensitivities, as the
-  reference's division does; Captum replaces a zero denominator by 1.
-- Normalisation (Local Lipschitz ``normalise=True``): each map is divided by its own max |value|;
-  an all-zero map is left as it is (zeros; dividing would give 0/0 = NaN). Quantus'
-  ``normalise_by_max`` divides by the max |value| over ALL axes of the array it is handed,
-  including the batch axis (``Metric.__call__`` applies it to the whole ``a_batch`` and
-  ``explain_batch`` to each batch of perturbed maps), so there a map's scale depends on the other
-  images of its batch; and it leaves an array that is all zeros unchanged. Our per-map
-  normalisation is a deliberate difference: an image's value must not depend on its batch.
-
-Peer settings (not ours): Captum ``sensitivity_max``: radius 0.02, 10 samples, Frobenius norm,
-uniform L-inf ball, in input units. Quantus ``MaxSensitivity`` / ``AvgSensitivity``: uniform
-noise with ``lower_bound`` 0.2 (our ball with ``radius_units="input"``), 200 samples, Frobenius
-norms, ``normalise=False`` (no normalisation of the maps); ``return_nan_when_prediction_changes``
-off. Quantus ``LocalLipschitzEstimate``: Gaussian noise sigma 0.1, 200 samples,
-``normalise=True`` (``normalise_by_max`` over the batch, above; ours: ``normalise=False``, the
-paper's quotient), a 1e-10 added to the denominator. Quantus ``RelativeInputStability``: 200
-samples; its default perturbation is ``batch_uniform_noise`` with ``upper_bound=0.2`` and the
-default ``lower_bound=0.02``, i.e. a one-sided shift drawn from U[0.02, 0.2], not a ball; a sample
-that changes the prediction is NaN and ``np.max`` then makes the whole image NaN, where the paper
-(and ours) takes the max over the samples that keep the prediction.
+Units, randomness, normalisation and peer settings (Captum, Quantus, OpenXAI):
+docs/robustness.md and the metric reference (docs/metrics.md).
 """
 
 from __future__ import annotations
