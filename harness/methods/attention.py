@@ -1,47 +1,20 @@
 """Attention-based saliency for vision transformers that classify from a class token (ViT, DeiT).
 
-Notation: ``A_l`` ``[N, heads, T, T]`` is layer l's softmax attention (rows are queries), T = p + h
-w tokens (p prefix tokens: the class token at position 0, then distillation or register tokens;
-then the patch tokens in row-major order of the h x w grid), ``dA_l`` its gradient of the target
-class's logit (unnormalised, as the reference code's ``one_hot * output``), ``mean_h`` the mean
-over heads and ``(.)^+`` the ReLU. Every method gives a token map ``[N, h * w]`` (the class token's
-row, patch columns: the reference code's ``[0, 1:]``, here ``[0, p:]``), upsampled bilinearly
-(``align_corners=False``) from the patch grid to the input, as the reference notebooks'
-``interpolate(scale_factor=16, mode="bilinear")``; the maps are not min-max scaled (the
-references scale for display only).
+``A_l`` ``[N, heads, T, T]`` is layer l's softmax attention, ``dA_l`` its gradient of the target's
+logit, ``mean_h`` the mean over heads; every map is the class token's row over the patch tokens,
+upsampled bilinearly to the input:
 
-- ``raw_attention``: ``mean_h A_L[cls, patches]`` of the last layer (``layer`` picks another):
-  Chefer, Gur & Wolf 2021's "raw attention" baseline (hila-chefer/Transformer-Explainability
-  ``baselines/ViT/ViT_LRP.py``, ``relprop(method="last_layer_attn")``).
-- ``rollout`` (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"): with
-  ``B_l = (mean_h A_l + I) / rowsum`` (the residual connection), ``R = B_L ... B_s`` from
-  ``start_layer`` s (default 0: every layer); map ``R[cls, patches]``. As
-  ``compute_rollout_attention`` / ``generate_rollout`` in Transformer-Explainability
-  ``baselines/ViT/ViT_explanation_generator.py`` (adapted there from samiraabnar/attention_flow;
-  Chefer et al.'s evaluation scripts call it with ``start_layer=1``).
-- ``generic_attention`` (Chefer, Gur & Wolf, "Generic Attention-model Explainability for
-  Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021, rules 5 and 6 for
-  self-attention): ``R = I``; for l = 1..L: ``R <- R + mean_h (dA_l * A_l)^+ R``; map
-  ``R[cls, patches]``. As ``generate_relevance`` in hila-chefer/Transformer-MM-Explainability
-  ``Transformer_MM_explainability_ViT.ipynb``. The ReLU is inside the recursion, so the method
-  has no signed variant.
-- ``attention_gradcam``: Grad-CAM on the last layer's attention, Chefer et al. 2021's
-  "GradCAM" baseline for ViT (``generate_cam_attn`` in ``ViT_explanation_generator.py``): head
-  weights ``w_h = mean over patches of dA_L[h, cls, patches]``, map
-  ``(mean_h w_h A_L[h, cls, patches])^+``; the signed variant is the map before the ReLU.
+- ``raw_attention``: ``mean_h A_L[cls, patches]`` (Chefer, Gur & Wolf 2021's baseline;
+  hila-chefer/Transformer-Explainability ``baselines/ViT/ViT_LRP.py``).
+- ``rollout`` (Abnar & Zuidema 2020): ``R = B_L ... B_s``, ``B_l = (mean_h A_l + I) / rowsum``
+  (``generate_rollout`` in Transformer-Explainability ``ViT_explanation_generator.py``).
+- ``generic_attention`` (Chefer, Gur & Wolf, ICCV 2021, rules 5 and 6): ``R = I``, ``R <- R +
+  mean_h (dA_l * A_l)^+ R`` (``generate_relevance`` in hila-chefer/Transformer-MM-Explainability).
+- ``attention_gradcam``: ``(mean_h w_h A_L[h, cls, patches])^+``, ``w_h`` the mean over patches of
+  ``dA_L[h, cls, patches]`` (``generate_cam_attn``).
 
-The attention probabilities are recorded without the user writing hooks, from the layers in
-``ModelInfo.attention_layers`` (set for torchvision's and timm's ViT/DeiT by
-``harness.load_model`` and ``attach_info``): torchvision's ``EncoderBlock`` calls
-``nn.MultiheadAttention`` with ``need_weights=False``, so a forward hook recomputes the module's
-output from its input with the module's own ``in_proj`` and ``out_proj`` weights (softmax(q k^T /
-sqrt(d)) v, the computation of ``F.multi_head_attention_forward``) and returns it in place of the
-module's: the probabilities are then part of the graph (a test checks the output equals the
-module's own and the probabilities equal its ``need_weights=True`` weights). timm's ``Attention``
-runs with ``fused_attn`` off (its explicit softmax path) and a hook keeps the output of its
-``attn_drop`` (the identity in eval mode: the probabilities that multiply v). Both are undone on
-exit. Gradients of a batch come from one backward of the summed target logits (an image's
-attention reaches only its own logit).
+How the attention is recorded, the tests against the reference code and the differences:
+docs/transformers.md (Attention methods).
 """
 
 from __future__ import annotations

@@ -2,52 +2,16 @@
 2020, "Captum: A unified and generic model interpretability library for PyTorch",
 arXiv:2009.07896). Captum computes the attribution; nothing of its algorithms is written here.
 
-Which classes: those of ``captum.attr`` that explain a class score of the model (``attribute``
-takes ``inputs`` and ``target``), are built from the model (``forward_func``/``model``, plus
-``layer`` for layer methods) and need no other constructor argument (``captum.attr`` at import:
-Saliency, IntegratedGradients, Occlusion, DeepLift, GradientShap, LRP, FeatureAblation, Lime,
-KernelShap, LayerGradCam, LayerConductance, GuidedGradCam, ...). Neuron attributions (a neuron,
-not a class), ``LayerActivation`` (no target), ``NoiseTunnel`` (use our ``smoothgrad`` with
-``base: "captum:<Class>"``) and ``LimeBase`` (callables only) are not methods.
+The classes of ``captum.attr`` that explain a class score and are built from the model (plus a
+``layer`` for layer methods) are methods; parameters go to the constructor (``init``) or to
+``attribute`` (or flat, placed by signature); input attributions ``[N, C, H, W]`` are reduced over
+channels (``reduce``, default ``abs_max``), layer attributions upsampled (``upsample``, default
+bilinear) then reduced. Random classes run seeded (``seed``) with the caller's generator states
+restored, and those that draw for the whole batch in sequence (``DRAW_PER_IMAGE``) one image at a
+time, so an image's map does not depend on its batch.
 
-Parameters (``params`` of a config entry or keywords of ``saliency``):
-
-- ``init: {...}`` constructor keywords and ``attribute: {...}`` keywords of ``attribute``; or the
-  same names flat (``n_steps: 20``), each placed by inspecting the two signatures (a name both
-  take must be given under ``init`` or ``attribute``). ``inputs``, ``target``, the model, the
-  layer, ``additional_forward_args`` and ``return_convergence_delta`` are set by the harness.
-  YAML lists become tuples (``sliding_window_shapes: [3, 15, 15]``); ``baselines: zero`` is a
-  zero tensor ``[1, C, H, W]`` in the model's input space (the mean colour, as our
-  ``integrated_gradients``' default); ``feature_mask``/``layer_mask: {grid: k}`` are k x k-pixel
-  squares shared by the channels (Captum's default mask makes every scalar a feature:
-  C*H*W forwards per image). From Python any value Captum accepts (tensors) may be passed.
-- ``layer`` (layer methods and ``GuidedGradCam``): module name, default the model's
-  ``cam_layer``, exactly as our ``gradcam``; a module that runs several times per forward is
-  explained at its last call (harness/methods/_adapt.py ``library_layer``). Captum reads the
-  layer's output as ``[N, K, h, w]`` and takes no reshape: on a model that declares a tokens or
-  channels-last layout (``ModelInfo.layout``: ViT, DeiT, Swin) the layer methods are refused (use
-  ``gradcam`` or ``gradcam:<CAMClass>``, which convert the layout), and a 4-D attribution that
-  cannot be a map of the image is refused (harness/layouts.py ``check_grid``).
-- ``upsample`` (layer methods): Captum's ``LayerAttribution.interpolate`` mode from the layer's
-  resolution to the input's, default ``"bilinear"`` (``align_corners=False``, as our ``gradcam``;
-  Captum's own default is ``"nearest"``).
-- ``seed`` (default 0): Captum's random methods (GradientShap, Lime, KernelShap,
-  ShapleyValueSampling, FeaturePermutation, ...) draw from torch's and numpy's global generators;
-  each call runs with them seeded and restored after, so maps are reproducible and the caller's
-  random streams are untouched. Captum draws GradientShap's, LayerGradientShap's, Lime's and
-  KernelShap's samples for the whole batch in sequence, so these (``DRAW_PER_IMAGE``) are called
-  one image at a time, seeded with ``harness.seeding.content_seed(seed, image)``: an image's map
-  does not depend on its batch. ShapleyValueSampling draws permutations shared by the batch (the
-  same at any batch size); FeaturePermutation permutes features across the batch, so its maps
-  depend on the batch by definition. GradientShap's noise is drawn on the input's device (CUDA's
-  generator on a GPU): the same seed gives other numbers on another device.
-- ``reduce``: the channel reduction to ``[N, H, W]`` (``REDUCTIONS``, default ``abs_max``); the
-  signed variant is the channel sum. Layer attributions are upsampled first, then reduced over
-  the layer's channels (``LayerGradCam`` has one channel: its map is |CAM|, pass
-  ``relu_attributions: true`` for Grad-CAM's ReLU).
-
-Input-space classes also expose the raw attribution ``[N, C, H, W]``, so ``smoothgrad`` averages
-it (note Captum's ``Saliency`` returns |gradient| unless ``abs: false``).
+Which classes, parameters, layers, seeding and batch dependence: docs/howto/method.md (Adapters)
+and docs/transformers.md (layouts).
 """
 
 from __future__ import annotations

@@ -1,37 +1,15 @@
 """pytorch-grad-cam adapter: every CAM class of ``pytorch_grad_cam`` is method
 ``gradcam:<CAMClass>`` (Gildenblat & contributors, https://github.com/jacobgil/pytorch-grad-cam):
-GradCAM, GradCAMPlusPlus, XGradCAM, EigenCAM, EigenGradCAM, LayerCAM, HiResCAM, ScoreCAM,
-AblationCAM, FullGrad, ... The library computes the maps; nothing of its algorithms is written
-here.
+GradCAM, GradCAMPlusPlus, XGradCAM, EigenCAM, LayerCAM, HiResCAM, ScoreCAM, AblationCAM,
+FullGrad, ... The library computes the maps; nothing of its algorithms is written here.
 
-What the library returns, and so what these methods return: per image, the ReLU of the CAM, scaled
-to [0, 1] by its own min-max (``scale_cam_image``: c = cam - min(cam), c / (max(c) + 1e-7)) and
-resized to the input with ``cv2.resize`` (bilinear). There is no signed variant.
+The maps are the library's: per image the ReLU of the CAM, min-max scaled to [0, 1] and resized to
+the input (no signed variant). ``layer`` defaults to the model's ``cam_layer`` (a module run
+several times is explained at its last call); the library's ``reshape_transform`` comes from the
+model's declared layout; ``init`` / ``call`` hold extra keywords.
 
-Parameters:
-
-- ``layer``: module name, default the model's ``cam_layer``, exactly as our ``gradcam`` takes it;
-  a module that runs several times per forward (EfficientNet-Lite's shared ``_swish``) is
-  explained at its last call, as our ``gradcam`` does (pytorch-grad-cam given the shared module
-  itself would use its first call). ``FullGrad`` takes no layer (it uses every bias).
-  pytorch-grad-cam's ``reshape_transform`` comes from the model's declared layout
-  (``ModelInfo.layout``, harness/layouts.py ``to_channels_first``): a ViT's tokens and Swin's
-  channels-last maps reach the library as ``[N, C, h, w]``, as the library's documented
-  ``reshape_transform`` for ViT (``tensor[:, 1:, :].reshape(N, 14, 14, C)`` then channels first)
-  and Swin do, and an output whose layout is unknown is refused before the library reads it
-  (a convolutional layer's output passes unchanged).
-- ``init: {...}`` extra constructor keywords (``AblationCAM``'s ``batch_size``, ``KPCA_CAM``'s
-  ``kernel``, ...) and ``call: {...}`` keywords of the call (``aug_smooth``, ``eigen_smooth``);
-  or the same names flat, placed by signature inspection.
-
-The classes are called with ``ClassifierOutputTarget(target_i)`` per image, on inputs that require
-grad (so gradients reach the layer of a model with frozen parameters), and their hooks are
-released through ``__exit__`` (not a ``with`` block: pytorch-grad-cam's ``__exit__`` swallows an
-``IndexError`` and would return nothing); after a failed call the hooks are removed without the
-library's in-place detach, which can fail and hide the call's error (``_release_after_failure``).
-The call runs with the global random generators seeded with 0 and restored after (none of the
-offered classes is meant to be random). ``RandomCAM`` is not offered: it draws from numpy's
-global random state, unseeded (use our ``random`` control).
+Parameters, hook release, seeding and what is not offered: docs/howto/method.md (Adapters) and
+docs/transformers.md (layouts).
 """
 
 from __future__ import annotations

@@ -1,39 +1,16 @@
 """RISE: Randomized Input Sampling for Explanation (Petsiuk, Das & Saenko, BMVC 2018,
 arXiv:1806.07421; reference code eclique/RISE, ``explanations.py`` ``RISE.generate_masks`` and
-``RISE.forward``, and ``Easy_start.ipynb``).
+``RISE.forward``).
 
-Definition, as the reference computes it:
+N binary ``s x s`` grids, a cell kept with probability ``p``, upsampled bilinearly as
+``skimage.transform.resize`` does and cropped at a random shift; the map is
+``S = sum_i P(target | x * M_i) M_i / (N p)``, the softmax probability on the image masked in the
+model's input space (a masked pixel is the mean colour). Defaults N = 4000, s = 7, p = 0.5. The
+masks come from ``image_generator(seed, "masks", salt="rise")`` and are shared by all images, as
+the reference's; they are built on the model's device ``batch_size`` at a time.
 
-- masks: ``N`` binary grids of ``s x s`` cells, a cell kept (1) with probability ``p``
-  (``rand(N, s, s) < p``); with ``cell = ceil(H / s)`` x ``ceil(W / s)``, each grid is upsampled
-  bilinearly to ``(s + 1) * cell`` per axis exactly as ``skimage.transform.resize(grid, up,
-  order=1, mode="reflect", anti_aliasing=False)`` does (scipy ``zoom``, ``grid_mode=True``:
-  half-pixel centres, mirror boundary; here as two interpolation matrices, ``R @ grid @ C^T``,
-  a test checks it against skimage), then cropped to ``H x W`` at a random shift
-  ``(dy, dx)``, ``dy`` uniform in ``[0, cell_h)`` and ``dx`` in ``[0, cell_w)``;
-- saliency: ``S[h, w] = sum_i P(target | x * M_i) M_i[h, w] / (N p)``, the mask-weighted mean of
-  the target's softmax probability divided by the keep probability (the paper's eq. 6, the
-  Monte-Carlo estimate of E[f(x * M) | M(h, w) = 1]). The reference wraps the model in
-  ``nn.Softmax`` and multiplies the normalised input by the mask, so a masked pixel is 0 in the
-  model's input space (the dataset's mean colour): so does this.
-
-Defaults: ``n_masks = 4000``, ``grid_size = 7``, ``p_keep = 0.5`` (the paper's ``s`` and ``p``;
-the issue that asked for this method gives N = 8000 as the paper's setting for ResNet50, and the
-reference notebooks use other settings: ``Saliency.ipynb`` N = 6000, s = 8, p1 = 0.1,
-``Evaluation.ipynb`` N = 5000, s = 10, p1 = 0.1, ``Easy_start.ipynb`` N = 2000, s = 8, p1 = 0.5).
-
-Where this differs from the reference code, and why:
-
-- randomness: the reference draws grids and shifts from numpy's global state; here they come from
-  a CPU ``torch.Generator`` seeded by ``harness.seeding.image_generator(seed, "masks",
-  salt="rise")``: the grids ``[N, s, s]`` first, then the ``N`` row shifts, then the ``N``
-  column shifts. As in the reference (which generates the masks once and reuses them for every
-  image), all images share the masks, so an image's map does not depend on its batch.
-- memory: the reference holds all ``N`` masks ``[N, H, W]`` and all ``N`` masked images at once
-  (about 3.2 GB for N = 4000 at 224 x 224); here masks are built on the model's device from the
-  grids, ``batch_size`` (model inputs per forward) at a time, and never all held at once.
-- ``RISEBatch`` in the reference omits the division by ``N p`` (``RISE.forward`` and the
-  notebook divide); this divides, as the paper's formula does.
+The reference in detail, its notebooks' settings and where this differs (seeding, memory,
+``RISEBatch``): docs/howto/method.md (RISE).
 """
 
 from __future__ import annotations
