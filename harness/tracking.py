@@ -1,31 +1,14 @@
 """MLflow logging: the only module of the harness that imports mlflow.
 
 One parent run per experiment run and one nested child run per method, created when the run
-starts (status RUNNING), updated while it computes, ended FINISHED, FAILED (the error in the
-``harness.error`` tag of the run it concerns) or KILLED (Ctrl-C, SIGTERM, or closed by
-``harness log`` after the process died); selecting the children in the UI compares the methods.
+starts (RUNNING), updated while it computes, ended FINISHED, FAILED or KILLED. The store is
+``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else the embedded ``sqlite:///mlflow.db`` of the
+working folder (resolved to an absolute path once); ``check_tracking`` makes a real client call
+before any compute. Run ids are saved in the run folder's state, so a resumed or re-logged run
+reopens them; a failing tracking call never stops the computation and re-logging is idempotent.
 
-- Where: ``tracking.uri`` in the config, else ``MLFLOW_TRACKING_URI``, else the embedded
-  ``sqlite:///mlflow.db`` of the working folder, resolved to an absolute path once (and its
-  artifacts beside it, ``mlruns/``); the experiment likewise (``MLFLOW_EXPERIMENT_NAME``, else
-  ``harness``). ``check_tracking`` makes a real client call before any compute.
-- Parent: the config as params, MLflow's own tags (commit, branch, repository, entry point, user)
-  and the harness's, a description (``mlflow.note.content``) with every metric's direction and
-  definition and how to read the logged keys, ending with the results table; the dataset as a run
-  input (context ``evaluation``, its fingerprint as digest); artifacts (resolved config, records,
-  CSV, tables, figures).
-- Child per method: params ``method.*``; while computing, ``live.<column>.mean`` and
-  ``live.<column>.n`` (step = images so far) at most every ``tracking.update_seconds``, with a
-  heartbeat tag (host, PID, time); at the end ``<column>.mean``, ``.ci_low``, ``.ci_high``, ``.n``
-  (and ``.p``, ``.p_holm`` where a paired test ran) at step 0, so the chart view draws one bar
-  per method; ``time.seconds`` (what the method's units cost); the mean curves as step metrics
-  ``curve.<name>`` with their x values as ``curve.<name>.x``; artifacts under the same names in
-  every child (``per_image.csv``, ``maps.png``, also logged as an image) so Compare pairs them.
-- Robustness: the ids are written to the run folder's state as soon as they exist, so a resumed
-  (or re-logged) run reopens them; a failing tracking call never stops the computation; every
-  final value is logged idempotently, so re-logging duplicates nothing. HTTP calls are bounded
-  (a short timeout, two retries) while the harness makes them; the user's own settings win, and
-  the process environment is left as it was.
+What the parent and each child hold, live metrics and the behaviour when the server goes away:
+docs/howto/mlflow.md.
 """
 
 from __future__ import annotations

@@ -1,31 +1,15 @@
 """Vision transformers as first-class models: their metadata, and timm's models by name.
 
-``describe(model)`` recognises torchvision's ``VisionTransformer`` (``vit_*``), ``SwinTransformer``
-(``swin_*``, v1 and v2) and ``MaxVit`` (``maxvit_t``), and timm's ``VisionTransformer`` (ViT,
-DeiT, DeiT distilled, register-token ViTs) and ``SwinTransformer``, and returns the
-``ModelInfo`` fields they need (``{}`` for any other model, whose metadata stays the generic one):
+``describe(model)`` recognises torchvision's ``VisionTransformer``, ``SwinTransformer`` (v1, v2)
+and ``MaxVit`` and timm's ``VisionTransformer`` (ViT, DeiT, distilled, register tokens) and
+``SwinTransformer``, and returns the ``ModelInfo`` fields they need (``{}`` for any other model):
+``blocks`` for model-parameter randomization (top down), ``cam_layer`` and its ``layout``,
+``patch_size`` and ``attention_layers``. ``timm_builder(name)`` builds ``timm:<name>`` for
+``harness.load_model`` (timm's pretrained weights, a tag, ``"random"`` or ``checkpoint=PATH``)
+with the preprocessing of the weights' pretrained config.
 
-- ``blocks`` (model-parameter randomization, top down): the head (with the final norm), then each
-  transformer block as one step from the last to the first (Swin's patch-merging layers and
-  MaxViT's layers are steps of their own), then the patch embedding (with the class, distillation
-  and register tokens and the position embedding, which are bare parameters).
-- ``cam_layer`` and its ``layout`` (``harness.layouts``): for a ViT the first norm of the last
-  block (``encoder_layer_{L-1}.ln_1`` in torchvision, ``blocks.{L-1}.norm1`` in timm: the input of
-  the last attention, whose patch tokens still reach the class token; the last block's output
-  patch tokens do not, so their gradient is zero), tokens with the model's prefix tokens and
-  patch grid, as pytorch-grad-cam's ViT tutorial (``model.blocks[-1].norm1`` with a
-  ``reshape_transform``). For Swin the final norm (channels last ``[N, h, w, C]``), pooled by the
-  head, so Grad-CAM there is CAM (Zhou et al. 2016). For MaxViT the last stage ``blocks.3``
-  (channels first).
-- ``patch_size`` (pixels per side of an input patch) and ``attention_layers`` (the self-attention
-  modules in forward order, for ``harness.methods.attention``; only for ViTs whose head reads the
-  class token at position 0).
-
-``timm_builder(name)`` builds ``timm:<name>`` for ``harness.load_model``: weights through timm's
-own API (``timm.create_model(name, pretrained=True)``: the Hugging Face Hub, cached), a pretrained
-tag (``weights="augreg_in21k_ft_in1k"``), ``"random"`` (seeded) or ``checkpoint=PATH`` (a
-state dict, ``.safetensors`` or a ``weights_only`` torch file); preprocessing (mean, std, input
-size, resize = floor(input size / crop_pct), interpolation) from the weights' pretrained config.
+The layers chosen and why, weights and preprocessing: docs/transformers.md (Models, Layout-aware
+CAMs).
 """
 
 from __future__ import annotations

@@ -1,41 +1,14 @@
 """The ``pasted_objects`` dataset: ground-truth masks known by construction.
 
-``pasted_objects``: objects cut from the photos that ship with scikit-image and matplotlib, pasted
-at seeded positions and scales onto crops of other bundled images, so the object mask is known by
-construction (it is exactly the set of pasted pixels). Per object, the cut-out is a hand-drawn
-outline (polygons and ellipses in the source photo's pixel coordinates, checked by overlaying
-them on the photo) and a set of ImageNet classes that count as recognising it (the photo's top-1
-class under EfficientNet-Lite0 and its near synonyms). Candidate k (k = 0, 1, ...) draws from
-``image_generator(seed, k, salt="pasted_objects")``: the object is ``objects[k % len(objects)]``
-(round robin), then a background, a square crop of it (side 50-100% of the shorter side, resized
-to ``canvas`` x ``canvas``), a horizontal flip (p = 1/2), the object's size (its longer side =
-``scale`` [default 0.3-0.7] x the central 87.5% of the canvas) and a position inside that central
-square (so a 256 -> 224 centre crop keeps it whole). The object is resized (bilinear; its mask
-nearest-neighbour) and its masked pixels replace the background's. With a ``model`` (default
-``efficientnet_lite0``) only candidates whose top-1 prediction is one of the object's classes are
-kept, until ``size`` are; their label is that prediction. Without one, every candidate is kept with
-the object's nominal class.
+Objects cut along hand-drawn outlines from the photos that ship with scikit-image and matplotlib
+are pasted at seeded positions, flips and scales onto crops of other bundled images, so the object
+mask is exactly the set of pasted pixels. Candidate k draws from ``image_generator(seed, k,
+salt="pasted_objects")``; with a ``model`` (default ``efficientnet_lite0``) only candidates whose
+top-1 prediction is one of the object's classes are kept, until ``size`` are (label = that
+prediction).
 
-The rocket of ``skimage.data.rocket`` is not offered: cut from its launch tower and night sky,
-EfficientNet-Lite0 recognised it in none of 24 placements even at 50-100% size (mostly
-"matchstick"). Survival under Lite0 with the defaults (first 120 candidates): cat 16/24,
-espresso 8/24, tripod 5/24, uniform 4/24, motorcycle 0/24 (it survives 11/24 at
-``scale=(0.5, 1.0)``); ``size=24`` is reached at candidate k = 81 (the 82nd). Larger objects
-survive more often but make the pointing game easy for a centre prior (at 0.5-1.0 the
-``center`` control hit as often as Grad-CAM), hence the default.
-
-Limits (stated in the README too): the outlines are hand-drawn, accurate to a few pixels, so a thin
-rim of the source photo's background travels with some objects and is inside the mask; the cut
-edges are hard (the model can see the seam); few objects (five) and backgrounds (ten textures and
-non-object photos), so it tests localisation on a handful of appearances, not a distribution; the
-filter makes the kept set depend on the model (the default is the bundled EfficientNet-Lite0) and
-rejects the placements where that model does not recognise the object (some objects survive far
-more often than others): the dataset records it (``Dataset.filter_model``, e.g.
-``efficientnet_lite0 (default)``) and the runner warns when the evaluated model differs, since
-then the images were chosen by another model's predictions; the filter runs on the CPU (a model
-on another device is copied there) in fixed chunks of 8 candidates, so the kept set is
-reproducible on one machine whatever the model's device, but a candidate whose top two classes
-are within float rounding of each other could flip on another BLAS.
+Construction in detail, survival rates, measured numbers and limits: docs/robustness.md (Ground
+truth).
 """
 
 from __future__ import annotations
