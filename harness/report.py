@@ -121,7 +121,10 @@ def similarity_note(records: Sequence[dict] | pd.DataFrame) -> str | None:
                          f"normalisations {normalisations}); tables need one setting per run")
     version = versions.pop()
     measures = list(dict.fromkeys(rows["measure"]))
-    return describe(measures, normalisations.pop(), None if version is None else int(version))
+    modes, orders = values("mode"), values("order")  # records before ``order``: top-down
+    return describe(measures, normalisations.pop(), None if version is None else int(version),
+                    order=orders.pop() if len(orders) == 1 else None,
+                    mode=modes.pop() if len(modes) == 1 else None)
 
 
 def _cell(row, bold: bool, latex: bool) -> str:
@@ -313,9 +316,11 @@ def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.Pa
         mine = rows.sort_values("step", kind="stable").to_dict("records")
         blocks = tuple(dict.fromkeys(r["block"] for r in mine))
         normalisation = mine[0].get("map_normalisation")
+        order = mine[0].get("order")
         results.append(RandomizationResult(
             method, mine[0]["mode"], mine[0]["target_mode"], seed, blocks, mine,
             map_normalisation="method" if normalisation is None or pd.isna(normalisation)
-            else normalisation))
+            else normalisation,
+            order="top_down" if order is None or pd.isna(order) else order))
     measures = tuple(dict.fromkeys(frame["measure"]))
     return similarity_curves(results, path, measures=measures, seed=seed)
