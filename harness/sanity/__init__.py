@@ -1,5 +1,6 @@
-"""Sanity checks for saliency maps (Adebayo et al. 2018): model-parameter and data
-randomization, with the paper's similarity measures."""
+"""Sanity checks for saliency maps: model-parameter and data randomization (Adebayo et al.
+2018) with the paper's similarity measures, in both layer orders; Smooth and Efficient MPRT
+(Hedström et al. 2024); input invariance (Kindermans et al. 2019); the random-logit test."""
 
 from harness.sanity.data_randomization import (
     DataRandomizationResult,
@@ -14,6 +15,12 @@ from harness.sanity.randomization import (
     randomize,
     resolve_blocks,
 )
+from harness.sanity.revisited import (
+    EfficientMPRTResult,
+    SmoothMPRTResult,
+    efficient_mprt,
+    smooth_mprt,
+)
 from harness.sanity.similarity import MEASURES, UndefinedSimilarity
 
 __all__ = [
@@ -21,4 +28,5 @@ __all__ = [
     "data_randomization", "model_randomization", "randomize", "render_digits", "resolve_blocks",
     "train_pair",
     "RandomLogitResult", "other_classes", "random_logit",
+    "EfficientMPRTResult", "SmoothMPRTResult", "efficient_mprt", "smooth_mprt",
 ]
