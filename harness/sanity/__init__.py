@@ -8,6 +8,7 @@ from harness.sanity.data_randomization import (
     render_digits,
     train_pair,
 )
+from harness.sanity.input_invariance import InputInvarianceResult, input_invariance
 from harness.sanity.random_logit import RandomLogitResult, other_classes, random_logit
 from harness.sanity.randomization import (
     RandomizationResult,
@@ -29,4 +30,5 @@ __all__ = [
     "train_pair",
     "RandomLogitResult", "other_classes", "random_logit",
     "EfficientMPRTResult", "SmoothMPRTResult", "efficient_mprt", "smooth_mprt",
+    "InputInvarianceResult", "input_invariance",
 ]
