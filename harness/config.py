@@ -62,6 +62,14 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class AgreementConfig:
+    """Agreement between every pair of methods (``harness.agreement``, Krishna et al. 2022) on
+    the figure images; off unless ``top_k`` is set: pixels (an integer) or a fraction of them."""
+
+    top_k: int | float | None = None
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     methods: tuple[MethodConfig, ...]
@@ -78,6 +86,7 @@ class ExperimentConfig:
     figure_images: int = 6
     output_dir: str = "outputs/experiment"
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    agreement: AgreementConfig = field(default_factory=AgreementConfig)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -87,7 +96,7 @@ class ExperimentConfig:
         tracking, the output folder, the figures or the tables' CI method, which the resolved
         config also records)."""
         content = self.to_dict()
-        for key in ("tracking", "output_dir", "figure_images", "ci_method"):
+        for key in ("tracking", "output_dir", "figure_images", "ci_method", "agreement"):
             content.pop(key)
         content["data"].pop("workers")  # how images are decoded changes no number
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
@@ -399,6 +408,17 @@ def from_dict(raw: dict) -> ExperimentConfig:
                           f"{config.method_batch_size}")
     if config.figure_images < 0:
         raise ConfigError(f"figure_images: must be >= 0, got {config.figure_images}")
+    top_k = config.agreement.top_k
+    if top_k is not None:
+        if (isinstance(top_k, int) and top_k < 1) or (isinstance(top_k, float)
+                                                      and not 0 < top_k <= 1):
+            raise ConfigError(f"agreement.top_k: pixels (an integer >= 1) or a fraction in "
+                              f"(0, 1], got {top_k!r}")
+        if len(methods) < 2 or config.figure_images < 1:
+            raise ConfigError("agreement.top_k: agreement compares the maps of two or more "
+                              "methods on the figure images; this config has "
+                              f"{len(methods)} method(s) and figure_images "
+                              f"{config.figure_images}")
     check_device(config.device)
     _check_choice(config.target, ("label", "predicted"), "target")
     _check_choice(config.ci_method, CI_METHODS, "ci_method")

@@ -115,6 +115,12 @@ def write_outputs(config: ExperimentConfig, prepared, records, run_label: str) -
             method_files.setdefault(method, []).append(path)
     plot_mean_curves(records, figures / "curves.png", seed=config.seed)
     plot_randomization(records, figures / "randomization.png", seed=config.seed)
+    plot_randomization(records, figures / "smooth_mprt.png", seed=config.seed,
+                       metric="smooth_mprt")
+    if inputs is not None and config.agreement.top_k is not None:  # harness.agreement
+        from harness.agreement import run_agreement
+
+        run_agreement(config, prepared, inputs[2])
     note = similarity_note(records)
     write_tables(summary, {**table_meta(config, info.weights, run_label), "similarity": note},
                  output / "tables")

@@ -25,6 +25,8 @@ from harness.io import atomic_save, atomic_write
 from harness.stats import bootstrap_ci, holm, paired_wilcoxon
 
 CI_NAMES = {"bca": "BCa", "percentile": "percentile"}
+# their curves run over randomization steps, not fractions: figures of their own
+RANDOMIZATION_METRICS = ("model_randomization", "smooth_mprt", "efficient_mprt")
 ARROWS = {"up": ("↑", r"$\uparrow$"), "down": ("↓", r"$\downarrow$")}
 
 
@@ -267,7 +269,7 @@ def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: 
 
     from harness.metrics import auc
 
-    curves = metric_curves(records, exclude=("model_randomization",))
+    curves = metric_curves(records, exclude=RANDOMIZATION_METRICS)
     if not curves:
         return None
     figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
@@ -299,15 +301,16 @@ def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: 
 
 
 def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.PathLike, *,
-                       seed: int = 0) -> str | None:
-    """Similarity-versus-block curves with 95% bands, from randomization records."""
+                       seed: int = 0, metric: str = "model_randomization") -> str | None:
+    """Similarity-versus-block curves with 95% bands, from the records of a randomization
+    metric (``model_randomization`` or ``smooth_mprt``)."""
     from harness.sanity.figures import similarity_curves
     from harness.sanity.randomization import RandomizationResult
 
     frame = as_frame(records)
     if frame.empty or "metric" not in frame:
         return None
-    frame = frame[frame["metric"] == "model_randomization"]
+    frame = frame[frame["metric"] == metric]
     if frame.empty:
         return None
     frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
