@@ -49,7 +49,8 @@ from torch import nn
 import harness
 from harness.models import attach_info, prepare
 from harness.sanity import efficient_mprt
-from harness.sanity.revisited import discrete_entropy, preprocess_maps
+from harness.sanity.efficient_mprt import discrete_entropy
+from harness.sanity.revisited import preprocess_maps
 
 PUBLISHED = {  # method: (mean, std) over 1000 MNIST test images, cell 15 of the notebook
     "Gradient": (0.2164980709, 0.0987235732),

@@ -104,7 +104,11 @@ def count_inversions(values: np.ndarray) -> int:
 
 def _tied_pairs(*columns: np.ndarray) -> int:
     """Pairs equal in every column: sum over groups of g (g - 1) / 2."""
-    _, counts = np.unique(np.stack(columns, axis=1), axis=0, return_counts=True)
+    key = np.zeros(columns[0].size, dtype=np.int64)
+    for column in columns:  # one integer per distinct row (dense ranks, mixed radix)
+        ranks = stats.rankdata(column, method="dense").astype(np.int64)
+        key = key * (int(ranks.max()) + 1) + ranks
+    _, counts = np.unique(key, return_counts=True)
     return int(np.sum(counts * (counts - 1) // 2))
 
 

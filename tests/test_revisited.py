@@ -13,16 +13,10 @@ from torch import nn
 import harness
 from harness.models import attach_info, prepare
 from harness.sanity import efficient_mprt, smooth_mprt
+from harness.sanity.efficient_mprt import EfficientMPRTSettings, bins_by_rule, discrete_entropy
 from harness.sanity.randomization import randomization_steps, randomize, resolve_blocks
-from harness.sanity.revisited import (
-    EfficientMPRTSettings,
-    SmoothMPRTSettings,
-    bins_by_rule,
-    discrete_entropy,
-    preprocess_maps,
-    smoothed_maps,
-    smoothing_noise,
-)
+from harness.sanity.revisited import preprocess_maps
+from harness.sanity.smooth_mprt import SmoothMPRTSettings, smoothed_maps, smoothing_noise
 
 
 class SmallNet(nn.Module):

@@ -8,6 +8,7 @@ from harness.sanity.data_randomization import (
     render_digits,
     train_pair,
 )
+from harness.sanity.efficient_mprt import EfficientMPRTResult, efficient_mprt
 from harness.sanity.input_invariance import InputInvarianceResult, input_invariance
 from harness.sanity.random_logit import RandomLogitResult, other_classes, random_logit
 from harness.sanity.randomization import (
@@ -16,13 +17,8 @@ from harness.sanity.randomization import (
     randomize,
     resolve_blocks,
 )
-from harness.sanity.revisited import (
-    EfficientMPRTResult,
-    SmoothMPRTResult,
-    efficient_mprt,
-    smooth_mprt,
-)
 from harness.sanity.similarity import MEASURES, UndefinedSimilarity
+from harness.sanity.smooth_mprt import SmoothMPRTResult, smooth_mprt
 
 __all__ = [
     "MEASURES", "DataRandomizationResult", "RandomizationResult", "UndefinedSimilarity",
