@@ -144,3 +144,20 @@ def test_every_pair_of_methods_tables_and_figures(tmp_path):
     text = (tmp_path / "tables" / "agreement_feature.md").read_text()
     assert "| p | 1.000 |" in text and "top-k = 16 pixels" in text
     assert len(paths) == 1 + 3 * len(MEASURES)
+
+
+def test_config_names_a_bad_top_k():
+    from harness.config import ConfigError, from_dict
+
+    raw = {"name": "t", "methods": ["vanilla", "sobel"], "metrics": {"deletion": {"step": 100}}}
+    assert from_dict({**raw, "agreement": {"top_k": 0.05}}).agreement.top_k == 0.05
+    assert from_dict(raw).agreement.top_k is None  # off by default
+    for bad in (0, 1.5, -2):
+        with pytest.raises(ConfigError, match="agreement.top_k: pixels"):
+            from_dict({**raw, "agreement": {"top_k": bad}})
+    with pytest.raises(ConfigError, match="agreement.top_k: agreement compares the maps of two"):
+        from_dict({**raw, "methods": ["vanilla"], "agreement": {"top_k": 10}})
+    with pytest.raises(ConfigError, match="unknown key 'agreement.k'"):
+        from_dict({**raw, "agreement": {"k": 10}})
+    # the agreement settings change no record: the config hash (resume) ignores them
+    assert from_dict({**raw, "agreement": {"top_k": 3}}).hash() == from_dict(raw).hash()

@@ -236,3 +236,15 @@ def test_documented_differences_from_quantus(small):
     twins = prepare(attach_info(twins, num_classes=4, input_size=4))
     ours = randomize(twins, resolve_blocks(twins, None), seed=0)
     assert not torch.equal(ours[0].weight, ours[2].weight)
+
+
+def test_common_draws_let_a_model_independent_map_score_one(small):
+    """With the same noise for every model, a method that ignores the model (the random
+    control, seeded by the input) gets the same smoothed map from both: similarity 1, as it
+    should; with new draws per model (Quantus) it looks maximally sensitive to the model."""
+    model, x, target = small
+    common = smooth_mprt(model, "random", x, target, n_samples=4, skip_layers=True)
+    assert np.allclose(common.values, 1.0)
+    independent = smooth_mprt(model, "random", x, target, n_samples=4, skip_layers=True,
+                              noise=[smoothing_noise(x, 4, seed=s) for s in (0, 1)])
+    assert np.all(independent.values < 0.5)

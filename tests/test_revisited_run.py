@@ -44,7 +44,7 @@ def test_a_run_with_the_revisited_checks_and_agreement(tmp_path: Path):
     assert set(randomization["map_normalisation"]) == {"second_moment"}
     invariance = records[records["metric"] == "input_invariance"]
     assert set(invariance["first_layer"]) == {"features.0"}
-    assert invariance[invariance["method"] == "vanilla"]["invariant"].all()
+    assert (invariance[invariance["method"] == "vanilla"]["value"] < 1e-2).all()  # float32
     summary = result["summary"]
     sobel = summary[summary["method"] == "sobel"].set_index("metric")["mean"]
     assert sobel["smooth_mprt"] == 1.0 and sobel["efficient_mprt"] == 0.0  # ignores the model
