@@ -116,6 +116,21 @@ def test_padding_is_absorbed_exactly_per_position():
     assert quantus.__version__ == "0.6.0"
 
 
+def test_quantus_shifts_named_modules_first_entry_which_fails_for_containers():
+    """Quantus 0.6 ``add_mean_shift_to_first_layer`` takes ``named_modules()[1]``: a torchvision
+    model's ``features`` container, which has no ``out_channels``; the harness traces the first
+    layer that the input reaches."""
+    pytest.importorskip("quantus")
+    from quantus.helpers.model.pytorch_model import PyTorchModel
+
+    model = harness.load_model("squeezenet1_1", weights="random")
+    with pytest.raises(AttributeError, match="out_channels"):
+        PyTorchModel(model, channel_first=True).add_mean_shift_to_first_layer(
+            -1.0, (1, 3, 64, 64))
+    _, path = shifted_model(model, -1.0, (3, 64, 64))
+    assert path == "features.0"
+
+
 def test_refuses_a_model_that_changes_its_input_first():
     class Scaled(nn.Module):
         def __init__(self):
