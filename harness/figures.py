@@ -21,6 +21,9 @@ from harness.metrics.registry import as_frame, metric_curves  # noqa: E402
 from harness.sanity.figures import similarity_curves  # noqa: E402
 from harness.sanity.randomization import RandomizationResult  # noqa: E402
 
+# their curves run over randomization steps, not fractions: figures of their own
+RANDOMIZATION_METRICS = ("model_randomization", "smooth_mprt", "efficient_mprt")
+
 
 def saliency_grid(images: np.ndarray, titles: Sequence[str],
                   maps: Mapping[str, torch.Tensor | np.ndarray], path: str | os.PathLike, *,
@@ -62,8 +65,8 @@ def _wrap(title: str, width: int = 22) -> str:
 def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: int = 0
                      ) -> str | None:
     """Mean curves per method (deletion, insertion, MoRF/LeRF, ROAD, ...: every metric whose
-    records carry curves, model randomization apart) with 95% bootstrap bands."""
-    curves = metric_curves(records, exclude=("model_randomization",))
+    records carry curves, the randomization checks apart) with 95% bootstrap bands."""
+    curves = metric_curves(records, exclude=RANDOMIZATION_METRICS)
     if not curves:
         return None
     figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
@@ -95,12 +98,13 @@ def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: 
 
 
 def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.PathLike, *,
-                       seed: int = 0) -> str | None:
-    """Similarity-versus-block curves with 95% bands, from randomization records."""
+                       seed: int = 0, metric: str = "model_randomization") -> str | None:
+    """Similarity-versus-block curves with 95% bands, from the records of a randomization
+    metric (``model_randomization`` or ``smooth_mprt``)."""
     frame = as_frame(records)
     if frame.empty or "metric" not in frame:
         return None
-    frame = frame[frame["metric"] == "model_randomization"]
+    frame = frame[frame["metric"] == metric]
     if frame.empty:
         return None
     frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
@@ -109,9 +113,11 @@ def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.Pa
         mine = rows.sort_values("step", kind="stable").to_dict("records")
         blocks = tuple(dict.fromkeys(r["block"] for r in mine))
         normalisation = mine[0].get("map_normalisation")
+        order = mine[0].get("order")  # records before ``order``: top-down
         results.append(RandomizationResult(
             method, mine[0]["mode"], mine[0]["target_mode"], seed, blocks, mine,
             map_normalisation="method" if normalisation is None or pd.isna(normalisation)
-            else normalisation))
+            else normalisation,
+            order="top_down" if order is None or pd.isna(order) else order))
     measures = tuple(dict.fromkeys(frame["measure"]))
     return similarity_curves(results, path, measures=measures, seed=seed)
