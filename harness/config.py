@@ -74,6 +74,21 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class AgreementConfig:
+    """Agreement between every pair of methods (``harness.agreement``, Krishna et al. 2022) on
+    the figure images; off unless ``top_k`` is set: pixels (an integer) or a fraction of them."""
+
+    top_k: int | float | None = None
+
+    def check(self) -> None:
+        top_k = self.top_k
+        if top_k is not None and ((isinstance(top_k, int) and top_k < 1) or (
+                isinstance(top_k, float) and not 0 < top_k <= 1)):
+            raise ConfigError(f"top_k: pixels (an integer >= 1) or a fraction in (0, 1], got "
+                              f"{top_k!r}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     methods: tuple[MethodConfig, ...]
@@ -92,6 +107,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plugins: tuple[str, ...] = ()  # user modules (names or .py files) imported before validation
     smoke: bool = False  # a smoke run: 2 images, coarse steps, few samples (``--smoke``)
+    agreement: AgreementConfig = field(default_factory=AgreementConfig)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -101,7 +117,7 @@ class ExperimentConfig:
         tracking, the output folder, the figures or the tables' CI method, which the resolved
         config also records)."""
         content = self.to_dict()
-        for key in ("tracking", "output_dir", "figure_images", "ci_method"):
+        for key in ("tracking", "output_dir", "figure_images", "ci_method", "agreement"):
             content.pop(key)
         for key, empty in (("plugins", []), ("smoke", False)):  # as before these keys existed
             if content[key] == empty:
@@ -296,6 +312,13 @@ def from_dict(raw: dict, *, config_path: str | Path | None = None) -> Experiment
     if not math.isfinite(config.tracking.update_seconds) or config.tracking.update_seconds < 0:
         raise ConfigError(f"tracking.update_seconds: must be a finite number >= 0, got "
                           f"{config.tracking.update_seconds}")
+    if config.agreement.top_k is not None:
+        check(config.agreement, "agreement")
+        if len(methods) < 2 or config.figure_images < 1:
+            raise ConfigError("agreement.top_k: agreement compares the maps of two or more "
+                              "methods on the figure images; this config has "
+                              f"{len(methods)} method(s) and figure_images "
+                              f"{config.figure_images}")
     check_device(config.device)
     check_choice("target", config.target, ("label", "predicted"))
     check_choice("ci_method", config.ci_method, CI_METHODS)

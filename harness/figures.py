@@ -20,6 +20,9 @@ from harness.metrics.registry import as_frame, metric_curves  # noqa: E402
 from harness.sanity.figures import similarity_curves  # noqa: E402
 from harness.sanity.randomization import RandomizationResult  # noqa: E402
 
+# their curves run over randomization steps, not fractions: figures of their own
+RANDOMIZATION_METRICS = ("model_randomization", "smooth_mprt", "efficient_mprt")
+
 
 def saliency_grid(images: np.ndarray, titles: Sequence[str],
                   maps: Mapping[str, torch.Tensor | np.ndarray], path: str | os.PathLike, *,
@@ -61,10 +64,10 @@ def _wrap(title: str, width: int = 22) -> str:
 def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: int = 0
                      ) -> str | None:
     """Mean curves as small multiples: one panel per metric whose records carry curves
-    (deletion, insertion, MoRF/LeRF, ROAD, ...; model randomization apart), at most three panels
+    (deletion, insertion, MoRF/LeRF, ROAD, ...; the randomization checks apart), at most three panels
     a row, each method one line of the same colour in every panel with a light 95% bootstrap band,
     and one legend outside the panels. The AUCs are in the run's table."""
-    curves = metric_curves(records, exclude=("model_randomization",))
+    curves = metric_curves(records, exclude=RANDOMIZATION_METRICS)
     if not curves:
         return None
     methods = list(dict.fromkeys(m for by_method in curves.values() for m in by_method))
@@ -104,12 +107,13 @@ def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: 
 
 
 def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.PathLike, *,
-                       seed: int = 0) -> str | None:
-    """Similarity-versus-block curves with 95% bands, from randomization records."""
+                       seed: int = 0, metric: str = "model_randomization") -> str | None:
+    """Similarity-versus-block curves with 95% bands, from the records of a randomization
+    metric (``model_randomization`` or ``smooth_mprt``)."""
     frame = as_frame(records)
     if frame.empty or "metric" not in frame:
         return None
-    frame = frame[frame["metric"] == "model_randomization"]
+    frame = frame[frame["metric"] == metric]
     if frame.empty:
         return None
     frame = frame.drop(columns=[c for c in ("curve", "curve_x") if c in frame])
@@ -118,9 +122,11 @@ def plot_randomization(records: Sequence[dict] | pd.DataFrame, path: str | os.Pa
         mine = rows.sort_values("step", kind="stable").to_dict("records")
         blocks = tuple(dict.fromkeys(r["block"] for r in mine))
         normalisation = mine[0].get("map_normalisation")
+        order = mine[0].get("order")  # records before ``order``: top-down
         results.append(RandomizationResult(
             method, mine[0]["mode"], mine[0]["target_mode"], seed, blocks, mine,
             map_normalisation="method" if normalisation is None or pd.isna(normalisation)
-            else normalisation))
+            else normalisation,
+            order="top_down" if order is None or pd.isna(order) else order))
     measures = tuple(dict.fromkeys(frame["measure"]))
     return similarity_curves(results, path, measures=measures, seed=seed)

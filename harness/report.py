@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.agreement import run_agreement
 from harness.config import ExperimentConfig
 from harness.errors import RunFolderError
 from harness.figures import plot_mean_curves, plot_randomization, saliency_grid
@@ -116,7 +117,10 @@ def similarity_note(records: Sequence[dict] | pd.DataFrame) -> str | None:
                          f"normalisations {normalisations}); tables need one setting per run")
     version = versions.pop()
     measures = list(dict.fromkeys(rows["measure"]))
-    return describe(measures, normalisations.pop(), None if version is None else int(version))
+    modes, orders = values("mode"), values("order")  # records before ``order``: top-down
+    return describe(measures, normalisations.pop(), None if version is None else int(version),
+                    order=orders.pop() if len(orders) == 1 else None,
+                    mode=modes.pop() if len(modes) == 1 else None)
 
 
 def _cell(row, bold: bool, latex: bool) -> str:
@@ -338,6 +342,10 @@ def write_report(config: ExperimentConfig, prepared: Prepared, records,
                           method_folder(output, method) / "maps.png")
     plot_mean_curves(records, figures / "curves.png", seed=config.seed)
     plot_randomization(records, figures / "randomization.png", seed=config.seed)
+    plot_randomization(records, figures / "smooth_mprt.png", seed=config.seed,
+                       metric="smooth_mprt")
+    if inputs is not None and config.agreement.top_k is not None:  # harness.agreement
+        run_agreement(config, prepared, inputs[2])
     note = similarity_note(records)
     write_tables(summary, {**table_meta(config, info.weights, run_label), "similarity": note},
                  output / "tables")

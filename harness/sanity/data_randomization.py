@@ -146,7 +146,7 @@ def data_randomization(method: str, true_model: TrainedModel, permuted_model: Tr
     params = dict(method_params or {})
     ids = list(ids) if ids is not None else [f"digit-{i}" for i in range(len(x))]
     needed = {MEASURES[m].view for m in measures}
-    no_signed = map_normalisation == "method" and get_method(method).signed is None
+    no_signed = map_normalisation != "reference" and get_method(method).signed is None
     views = {}
     for trained in (true_model, permuted_model):
         with torch.inference_mode():
@@ -155,7 +155,8 @@ def data_randomization(method: str, true_model: TrainedModel, permuted_model: Tr
             method, trained.model, x, classes, params=params, normalisation=map_normalisation,
             needed=needed, want_signed="signed" in needed and not no_signed,
             batch_size=batch_size)
-    records = _similarities(views["true"], views["permuted"], measures, ids, no_signed)
+    records = _similarities(views["true"], views["permuted"], measures, ids, no_signed,
+                            map_normalisation)
     for record in records:
         record["method"] = method
     return DataRandomizationResult(method, true_model, permuted_model, records)

@@ -21,7 +21,8 @@ from harness.stats import bootstrap_ci  # noqa: E402
 def cascading_grid(image: np.ndarray, results: Sequence[RandomizationResult],
                    path: str | os.PathLike, *, image_index: int = 0, title: str = "") -> str:
     """Rows: methods; columns: the image's original map, then the map after each cascading step
-    (blocks randomized from the logits down). Needs results computed with ``keep_maps=True``.
+    (blocks randomized in the result's order: from the logits down, or from the input up).
+    Needs results computed with ``keep_maps=True``.
     ``image`` is the uint8 ``[H, W, 3]`` picture shown in the first column."""
     columns = 2 + max(len(result.blocks) for result in results)
     figure, axes = plt.subplots(len(results), columns, squeeze=False,
@@ -101,8 +102,8 @@ def _draw_similarity(axes, results: Sequence[RandomizationResult], measures: Seq
             axis.fill_between(steps, lows, highs, alpha=0.2)
             axis.set_xticks(steps, result.blocks, rotation=90, fontsize=7)
         first = results[0]
-        axis.set_title(f"{measure} ({first.mode}, {first.target_mode}, maps: "
-                       f"{first.map_normalisation})", fontsize=8)
+        axis.set_title(f"{measure} ({first.mode}, {first.order.replace('_', '-')}, "
+                       f"{first.target_mode}, maps: {first.map_normalisation})", fontsize=8)
         axis.axhline(0, color="gray", linewidth=0.5)
         axis.set_ylim(-0.5, 1.05)
     axes[0].set_ylabel("similarity to original map")

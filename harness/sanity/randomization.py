@@ -1,8 +1,14 @@
 """Model-parameter randomization test (Adebayo et al. 2018, "Sanity Checks for Saliency Maps",
 section 3.1; reference code ``sanity_checks_saliency``).
 
-- cascading: re-initialise blocks cumulatively from the logits down (step k has blocks 0..k
+- cascading: re-initialise blocks cumulatively (step k has the first k blocks of the order
   randomized); independent: one block at a time, the rest trained.
+- ``order``: ``top_down`` (the paper: from the logits down, default) or ``bottom_up`` (from the
+  input up; Hedström et al. 2024, "A Fresh Look at Sanity Checks for Saliency Maps", and Binder
+  et al. 2023 show that top-down randomization keeps the scales of the lower layers'
+  activations, so the map of a faithful method may still resemble the original; Quantus 0.6's
+  ``layer_order="bottom_up"``). The order changes which blocks are randomized at each step, not
+  their weights: block k gets the same weights in either order.
 - Each layer is re-initialised with its own initialiser (the one its architecture's constructor
   uses: SqueezeNet's kaiming-uniform convs and N(0, 0.01) final conv; ``reset_parameters`` for
   every other layer, which also resets BatchNorm statistics), from ``torch.manual_seed(seed * 1000 +
@@ -17,9 +23,10 @@ section 3.1; reference code ``sanity_checks_saliency``).
 - ``target_mode="own_top1"`` (the paper): each randomized model explains its own top-1 class;
   ``"fixed"`` (Quantus' choice): the original target.
 - Similarity to the original map per image with the measures of ``harness.sanity.similarity``,
-  on maps normalised as the reference notebook (``map_normalisation="reference"``, default) or
-  the method's own maps (``"method"``). Undefined values (constant maps) are recorded with their
-  reason, never as a silent NaN.
+  on maps normalised as the reference notebook (``map_normalisation="reference"``, default), the
+  method's own maps (``"method"``) or the method's maps divided by the square root of their
+  average second moment (``"second_moment"``, Binder et al. 2023). Undefined values (constant
+  maps) are recorded with their reason, never as a silent NaN.
 """
 
 from __future__ import annotations
@@ -47,9 +54,11 @@ from harness.sanity.similarity import (
     compare_views,
     method_views,
     reference_views,
+    second_moment_views,
 )
 
 MODES = ("cascading", "independent")
+ORDERS = ("top_down", "bottom_up")
 TARGET_MODES = ("own_top1", "fixed")
 
 
@@ -70,6 +79,7 @@ class RandomizationResult:
     original: torch.Tensor | None = None
     randomized: dict[str, torch.Tensor] = field(default_factory=dict)
     map_normalisation: str = "reference"
+    order: str = "top_down"
 
     def table(self):
         import pandas as pd
@@ -183,6 +193,34 @@ def randomize(model: nn.Module, blocks: Sequence[Block], *, seed: int,
     return randomized
 
 
+def ordered_blocks(blocks: Sequence[Block], order: str) -> list[Block]:
+    """``blocks`` (given top-down) in the randomization ``order``: as given for ``top_down``,
+    reversed (from the input up) for ``bottom_up``."""
+    if order not in ORDERS:
+        raise MetricError(f"order {order!r} is not one of: {', '.join(ORDERS)}")
+    return list(blocks) if order == "top_down" else list(reversed(blocks))
+
+
+def randomization_steps(model: nn.Module, blocks: Sequence[Block], *, mode: str, order: str
+                        ) -> list[tuple[Block, list[Block], list[int]]]:
+    """Per step: the block the step adds, every block randomized at that step (cascading: the
+    first k blocks of the ``order``; independent: that block alone) and their seed indices
+    (their positions in the model's top-down block list, so a block gets the same weights in
+    every mode and order)."""
+    if mode not in MODES:
+        raise MetricError(f"mode {mode!r} is not one of: {', '.join(MODES)}")
+    sequence = ordered_blocks(blocks, order)
+    all_labels = [block.label for block in model_info(model).blocks]
+    top_down = list(blocks)
+    steps = []
+    for step, block in enumerate(sequence, start=1):
+        chosen = sequence[:step] if mode == "cascading" else [block]
+        indices = [all_labels.index(b.label) if b.label in all_labels else top_down.index(b)
+                   for b in chosen]
+        steps.append((block, chosen, indices))
+    return steps
+
+
 # ----------------------------------------------------------------------------- the test
 
 
@@ -192,6 +230,9 @@ def _views(method: str, network: nn.Module, x: torch.Tensor, classes: torch.Tens
     """Per-image views (``harness.sanity.similarity``) of ``method`` on ``network``, and the maps
     ``[N, H, W]`` a figure shows (the ``abs`` view under ``reference``, the method's map
     otherwise)."""
+    if normalisation not in ("reference", "method", "second_moment"):
+        raise MetricError(f"map_normalisation {normalisation!r} is not one of: "
+                          f"{', '.join(NORMALISATIONS)}")
     if normalisation == "reference":
         raw = raw_attribution_batched(method, network, x, classes, batch_size=batch_size,
                                       method_params=params)
@@ -211,14 +252,16 @@ def _views(method: str, network: nn.Module, x: torch.Tensor, classes: torch.Tens
                             method_params=params)
     signed = (saliency_batched(method, network, x, classes, batch_size=batch_size, signed=True,
                                method_params=params) if want_signed else None)
-    views = [method_views(maps[i].double().cpu().numpy(),
-                          None if signed is None else signed[i].double().cpu().numpy())
+    make_views = method_views if normalisation == "method" else second_moment_views
+    views = [make_views(maps[i].double().cpu().numpy(),
+                        None if signed is None else signed[i].double().cpu().numpy())
              for i in range(maps.shape[0])]
     return views, maps
 
 
 def _similarities(original: list[dict], other: list[dict], measures: Sequence[str],
-                  ids: Sequence[str], no_signed: bool) -> list[dict]:
+                  ids: Sequence[str], no_signed: bool,
+                  normalisation: str | None = None) -> list[dict]:
     rows = []
     for index, image_id in enumerate(ids):
         for measure in measures:
@@ -227,7 +270,7 @@ def _similarities(original: list[dict], other: list[dict], measures: Sequence[st
                              "status": "method has no signed variant"})
                 continue
             try:
-                value = compare_views(measure, original[index], other[index])
+                value = compare_views(measure, original[index], other[index], normalisation)
                 rows.append({"image_id": image_id, "measure": measure, "value": value,
                              "status": "ok"})
             except UndefinedSimilarity as reason:
@@ -238,7 +281,7 @@ def _similarities(original: list[dict], other: list[dict], measures: Sequence[st
 
 def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, *,
                         mode: str = "cascading", blocks: Sequence[str | Block] | None = None,
-                        target_mode: str = "own_top1", seed: int = 0,
+                        order: str = "top_down", target_mode: str = "own_top1", seed: int = 0,
                         method_params: dict | None = None,
                         measures: Sequence[str] = ("spearman_abs", "spearman_signed", "ssim",
                                                    "hog"),
@@ -251,14 +294,19 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
     ``RandomizationResult`` whose records hold, per image, step and measure, the similarity
     between the original map and the map after the step's randomization.
 
-    ``map_normalisation``: ``"reference"`` (default; the reference notebook's normalisation of
-    the raw attribution, so the numbers mean what the paper's numbers mean) or ``"method"`` (the
-    method's own map, as the tables report the method); see ``harness.sanity.similarity``.
+    ``blocks`` are named top-down (default: all of the model's); ``order`` is the order of the
+    steps: ``"top_down"`` (the paper, default) or ``"bottom_up"``. ``map_normalisation``:
+    ``"reference"`` (default; the reference notebook's normalisation of the raw attribution, so
+    the numbers mean what the paper's numbers mean), ``"method"`` (the method's own map, as the
+    tables report the method) or ``"second_moment"`` (the method's map over the square root of
+    its average second moment, Binder et al. 2023); see ``harness.sanity.similarity``.
     Kept maps (``keep_maps``) are the ``abs`` views under ``reference`` (what the paper's
-    figure 2 shows), the method's maps under ``method``.
+    figure 2 shows), the method's maps otherwise.
     """
     if mode not in MODES:
         raise MetricError(f"mode {mode!r} is not one of: {', '.join(MODES)}")
+    if order not in ORDERS:
+        raise MetricError(f"order {order!r} is not one of: {', '.join(ORDERS)}")
     if target_mode not in TARGET_MODES:
         raise MetricError(f"target_mode {target_mode!r} is not one of: {', '.join(TARGET_MODES)}")
     if map_normalisation not in NORMALISATIONS:
@@ -270,11 +318,10 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
     entry = get_method(method)
     params = dict(method_params or {})
     chosen = resolve_blocks(model, blocks)
-    all_labels = [block.label for block in model_info(model).blocks]
     ids = list(ids) if ids is not None else [f"#{i}" for i in range(x.shape[0])]
     target = torch.as_tensor(target, device=x.device).long().reshape(-1)
     needed = {MEASURES[m].view for m in measures}
-    no_signed = map_normalisation == "method" and entry.signed is None
+    no_signed = map_normalisation != "reference" and entry.signed is None
     views_of = partial(_views, method, params=params, normalisation=map_normalisation,
                        needed=needed, want_signed="signed" in needed and not no_signed,
                        batch_size=batch_size)
@@ -282,13 +329,8 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
     original, original_maps = views_of(model, x, target)
     records: list[dict] = []
     kept: dict[str, torch.Tensor] = {}
-    for step, block in enumerate(chosen, start=1):
-        if mode == "cascading":
-            to_randomize = chosen[:step]
-        else:
-            to_randomize = [block]
-        indices = [all_labels.index(b.label) if b.label in all_labels else chosen.index(b)
-                   for b in to_randomize]
+    steps = randomization_steps(model, chosen, mode=mode, order=order)
+    for step, (block, to_randomize, indices) in enumerate(steps, start=1):
         randomized = randomize(model, to_randomize, seed=seed, indices=indices)
         if target_mode == "own_top1":
             with torch.inference_mode():
@@ -296,7 +338,7 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
         else:
             classes = target
         other, other_maps = views_of(randomized, x, classes)
-        rows = _similarities(original, other, measures, ids, no_signed)
+        rows = _similarities(original, other, measures, ids, no_signed, map_normalisation)
         for row in rows:
             row.update(step=step, block=block.label,
                        target=int(classes[ids.index(row["image_id"])]))
@@ -310,9 +352,9 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
                       f"(first: image {undefined[0]['image_id']}, {undefined[0]['measure']}: "
                       f"{undefined[0]['status']})", stacklevel=2)
     return RandomizationResult(method, mode, target_mode, seed,
-                               tuple(block.label for block in chosen), records,
+                               tuple(block.label for block, _, _ in steps), records,
                                original_maps.cpu() if keep_maps else None, kept,
-                               map_normalisation)
+                               map_normalisation, order)
 
 
 # ----------------------------------------------------------------------------- registry entry
@@ -321,7 +363,9 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
 @dataclass(frozen=True)
 class RandomizationSettings:
     """Settings of the cascading/independent model-parameter randomization test (defaults: the
-    paper's cascading test with each model's own top-1 class and the notebook's normalisation)."""
+    paper's top-down cascading test with each model's own top-1 class and the notebook's
+    normalisation; ``order: bottom_up`` and ``map_normalisation: second_moment`` are the
+    revisions of Hedström et al. 2024 and Binder et al. 2023)."""
 
     mode: str = "cascading"
     target_mode: str = "own_top1"
@@ -331,9 +375,10 @@ class RandomizationSettings:
     seed: int = 0
     methods: list | None = None  # display names to check (default: every method)
     map_normalisation: str = "reference"
+    order: str = "top_down"
 
     def check(self) -> None:
-        for key, value, choices in (("mode", self.mode, MODES),
+        for key, value, choices in (("mode", self.mode, MODES), ("order", self.order, ORDERS),
                                     ("target_mode", self.target_mode, TARGET_MODES),
                                     ("map_normalisation", self.map_normalisation,
                                      NORMALISATIONS)):
@@ -356,14 +401,16 @@ class RandomizationSettings:
 
 
 def _parts(settings: RandomizationSettings, model: nn.Module) -> list[tuple]:
-    blocks = [block.label for block in resolve_blocks(model, settings.blocks)]
+    blocks = [block.label for block in ordered_blocks(resolve_blocks(model, settings.blocks),
+                                                      settings.order)]
     return [(measure, block) for measure in settings.measures for block in blocks]
 
 
 def _last_step_columns(frame):
     """``rand_<measure>``: each image's similarity after the last step: every block randomized in
-    cascading mode, the last (lowest) block alone in independent mode (the per-block values are
-    in the records and the similarity figure); lower (more sensitive to the model) is better."""
+    cascading mode, the last block of the order alone in independent mode (the per-block values
+    are in the records and the similarity figure); lower (more sensitive to the model) is
+    better."""
     import pandas as pd
 
     last = frame[frame["step"] == frame["step"].max()]
@@ -391,13 +438,16 @@ def _similarity_curves(frame):
                  needs=("method",), columns=_last_step_columns, parts=_parts,
                  curves=_similarity_curves)
 def _randomization_records(unit, settings: RandomizationSettings) -> list[dict]:
-    """Similarity of each map to the original after re-initialising the model's blocks from the
-    logits down (cascading) or one at a time; lower (more sensitive) is better."""
+    """Similarity of each map to the original after re-initialising the model's blocks
+    cumulatively (cascading, from the logits down or from the input up) or one at a time; lower
+    (more sensitive) is better."""
     result = model_randomization(
         unit.model, unit.method, unit.x, unit.target, mode=settings.mode,
-        blocks=settings.blocks, target_mode=settings.target_mode, seed=settings.seed,
-        method_params=unit.method_params, measures=settings.measures, ids=list(unit.ids),
-        map_normalisation=settings.map_normalisation, batch_size=unit.batch_size)
-    return [{**r, "mode": settings.mode, "target_mode": settings.target_mode,
+        blocks=settings.blocks, order=settings.order, target_mode=settings.target_mode,
+        seed=settings.seed, method_params=unit.method_params, measures=settings.measures,
+        ids=list(unit.ids), map_normalisation=settings.map_normalisation,
+        batch_size=unit.batch_size)
+    return [{**r, "mode": settings.mode, "order": settings.order,
+             "target_mode": settings.target_mode,
              "map_normalisation": settings.map_normalisation, "measure_version": MEASURE_VERSION}
             for r in result.records]

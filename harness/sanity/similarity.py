@@ -23,6 +23,18 @@ channels for every view below):
 channels of |gradient| for ``vanilla``): ``abs`` = ``|m|``, ``signed`` = the method's signed
 variant, ``unit`` = ``m`` min-max scaled to [0, 1].
 
+``second_moment`` (Binder, Weber, Lapuschkin, Montavon, Müller & Samek, CVPR 2023, "Shortcomings
+of Top-Down Randomization-Based Sanity Checks"; Quantus 0.6
+``normalise_by_average_second_moment_estimate``): each map divided by the square root of its
+average second moment, ``m / sqrt(mean(m^2))`` (every value's mean squared distance to zero is
+1; no shift, no clipping): ``abs`` = ``|m| / rms(m)``, ``signed`` = ``s / rms(s)`` of the signed
+variant, ``unit`` = ``m / rms(m)``. The rank measures (Spearman, HOG) do not change under this
+positive per-map scale; SSIM does: the maps are no longer in [0, 1], so SSIM on these views uses
+the pair's joint range ``max(a, b) - min(a, b)`` as its data range (Quantus' ``ssim``). Quantus
+0.6 divides a whole batch of maps by one batch-wide second moment (its default normalise axes
+include the batch axis); the harness normalises each map, as Binder et al. define it (no
+difference for rank measures or for an equal-width histogram's entropy).
+
 Measures (``MEASURES``; each ``(view, comparison)``):
 
 - ``spearman_abs`` / ``spearman_signed``: Spearman rank correlation of the ``abs`` / ``signed``
@@ -63,7 +75,7 @@ from skimage.metrics import structural_similarity
 from harness.errors import MetricError
 
 MEASURE_VERSION = 2
-NORMALISATIONS = ("reference", "method")
+NORMALISATIONS = ("reference", "method", "second_moment")
 VIEWS = ("abs", "signed", "unit")
 HOG_CELL = 16
 HOG_BLOCK = 3
@@ -152,6 +164,30 @@ def method_views(saliency_map: np.ndarray, signed_map: np.ndarray | None
             "unit": _attempt(lambda m: scale01(_finite(m)), saliency_map)}
 
 
+def second_moment(array: np.ndarray) -> np.ndarray:
+    """``a / sqrt(mean(a^2))`` (Binder et al. 2023; Quantus ``normalise_by_average_second_moment_
+    estimate`` applied to one map); a map that is zero everywhere is ``UndefinedSimilarity``."""
+    array = _finite(array)
+    root = float(np.sqrt(np.mean(array * array)))
+    if root == 0:
+        raise UndefinedSimilarity("is zero everywhere: no second-moment normalisation")
+    return array / root
+
+
+def second_moment_views(saliency_map: np.ndarray, signed_map: np.ndarray | None
+                        ) -> dict[str, np.ndarray | UndefinedSimilarity]:
+    """The ``second_moment`` convention's views of a method's map ``[H, W]`` and its signed
+    variant."""
+    saliency_map = np.asarray(saliency_map)
+    if saliency_map.ndim != 2:
+        raise MetricError(f"a map must be 2-D, got shape {saliency_map.shape}")
+    normalised = _attempt(second_moment, saliency_map)
+    signed = (UndefinedSimilarity("has no signed variant (the method has none)")
+              if signed_map is None else _attempt(second_moment, signed_map))
+    return {"abs": normalised if isinstance(normalised, UndefinedSimilarity)
+            else np.abs(normalised), "signed": signed, "unit": normalised}
+
+
 def _attempt(fn, array):
     try:
         return fn(array)
@@ -204,6 +240,24 @@ def ssim_wang(a: np.ndarray, b: np.ndarray) -> float:
     return _ssim(a, b, data_range=1.0, sample_covariance=False)
 
 
+def joint_range(a: np.ndarray, b: np.ndarray) -> float:
+    """``max(a, b) - min(a, b)`` over both maps: the SSIM data range of maps that are not in a
+    fixed interval (Quantus 0.6 ``ssim``)."""
+    return float(max(a.max(), b.max()) - min(a.min(), b.min()))
+
+
+def ssim_reference_joint(a: np.ndarray, b: np.ndarray) -> float:
+    """``ssim_reference`` (sample covariance) with the pair's joint range as data range."""
+    a, b = _pair(a, b)
+    return _ssim(a, b, data_range=joint_range(a, b), sample_covariance=True)
+
+
+def ssim_wang_joint(a: np.ndarray, b: np.ndarray) -> float:
+    """``ssim_wang`` (population covariance) with the pair's joint range as data range."""
+    a, b = _pair(a, b)
+    return _ssim(a, b, data_range=joint_range(a, b), sample_covariance=False)
+
+
 def hog_features(unit_map: np.ndarray) -> np.ndarray:
     """HOG descriptor of a [0, 1] map ``[H, W]`` or ``[H, W, C]`` with the reference's settings:
     9 orientations, 16 x 16-pixel cells, 3 x 3 cells per block, L2-Hys."""
@@ -239,6 +293,8 @@ class Measure:
     view: str
     compare: Callable[[np.ndarray, np.ndarray], float]
     description: str
+    # the comparison on ``second_moment`` views where it differs (SSIM: the joint data range)
+    unbounded: Callable[[np.ndarray, np.ndarray], float] | None = None
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         if self.view == "signed":
@@ -255,9 +311,10 @@ MEASURES: dict[str, Measure] = {measure.name: measure for measure in (
     Measure("spearman_signed", "signed", spearman, "Spearman of the signed maps"),
     Measure("ssim", "unit", ssim_reference,
             "SSIM as the reference (skimage 0.15: Gaussian sigma 1.5, sample covariance, "
-            "data range 2)"),
+            "data range 2)", ssim_reference_joint),
     Measure("ssim_wang", "unit", ssim_wang,
-            "SSIM as Wang et al. 2004 (Gaussian sigma 1.5, population covariance, data range 1)"),
+            "SSIM as Wang et al. 2004 (Gaussian sigma 1.5, population covariance, data range 1)",
+            ssim_wang_joint),
     Measure("hog", "unit", hog_similarity,
             "Spearman of HOG descriptors (9 orientations, 16x16-pixel cells, 3x3-cell blocks, "
             "L2-Hys)"),
@@ -277,19 +334,25 @@ ssim = MEASURES["ssim"]
 pearson = MEASURES["pearson"]
 
 
-def compare_views(measure: str, original: dict, other: dict) -> float:
-    """Measure ``measure`` between two views dicts (``reference_views`` / ``method_views``);
-    an undefined view raises ``UndefinedSimilarity`` naming the map."""
+def compare_views(measure: str, original: dict, other: dict,
+                  normalisation: str | None = None) -> float:
+    """Measure ``measure`` between two views dicts (``reference_views`` / ``method_views`` /
+    ``second_moment_views``, as ``normalisation`` names); an undefined view raises
+    ``UndefinedSimilarity`` naming the map."""
     entry = MEASURES[measure]
     view_a, view_b = original[entry.view], other[entry.view]
     for which, view in (("original", view_a), ("randomized", view_b)):
         if isinstance(view, UndefinedSimilarity):
             raise UndefinedSimilarity(f"the {which} map {view}")
+    if normalisation == "second_moment" and entry.unbounded is not None:
+        return entry.unbounded(view_a, view_b)
     return entry.compare(view_a, view_b)
 
 
-def describe(measures, normalisation: str | None, version: int | None) -> str:
-    """One sentence naming the measure settings and map normalisation behind a set of records."""
+def describe(measures, normalisation: str | None, version: int | None,
+             order: str | None = None, mode: str | None = None) -> str:
+    """One sentence naming the measure settings, map normalisation and (where known) the
+    randomization's mode and layer order behind a set of records."""
     if version is None:
         current = {m: MEASURES[m].description if m in MEASURES else m for m in measures}
         parts = [f"{m}: {LEGACY_DESCRIPTIONS.get(m, current[m])}" for m in measures]
@@ -301,5 +364,11 @@ def describe(measures, normalisation: str | None, version: int | None) -> str:
                      "99th-percentile clip; signed: diverging; SSIM/HOG: min-max of the raw "
                      "attribution)",
         "method": "the method's own maps (|m|, signed variant, min-max)",
+        "second_moment": "the method's own maps divided by the square root of their average "
+                         "second moment (Binder et al. 2023; SSIM with the pair's joint range)",
     }.get(normalisation or "method", str(normalisation))
-    return f"similarity on {convention}; " + "; ".join(parts)
+    randomized = ""
+    if mode is not None or order is not None:
+        randomized = (f"; {mode or 'cascading'} randomization, "
+                      f"{(order or 'top_down').replace('_', '-')} layer order")
+    return f"similarity on {convention}; " + "; ".join(parts) + randomized
