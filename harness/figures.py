@@ -64,9 +64,9 @@ def _wrap(title: str, width: int = 22) -> str:
 def plot_mean_curves(records: Sequence[dict], path: str | os.PathLike, *, seed: int = 0
                      ) -> str | None:
     """Mean curves as small multiples: one panel per metric whose records carry curves
-    (deletion, insertion, MoRF/LeRF, ROAD, ...; the randomization checks apart), at most three panels
-    a row, each method one line of the same colour in every panel with a light 95% bootstrap band,
-    and one legend outside the panels. The AUCs are in the run's table."""
+    (deletion, insertion, MoRF/LeRF, ROAD, ...; the randomization checks apart), at most three
+    panels a row, each method one line of the same colour in every panel with a light 95%
+    bootstrap band, and one legend outside the panels. The AUCs are in the run's table."""
     curves = metric_curves(records, exclude=RANDOMIZATION_METRICS)
     if not curves:
         return None
