@@ -471,6 +471,35 @@ def table(run: str | Path, *, tracking_uri: str | None = None, reference: str | 
 # ----------------------------------------------------------------------------- scoring maps
 
 
+def check_score_metrics(metrics: Sequence[str] | Mapping[str, Mapping | None]) -> dict:
+    """The checked settings of each metric ``score_maps`` is asked for (before any model or data
+    is loaded).
+
+    Args:
+        metrics: metric names (each with its defaults), or ``{name: settings mapping}``.
+
+    Returns:
+        ``{name: settings dataclass}``.
+
+    Raises:
+        ConfigError: no metric, an unknown metric, a metric that needs more than maps, bad
+            settings (named ``metrics.<name>.<key>``).
+    """
+    chosen = dict.fromkeys(metrics) if not isinstance(metrics, Mapping) else dict(metrics)
+    if not chosen:
+        raise ConfigError("metrics: name at least one metric")
+    settings = {}
+    for name, raw in chosen.items():
+        entry = get_metric(name)
+        if not entry.needs <= {"maps"}:
+            usable = _maps_only_metrics()
+            raise ConfigError(f"metric {name!r} needs {', '.join(sorted(entry.needs - {'maps'}))}"
+                              f", not only maps: run it with `harness run`; scorable from maps: "
+                              f"{', '.join(usable)}")
+        settings[name] = checked(entry.settings, raw or {}, f"metrics.{name}")
+    return settings
+
+
 def score_maps(maps: np.ndarray | torch.Tensor | str | Path, model: nn.Module | str,
                data: Dataset | str, metrics: Sequence[str] | Mapping[str, Mapping | None], *,
                ids: Sequence[str] | None = None, target: str = "label",
@@ -497,18 +526,7 @@ def score_maps(maps: np.ndarray | torch.Tensor | str | Path, model: nn.Module | 
         ConfigError: an unknown metric, a metric that needs more than maps, bad settings.
         DataError: maps that do not match the images.
     """
-    chosen = dict.fromkeys(metrics) if not isinstance(metrics, Mapping) else dict(metrics)
-    if not chosen:
-        raise ConfigError("metrics: name at least one metric")
-    settings = {}
-    for name, raw in chosen.items():
-        entry = get_metric(name)
-        if not entry.needs <= {"maps"}:
-            usable = _maps_only_metrics()
-            raise ConfigError(f"metric {name!r} needs {', '.join(sorted(entry.needs - {'maps'}))}"
-                              f", not only maps: run it with `harness run`; scorable from maps: "
-                              f"{', '.join(usable)}")
-        settings[name] = checked(entry.settings, raw or {}, f"metrics.{name}")
+    settings = check_score_metrics(metrics)
     if isinstance(maps, str | Path):
         values, file_ids = load_maps(maps)
         source = str(maps)

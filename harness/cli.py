@@ -20,7 +20,16 @@ from shlex import quote
 import numpy as np
 import yaml
 
-from harness.api import load_config, log_run, run, score_curves, score_maps, score_summary, table
+from harness.api import (
+    check_score_metrics,
+    load_config,
+    log_run,
+    run,
+    score_curves,
+    score_maps,
+    score_summary,
+    table,
+)
 from harness.config import check_device, check_signature_options, validate_method
 from harness.datasets import get_dataset, load_dataset
 from harness.errors import ConfigError, HarnessError
@@ -169,6 +178,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Score saliency maps made by any tool with every registered metric that needs only maps."""
     chosen = [name.strip() for name in args.metrics.split(",") if name.strip()]
     settings = score_settings(chosen, args)
+    check_score_metrics(settings)  # bad settings are named before the model loads
     options = check_data_options(args)
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint,
                        device=args.device)

@@ -47,7 +47,7 @@ def test_typo_is_named_before_any_model_is_loaded(tmp_path, monkeypatch):
      r"model.nmae: unknown key. Did you mean 'name'\? Valid keys here: name, weights"),
     ({"methods": ["vanila"]},
      r"methods\[0\].name: unknown method 'vanila'. Did you mean 'vanilla'\? Valid methods: "
-     r"blurred"),
+     r"attention_gradcam, blurred"),
     ({"methods": [{"name": "sg", "method": "smoothgrad", "params": {"nn": 3}}]},
      r"methods\[0\].params.nn: unknown key. Did you mean 'n'\? Valid keys here: base, "
      r"base_params, n, noise"),
