@@ -319,6 +319,34 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reliability(args: argparse.Namespace) -> int:
+    """Reliability statistics of a run folder's metric columns (read-only unless --out)."""
+    from harness.reliability import reliability_for
+
+    if args.resamples < 1:
+        raise ValueError(f"--resamples must be >= 1, got {args.resamples}")
+    variants = [[c.strip() for c in group.split(",") if c.strip()] for group in args.variants]
+    _, markdown = reliability_for(args.run_dir, out=args.out, variants=variants, seed=args.seed,
+                                  n_resamples=args.resamples)
+    print(markdown)
+    if args.out:
+        print(f"wrote {args.out}/tables/reliability.md (+ CSVs), {args.out}/figures/agreement.png")
+    return 0
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    """Meta-evaluate a config's metrics (MetaQuantus' model and input perturbation tests)."""
+    from harness.meta import load_meta, run_meta
+
+    config, settings = load_meta(args.config, args.set)
+    result = run_meta(config, settings, progress=not args.no_progress,
+                      source=f"harness meta {args.config}")
+    print((Path(result["output_dir"]) / "tables" / "meta.md").read_text())
+    print(f"outputs: {result['output_dir']} (tables/meta.md, figures/meta_area.png, "
+          "scores.parquet)" + (f"; MLflow run {result['run_id']}" if result["run_id"] else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     parser.add_argument("--version", action="version", version=harness.__version__)
@@ -382,6 +410,26 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--ci", default=None, choices=("bca", "percentile"),
                        help="bootstrap CI method (default: the run's config, bca)")
     table.set_defaults(func=cmd_table)
+
+    trust = sub.add_parser("reliability", help="can these metrics be trusted here? Krippendorff's "
+                                               "alpha, agreement, LATEC ranking of a run folder")
+    trust.add_argument("run_dir", help="an output folder of `harness run` (any version)")
+    trust.add_argument("--out", default=None, help="write tables/ and figures/ under this folder "
+                                                   "(default: print only, write nothing)")
+    trust.add_argument("--variants", action="append", default=[], metavar="COL,COL[,...]",
+                       help="columns that are variants of one metric, e.g. deletion,morf "
+                            "(repeatable)")
+    trust.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
+    trust.add_argument("--seed", type=int, default=None, help="bootstrap seed (the run's)")
+    trust.set_defaults(func=cmd_reliability)
+
+    meta = sub.add_parser("meta", help="meta-evaluate a config's metrics under model and input "
+                                       "perturbations (MetaQuantus: IAC, IEC, MC)")
+    meta.add_argument("config", help="experiments/*.yaml; its meta: section sets K, iterations")
+    meta.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                      help="override a config key, e.g. meta.iterations=2 or data.limit=4")
+    meta.add_argument("--no-progress", action="store_true")
+    meta.set_defaults(func=cmd_meta)
     return parser
 
 

@@ -368,6 +368,10 @@ def from_dict(raw: dict) -> ExperimentConfig:
     raw = dict(raw)
     methods = _validate_methods(raw.pop("methods", None))
     metrics = _validate_metrics(raw.pop("metrics", None))
+    if "meta" in raw:  # read by `harness meta` (harness.meta); checked here, unused by runs
+        from harness.meta.settings import meta_settings
+
+        meta_settings(raw.pop("meta"), metrics)
     raw.setdefault("name", "experiment")
     config = build(ExperimentConfig, {**raw, "methods": [], "metrics": {}}, "")
     config = dataclasses.replace(config, methods=methods, metrics=metrics)

@@ -118,9 +118,14 @@ def write_outputs(config: ExperimentConfig, prepared, records, run_label: str) -
     note = similarity_note(records)
     write_tables(summary, {**table_meta(config, info.weights, run_label), "similarity": note},
                  output / "tables")
+    from harness.reliability import write_reliability  # tables/reliability.*, figures/agreement
+
+    reliability = write_reliability(records, output, seed=config.seed, source=run_label,
+                                    methods={m.name: m.registry_name for m in config.methods})
     return {"summary": summary, "curves": mean_curves(records), "method_files": method_files,
             "similarity": note, "artifacts": [output / RESOLVED, output / PARQUET,
-                                              output / "results.csv", figures, output / "tables"]}
+                                              output / "results.csv", figures, output / "tables"],
+            "reliability": reliability.note}
 
 
 def mean_curves(records) -> dict[str, dict[str, np.ndarray]]:
@@ -308,6 +313,7 @@ def _execute(config: ExperimentConfig, prepared, tracking, *, progress: bool, lo
             final_tags = {"harness.dataset_fingerprint": prepared.dataset.fingerprint(),
                           "harness.weights_sha256": weights_fingerprint(prepared.model),
                           **column_tags(outputs["summary"], payload["description"])}
+            final_tags["mlflow.note.content"] += f"\n\n{outputs['reliability']}"
             if outputs["similarity"]:
                 final_tags["harness.similarity"] = outputs["similarity"]
             state["tracking_final_tags"] = final_tags

@@ -316,13 +316,18 @@ class LiveRun:
 
     def finish(self, *, summary: pd.DataFrame | None, curves: dict, artifacts: list[Path],
                method_artifacts: dict[str, list[Path]], status: str = "FINISHED",
-               error: str | None = None, tags: dict | None = None) -> None:
-        """Final metrics, curves, artifacts and ``tags`` (each logged once, however often this
-        is called), then end every run with ``status``."""
+               error: str | None = None, tags: dict | None = None,
+               parent_metrics: dict[str, tuple[float, int]] | None = None) -> None:
+        """Final metrics, curves, artifacts, ``tags`` and ``parent_metrics`` (``{key: (value,
+        step)}`` on the parent run; each logged once, however often this is called), then end
+        every run with ``status``."""
         self._stop_worker()
         if status == "FINISHED":
             self._safe("logging the results", lambda: self._final(
                 summary, curves, artifacts, method_artifacts, tags or {}))
+            if parent_metrics:
+                self._safe("logging the results", lambda: self._log_once(
+                    self.parent_id, parent_metrics))
         self._safe("ending the runs", lambda: self._end(status, error))
 
     def _final(self, summary, curves, artifacts, method_artifacts, tags) -> None:

@@ -1,0 +1,65 @@
+"""The ``meta:`` section of an experiment config (read by ``harness meta CONFIG``; ``harness run``
+validates it and ignores it). Defaults are MetaQuantus': ``MetaEvaluation(iterations=5,
+nr_perturbations=10)`` and its ImageNet test suite (``helpers/configs.py``
+``setup_test_suite("ImageNet")``): model resilience N(1, 0.001^2), model adversary N(1, 0.5^2)
+multiplicative weight noise; input resilience U(-0.001, 0.001), input adversary U(-5, 5) additive
+noise in the model's input space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SPACES = ("model", "input")
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    n_perturbations: int = 10  # K, perturbations per iteration (MetaQuantus' nr_perturbations)
+    iterations: int = 5
+    tests: tuple[str, ...] = SPACES  # perturbation spaces: model, input
+    model_resilience_std: float = 0.001  # std of the multiplicative N(1, std^2) weight noise
+    model_adversary_std: float = 0.5
+    input_resilience_noise: float = 0.001  # half-width of the additive U(-noise, noise)
+    input_adversary_noise: float = 5.0
+    metrics: tuple[str, ...] | None = None  # the config's metrics to meta-evaluate (None: all)
+    output_dir: str | None = None  # default: <output_dir>/meta
+
+    def check(self) -> None:
+        """``ValueError("field: why")`` for values out of range."""
+        for name in ("n_perturbations", "iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        tests = list(self.tests)
+        if not tests or any(t not in SPACES for t in tests) or len(set(tests)) != len(tests):
+            raise ValueError(f"tests: {tests!r} must be a non-empty list of distinct values from: "
+                             f"{', '.join(SPACES)}")
+        for name in ("model_resilience_std", "model_adversary_std", "input_resilience_noise",
+                     "input_adversary_noise"):
+            if not getattr(self, name) > 0:  # MetaQuantus asserts non-zero noise
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.metrics is not None and not list(self.metrics):
+            raise ValueError("metrics: an empty list meta-evaluates nothing; omit the key for "
+                             "every metric of the config")
+
+    def noise(self, space: str, kind: str) -> float:
+        """The noise level of a test: ``space`` model/input, ``kind`` resilience/adversary."""
+        return getattr(self, f"{space}_{kind}_{'std' if space == 'model' else 'noise'}")
+
+
+def meta_settings(raw, metrics: dict | None = None) -> MetaSettings:
+    """Validate the raw ``meta:`` mapping: unknown keys, types and ranges are ``ConfigError``s
+    naming ``meta.<key>``; ``meta.metrics`` must name metrics of the config (``metrics``)."""
+    from harness.config import ConfigError, build
+
+    settings = build(MetaSettings, raw, "meta")
+    try:
+        settings.check()
+    except ValueError as error:
+        raise ConfigError(f"meta.{error}") from None
+    if metrics is not None:
+        for name in settings.metrics or []:
+            if name not in metrics:
+                raise ConfigError(f"meta.metrics: {name!r} is not a metric of this config; "
+                                  f"valid: {', '.join(metrics)}")
+    return settings
