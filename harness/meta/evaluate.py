@@ -150,7 +150,14 @@ def meta_evaluate(config: ExperimentConfig, settings: MetaSettings, model: torch
     """Run every pass and the MetaQuantus statistics for each metric column of ``config``
     (restricted to ``settings.metrics``) on ``model`` and ``dataset``."""
     config = chosen_config(config, settings)
-    batches = load_inputs(config, model, dataset)
+    return evaluate_batches(config, settings, model, load_inputs(config, model, dataset),
+                            progress=progress)
+
+
+def evaluate_batches(config: ExperimentConfig, settings: MetaSettings, model: torch.nn.Module,
+                     batches: list[Batch], *, progress: Callable[[str], None] | None = None
+                     ) -> MetaResult:
+    """``meta_evaluate`` on batches already on the device (``load_inputs``)."""
     floor = float(min(batch.x.min() for batch in batches))
     clean_maps: dict = {}
     step = _counter(passes(settings), progress)
