@@ -370,3 +370,41 @@ def test_meta_section_is_validated_and_runs_ignore_it(tmp_path):
                          ({"metrics": []}, "meta.metrics: an empty list")]:
         with pytest.raises(ConfigError, match=bad and message.replace("(", r"\(")):
             from_dict({**raw, "meta": bad})
+
+
+@pytest.mark.slow  # a real (random-weight) SqueezeNet, 3 passes and MLflow: about 15 s
+def test_harness_meta_cli_writes_tables_figure_and_an_mlflow_run(tmp_path, capsys):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from harness.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = {"name": "tiny", "model": {"name": "squeezenet1_1", "weights": "random"},
+           "data": {"name": "samples", "options": {"names": ["chelsea", "coffee"]}},
+           "methods": ["vanilla", "sobel"], "metrics": {"sparseness": {}, "deletion": {}},
+           "output_dir": str(tmp_path / "run"), "tracking": {"uri": uri, "experiment": "meta"},
+           "meta": {"n_perturbations": 1, "iterations": 1, "tests": ["model"],
+                    "metrics": ["sparseness"]}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["meta", str(path), "--no-progress", "--set", "meta.iterations=1"]) == 0
+    out = capsys.readouterr().out
+    assert "| sparseness ↑ |" in out and "3 passes" in out and "deletion" not in out.split(
+        "outputs:")[0]
+    folder = tmp_path / "run" / "meta"
+    for name in ("tables/meta.md", "tables/meta.csv", "figures/meta_area.png", "scores.parquet",
+                 "kept.csv", "config.resolved.yaml"):
+        assert (folder / name).stat().st_size > 0, name
+    resolved = yaml.safe_load((folder / "config.resolved.yaml").read_text())
+    assert resolved["meta"]["n_perturbations"] == 1
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("meta").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.data.tags["harness.role"] == "meta-evaluation"
+    assert "sparseness.MC" in run.data.metrics and "sparseness.model.IAC_NR" in run.data.metrics
+    assert run.data.params["meta.n_perturbations"] == "1"
+    assert "tables" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**raw, "meta": {"iterations": 0}}))
+    assert main(["meta", str(bad)]) == 2
+    assert "meta.iterations: must be >= 1" in capsys.readouterr().err

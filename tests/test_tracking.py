@@ -143,6 +143,7 @@ def test_live_run_then_lost_server_then_harness_log(tmp_path):
         assert tags.get("mlflow.user") and "harness.dataset_fingerprint" in tags
         assert "deletion=down" in tags["harness.metric_directions"]
         assert "↓" in tags["mlflow.note.content"]
+        assert "Reliability (tables/reliability.md" in tags["mlflow.note.content"]
         assert "model.name" in parents[0].data.params
         assert not any(k.startswith("metrics.") for c in children for k in c.data.params)
     finally:

@@ -103,10 +103,16 @@ def controls_of(methods: Mapping[str, str] | None) -> list[str]:
     return out
 
 
-def verdict(alpha: float) -> str:
+def verdict(alpha: float, low: float = math.nan) -> str:
+    """Krippendorff's reading of ``alpha``; ``uncertain`` is added when alpha passes 0.667 but its
+    bootstrap interval reaches below (too few images to tell)."""
     if not math.isfinite(alpha):
         return "undefined"
-    return "reliable" if alpha >= RELIABLE else "tentative" if alpha >= TENTATIVE else "unreliable"
+    text = ("reliable" if alpha >= RELIABLE else "tentative" if alpha >= TENTATIVE
+            else "unreliable")
+    if alpha >= TENTATIVE and math.isfinite(low) and low < TENTATIVE:
+        text += ", uncertain"
+    return text
 
 
 def reliability(records: Sequence[dict] | pd.DataFrame, *, methods: Mapping[str, str] | None = None,
@@ -136,7 +142,7 @@ def reliability(records: Sequence[dict] | pd.DataFrame, *, methods: Mapping[str,
             interval = alpha_interval(matrix, level, n_resamples=n_resamples, seed=seed)
             row.update({f"alpha_{level}": interval.alpha, f"alpha_{level}_low": interval.low,
                         f"alpha_{level}_high": interval.high})
-        row["verdict"] = verdict(row["alpha_ordinal"])
+        row["verdict"] = verdict(row["alpha_ordinal"], row["alpha_ordinal_low"])
         mine = placed[placed["metric"] == column]
         row["controls"] = "; ".join(
             f"{r.control} {r.rank:g}/{r.of}" + (" (last)" if r.below_all else "")
@@ -197,7 +203,8 @@ def render_markdown(result: Reliability, source: str = "") -> str:
             "agreement of those rankings across images (`krippendorff` package): 1 every image "
             "ranks the methods alike, 0 chance. Verdict (ordinal alpha, Krippendorff 2004): "
             f">= {RELIABLE:.3f} reliable, >= {TENTATIVE:.3f} tentative, below: unreliable, do not "
-            "cite this column's ranking of the methods on this data. (last): the control ranks "
+            "cite this column's ranking of the methods on this data; uncertain: the interval "
+            f"reaches below {TENTATIVE:.3f} (more images needed). (last): the control ranks "
             "below every non-control method.", ""]
     if len(result.agreement) > 1:
         out += ["## Agreement between columns", "",
