@@ -94,7 +94,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                          ", ".join(f"{c}: {'higher' if d == 'up' else 'lower'} is better"
                                    for c, d in metric.column_directions))
                 defaults = ", ".join(f"{k}={v}" for k, v in metric.defaults().items())
-                print(f"  {name:22s} {metric.summary} ({arrow}; needs "
+                print(f"  {name:22s} {metric.summary} ({arrow}; {metric.criterion}; needs "
                       f"{', '.join(sorted(metric.needs))})  [{metric.citation}]\n"
                       f"  {'':22s} defaults: {defaults}")
         else:

@@ -371,7 +371,7 @@ def from_dict(raw: dict) -> ExperimentConfig:
     if "meta" in raw:  # read by `harness meta` (harness.meta); checked here, unused by runs
         from harness.meta.settings import meta_settings
 
-        meta_settings(raw.pop("meta"), metrics)
+        meta_settings(raw.pop("meta"), metrics, [m.name for m in methods])
     raw.setdefault("name", "experiment")
     config = build(ExperimentConfig, {**raw, "methods": [], "metrics": {}}, "")
     config = dataclasses.replace(config, methods=methods, metrics=metrics)

@@ -367,7 +367,10 @@ def test_meta_section_is_validated_and_runs_ignore_it(tmp_path):
                          ({"tests": ["model", "weights"]}, "meta.tests"),
                          ({"model_adversary_std": 0}, "meta.model_adversary_std: must be > 0"),
                          ({"metrics": ["deletion"]}, "meta.metrics: 'deletion' is not a metric"),
-                         ({"metrics": []}, "meta.metrics: an empty list")]:
+                         ({"metrics": []}, "meta.metrics: an empty list"),
+                         ({"methods": ["vanilla", "gradcam"]},
+                          "meta.methods: 'gradcam' is not a method"),
+                         ({"methods": ["vanilla"]}, "meta.methods: IEC compares")]:
         with pytest.raises(ConfigError, match=bad and message.replace("(", r"\(")):
             from_dict({**raw, "meta": bad})
 

@@ -14,7 +14,7 @@ import krippendorff
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
 
 from harness.cli import main
 from harness.metrics.registry import CRITERIA, METRICS, register_metric
@@ -115,7 +115,9 @@ def test_alpha_closed_forms():
     assert math.isnan(krippendorff_alpha(score_matrix(ties, "deletion")))
     assert verdict(0.9) == "reliable" and verdict(0.7) == "tentative"
     assert verdict(0.5) == "unreliable" and verdict(math.nan) == "undefined"
-    assert verdict(0.85, 0.4) == "reliable, uncertain"
+    assert verdict(0.85, 0.4, 0.9) == "reliable, uncertain"
+    assert verdict(0.6, 0.5, 0.7) == "unreliable, uncertain" and verdict(0.6, 0.5, 0.66) == \
+        "unreliable"
 
 
 def test_bootstrap_interval_equals_the_package_on_resampled_rows():
@@ -123,15 +125,28 @@ def test_bootstrap_interval_equals_the_package_on_resampled_rows():
     values = rng.normal(0, 1, (10, 4)) + np.arange(4) * 0.7
     values[4, 2] = np.nan
     matrix = score_matrix(per_image_table(records(values)), "deletion")
-    result = alpha_interval(matrix, "ordinal", n_resamples=200, seed=7)
+    result = alpha_interval(matrix, "ordinal", n_resamples=200, seed=7, method="percentile")
     ranks = image_ranks(matrix).to_numpy()
+    domain = np.unique(ranks[np.isfinite(ranks)])
     draws = np.random.default_rng(7).integers(0, 10, (200, 10))
-    direct = [krippendorff.alpha(ranks[row], level_of_measurement="ordinal",
-                                 value_domain=np.unique(ranks[np.isfinite(ranks)]))
-              for row in draws]
+    direct = np.array([krippendorff.alpha(ranks[row], level_of_measurement="ordinal",
+                                          value_domain=domain) for row in draws])
     low, high = np.quantile(direct, [0.025, 0.975])
     assert (result.low, result.high) == pytest.approx((low, high), abs=1e-12)
     assert result.low <= result.alpha <= result.high and result.resamples == 200
+    # BCa (the default): Efron's levels from the same resamples and the leave-one-image-out
+    # alphas, each computed by the package on the rows themselves
+    bca = alpha_interval(matrix, "ordinal", n_resamples=200, seed=7)
+    point = krippendorff.alpha(ranks, level_of_measurement="ordinal")
+    jackknife = np.array([krippendorff.alpha(np.delete(ranks, i, axis=0), value_domain=domain,
+                                             level_of_measurement="ordinal") for i in range(10)])
+    z0 = norm.ppf((np.sum(direct < point) + 0.5 * np.sum(direct == point)) / 200)
+    d = jackknife.mean() - jackknife
+    a = np.sum(d**3) / (6 * np.sum(d**2) ** 1.5)
+    z = norm.ppf([0.025, 0.975])
+    expected = np.quantile(direct, norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
+    assert (bca.low, bca.high) == pytest.approx(tuple(expected), abs=1e-12)
+    assert bca.alpha == result.alpha
 
 
 def test_agreement_matrix_equals_direct_pandas():
@@ -264,7 +279,8 @@ def test_every_finished_run_writes_the_section_and_shows_it_on_the_mlflow_parent
     result = run_experiment(from_dict(raw), progress=False, log=lambda *a: None)
     output = Path(result["output_dir"])
     markdown = (output / "tables" / "reliability.md").read_text()
-    assert "| deletion ↓ | faithfulness |" in markdown and "| sparseness ↑ | complexity |" in markdown
+    assert "| deletion ↓ | faithfulness |" in markdown
+    assert "| sparseness ↑ | complexity |" in markdown
     assert (output / "figures" / "agreement.png").stat().st_size > 0
     again, _ = reliability_for(output, n_resamples=1000)  # the CLI's numbers are the run's
     written = pd.read_csv(output / "tables" / "reliability.csv")

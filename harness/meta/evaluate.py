@@ -73,12 +73,15 @@ class MetaResult:
     consistency: dict
     settings: MetaSettings
     passes: int
+    methods: tuple[str, ...] = ()
 
 
 def chosen_config(config: ExperimentConfig, settings: MetaSettings) -> ExperimentConfig:
-    """``config`` restricted to the metrics ``settings.metrics`` names (all when None)."""
+    """``config`` restricted to the metrics and methods ``settings`` names (all when None)."""
     names = list(settings.metrics or config.metrics)
-    return dataclasses.replace(config, metrics={n: config.metrics[n] for n in names})
+    methods = [m for m in config.methods if settings.methods is None or m.name in settings.methods]
+    return dataclasses.replace(config, metrics={n: config.metrics[n] for n in names},
+                               methods=tuple(methods))
 
 
 def load_inputs(config: ExperimentConfig, model: torch.nn.Module, dataset) -> list[Batch]:
@@ -196,7 +199,8 @@ def evaluate_batches(config: ExperimentConfig, settings: MetaSettings, model: to
     scores = pd.concat(frames, ignore_index=True)
     kept = pd.DataFrame(kept_rows)
     summary, arrays = statistics(scores, kept, settings)
-    return MetaResult(scores, kept, summary, arrays, settings, passes(settings))
+    return MetaResult(scores, kept, summary, arrays, settings, passes(settings),
+                      tuple(m.name for m in config.methods))
 
 
 def _counter(total: int, progress: Callable[[str], None] | None) -> Callable[[str], None]:

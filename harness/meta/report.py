@@ -56,7 +56,7 @@ def render_markdown(result: MetaResult, config: ExperimentConfig) -> str:
     lines = ["# Meta-evaluation of the metrics (MetaQuantus: noise resilience and adversarial "
              "reactivity)", "",
              f"{config.model.name} on {config.data.name}, methods "
-             f"{', '.join(m.name for m in config.methods)}; K = {settings.n_perturbations} "
+             f"{', '.join(result.methods)}; K = {settings.n_perturbations} "
              f"perturbations x {settings.iterations} iterations per test, {result.passes} passes "
              f"in all. Model tests: weights x N(1, std^2), std {settings.model_resilience_std} "
              f"(NR) / {settings.model_adversary_std} (AR); input tests: x + U(-a, a), a "
@@ -167,7 +167,7 @@ def load_meta(path: str | os.PathLike, overrides: list[str] | None = None
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
     raw = apply_overrides(raw, overrides or [])
     config = from_dict(raw)
-    return config, meta_settings(raw.get("meta"), config.metrics)
+    return config, meta_settings(raw.get("meta"), config.metrics, [m.name for m in config.methods])
 
 
 def run_meta(config: ExperimentConfig, settings: MetaSettings, *, log=print,

@@ -23,6 +23,7 @@ class MetaSettings:
     input_resilience_noise: float = 0.001  # half-width of the additive U(-noise, noise)
     input_adversary_noise: float = 5.0
     metrics: tuple[str, ...] | None = None  # the config's metrics to meta-evaluate (None: all)
+    methods: tuple[str, ...] | None = None  # the config's methods (display names; None: all)
     output_dir: str | None = None  # default: <output_dir>/meta
 
     def check(self) -> None:
@@ -41,15 +42,20 @@ class MetaSettings:
         if self.metrics is not None and not list(self.metrics):
             raise ValueError("metrics: an empty list meta-evaluates nothing; omit the key for "
                              "every metric of the config")
+        if self.methods is not None and len(list(self.methods)) < 2:
+            raise ValueError("methods: IEC compares the methods' ranking: name two or more, or "
+                             "omit the key for every method of the config")
 
     def noise(self, space: str, kind: str) -> float:
         """The noise level of a test: ``space`` model/input, ``kind`` resilience/adversary."""
         return getattr(self, f"{space}_{kind}_{'std' if space == 'model' else 'noise'}")
 
 
-def meta_settings(raw, metrics: dict | None = None) -> MetaSettings:
+def meta_settings(raw, metrics: dict | None = None, methods: list[str] | None = None
+                  ) -> MetaSettings:
     """Validate the raw ``meta:`` mapping: unknown keys, types and ranges are ``ConfigError``s
-    naming ``meta.<key>``; ``meta.metrics`` must name metrics of the config (``metrics``)."""
+    naming ``meta.<key>``; ``meta.metrics`` and ``meta.methods`` must name metrics (``metrics``)
+    and methods (display names, ``methods``) of the config."""
     from harness.config import ConfigError, build
 
     settings = build(MetaSettings, raw, "meta")
@@ -62,4 +68,9 @@ def meta_settings(raw, metrics: dict | None = None) -> MetaSettings:
             if name not in metrics:
                 raise ConfigError(f"meta.metrics: {name!r} is not a metric of this config; "
                                   f"valid: {', '.join(metrics)}")
+    if methods is not None:
+        for name in settings.methods or []:
+            if name not in methods:
+                raise ConfigError(f"meta.methods: {name!r} is not a method of this config; "
+                                  f"valid: {', '.join(methods)}")
     return settings

@@ -103,14 +103,14 @@ def controls_of(methods: Mapping[str, str] | None) -> list[str]:
     return out
 
 
-def verdict(alpha: float, low: float = math.nan) -> str:
-    """Krippendorff's reading of ``alpha``; ``uncertain`` is added when alpha passes 0.667 but its
-    bootstrap interval reaches below (too few images to tell)."""
+def verdict(alpha: float, low: float = math.nan, high: float = math.nan) -> str:
+    """Krippendorff's reading of ``alpha``; ``uncertain`` is added when its bootstrap interval
+    [``low``, ``high``] contains 0.667 (too few images to tell)."""
     if not math.isfinite(alpha):
         return "undefined"
     text = ("reliable" if alpha >= RELIABLE else "tentative" if alpha >= TENTATIVE
             else "unreliable")
-    if alpha >= TENTATIVE and math.isfinite(low) and low < TENTATIVE:
+    if math.isfinite(low) and math.isfinite(high) and low < TENTATIVE <= high:
         text += ", uncertain"
     return text
 
@@ -142,7 +142,8 @@ def reliability(records: Sequence[dict] | pd.DataFrame, *, methods: Mapping[str,
             interval = alpha_interval(matrix, level, n_resamples=n_resamples, seed=seed)
             row.update({f"alpha_{level}": interval.alpha, f"alpha_{level}_low": interval.low,
                         f"alpha_{level}_high": interval.high})
-        row["verdict"] = verdict(row["alpha_ordinal"], row["alpha_ordinal_low"])
+        row["verdict"] = verdict(row["alpha_ordinal"], row["alpha_ordinal_low"],
+                                 row["alpha_ordinal_high"])
         mine = placed[placed["metric"] == column]
         row["controls"] = "; ".join(
             f"{r.control} {r.rank:g}/{r.of}" + (" (last)" if r.below_all else "")
@@ -186,7 +187,8 @@ def render_markdown(result: Reliability, source: str = "") -> str:
            "", f"{result.n_images} images, {len(result.methods)} methods "
            f"({', '.join(result.methods)}); computed from the stored per-image values"
            + (f" of {source}" if source else "") + f"; bootstrap: {result.resamples:,} "
-           f"resamples of the images, seed {result.seed}, 95% percentile intervals.", "",
+           f"resamples of the images, seed {result.seed}; 95% intervals: BCa for alpha, "
+           "percentile for ranks.", "",
            "## Inter-rater reliability (Krippendorff's alpha; images as raters of the method "
            "ranking)", "",
            "| column | criterion | alpha ordinal [95% CI] | alpha interval [95% CI] | verdict | "
@@ -203,8 +205,8 @@ def render_markdown(result: Reliability, source: str = "") -> str:
             "agreement of those rankings across images (`krippendorff` package): 1 every image "
             "ranks the methods alike, 0 chance. Verdict (ordinal alpha, Krippendorff 2004): "
             f">= {RELIABLE:.3f} reliable, >= {TENTATIVE:.3f} tentative, below: unreliable, do not "
-            "cite this column's ranking of the methods on this data; uncertain: the interval "
-            f"reaches below {TENTATIVE:.3f} (more images needed). (last): the control ranks "
+            f"cite this column's ranking of the methods on this data; uncertain: the interval "
+            f"contains {TENTATIVE:.3f} (more images needed). (last): the control ranks "
             "below every non-control method.", ""]
     if len(result.agreement) > 1:
         out += ["## Agreement between columns", "",
