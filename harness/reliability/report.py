@@ -258,7 +258,7 @@ def plot_agreement(pairs: pd.DataFrame, path: str | os.PathLike) -> str | None:
         return None
     values = pairs.set_index(["first", "second"])
     size = max(4.0, 0.55 * len(columns) + 2.0)
-    figure, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    figure, axes = plt.subplots(1, 2, figsize=(2 * size + 3, size), layout="constrained")
     for axis, (statistic, title) in zip(axes, [("spearman_means", "Spearman of method means"),
                                                ("per_image", "mean per-image Spearman")],
                                         strict=True):
