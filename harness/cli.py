@@ -37,7 +37,7 @@ from harness.models import list_models, load_model
 from harness.registry import import_plugins, plugin_folders
 from harness.reliability import reliability_for
 from harness.report import render_tables, table_meta
-from harness.settings import check_int
+from harness.settings import check_int, check_seed
 from harness.targets import resolve_targets
 from harness.tracking import masked, resolve_tracking
 from harness.version import __version__
@@ -289,6 +289,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_reliability(args: argparse.Namespace) -> int:
     """Reliability statistics of a run folder's metric columns (read-only unless --out)."""
     check_int("--resamples", args.resamples, 1)
+    if args.seed is not None:
+        check_seed("--seed", args.seed)
     variants = [[c.strip() for c in group.split(",") if c.strip()] for group in args.variants]
     _, markdown = reliability_for(args.run_dir, out=args.out, variants=variants, seed=args.seed,
                                   n_resamples=args.resamples)

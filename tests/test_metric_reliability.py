@@ -285,6 +285,8 @@ def test_a_run_writes_the_section_and_harness_reliability_reads_its_folder(tmp_p
     np.testing.assert_allclose(written["alpha_ordinal"], again.columns["alpha_ordinal"])
     assert main(["reliability", str(output), "--resamples", "0"]) == 2
     assert "--resamples: must be an integer >= 1" in capsys.readouterr().err
+    assert main(["reliability", str(output), "--seed", "-1"]) == 2
+    assert "--seed: must be an integer in [0, " in capsys.readouterr().err
     assert main(["reliability", str(output), "--variants", "deletion,nope"]) == 2
     assert "variants: 'nope' is not a column" in capsys.readouterr().err
 
