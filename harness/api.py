@@ -257,6 +257,7 @@ def _execute(config: ExperimentConfig, prepared: Prepared, tracking, *, progress
             final_tags = {"harness.dataset_fingerprint": fingerprint,
                           "harness.weights_sha256": weights_fingerprint(prepared.model),
                           **column_tags(outputs["summary"], payload["description"])}
+            final_tags["mlflow.note.content"] += f"\n\n{outputs['reliability']}"
             if outputs["similarity"]:
                 final_tags["harness.similarity"] = outputs["similarity"]
             state.tracking_final_tags = final_tags

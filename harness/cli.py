@@ -1,8 +1,9 @@
 """The command line, a thin shell over the Python API (``harness.api``).
 
 ``harness list``, ``harness saliency`` (the seed's figure), ``harness score`` (maps made
-elsewhere), ``harness run`` (an experiment config), ``harness log`` (a run folder to MLflow) and
-``harness table`` (a run's paper tables). An error the harness raises on purpose
+elsewhere), ``harness run`` (an experiment config), ``harness log`` (a run folder to MLflow),
+``harness table`` (a run's paper tables), ``harness reliability`` (can a run's metrics be trusted)
+and ``harness meta`` (the metrics' meta-evaluation). An error the harness raises on purpose
 (``HarnessError``) prints as ``harness: error: ...`` and exits 2; anything else is a bug and
 shows its traceback (exit 1).
 """
@@ -38,11 +39,14 @@ from harness.files import atomic_save, atomic_write
 from harness.images import crop_pixels, preprocess
 from harness.listing import compact_table, list_text, settings_text, small_n_warning, terminal_width
 from harness.mapsfile import save_maps
+from harness.meta.report import load_meta, run_meta
 from harness.methods import saliency_batched
 from harness.metrics.registry import get_metric, per_image_table
 from harness.models import load_model
 from harness.reference import method_reference_markdown, metric_reference_markdown
 from harness.registry import import_plugins, plugin_folders
+from harness.reliability import reliability_for
+from harness.settings import check_int, check_seed
 from harness.targets import resolve_targets
 from harness.tracking import masked, resolve_tracking
 from harness.version import __version__
@@ -262,6 +266,31 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reliability(args: argparse.Namespace) -> int:
+    """Reliability statistics of a run folder's metric columns (read-only unless --out)."""
+    check_int("--resamples", args.resamples, 1)
+    if args.seed is not None:
+        check_seed("--seed", args.seed)
+    variants = [[c.strip() for c in group.split(",") if c.strip()] for group in args.variants]
+    _, markdown = reliability_for(args.run_dir, out=args.out, variants=variants, seed=args.seed,
+                                  n_resamples=args.resamples)
+    print(markdown)
+    if args.out:
+        print(f"wrote {args.out}/tables/reliability.md (+ CSVs), {args.out}/figures/agreement.png")
+    return 0
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    """Meta-evaluate a config's metrics (MetaQuantus' model and input perturbation tests)."""
+    config, settings = load_meta(args.config, args.set)
+    result = run_meta(config, settings, progress=not args.no_progress,
+                      source=f"harness meta {args.config}")
+    print((Path(result["output_dir"]) / "tables" / "meta.md").read_text())
+    print(f"outputs: {result['output_dir']} (tables/meta.md, figures/meta_area.png, "
+          "scores.parquet)" + (f"; MLflow run {result['run_id']}" if result["run_id"] else ""))
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -350,6 +379,28 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--ci", default=None, choices=("bca", "percentile"),
                         help="bootstrap CI method (default: the run's config, bca)")
     tables.set_defaults(func=cmd_table)
+
+    trust = sub.add_parser("reliability", parents=[common],
+                           help="can these metrics be trusted here? Krippendorff's alpha, "
+                                "agreement, LATEC ranking of a run folder")
+    trust.add_argument("run_dir", help="an output folder of `harness run` (any version)")
+    trust.add_argument("--out", default=None, help="write tables/ and figures/ under this folder "
+                                                   "(default: print only, write nothing)")
+    trust.add_argument("--variants", action="append", default=[], metavar="COL,COL[,...]",
+                       help="columns that are variants of one metric, e.g. deletion,morf "
+                            "(repeatable)")
+    trust.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
+    trust.add_argument("--seed", type=int, default=None, help="bootstrap seed (the run's)")
+    trust.set_defaults(func=cmd_reliability)
+
+    meta = sub.add_parser("meta", parents=[common],
+                          help="meta-evaluate a config's metrics under model and input "
+                               "perturbations (MetaQuantus: IAC, IEC, MC)")
+    meta.add_argument("config", help="experiments/*.yaml; its meta: section sets K, iterations")
+    meta.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                      help="override a config key, e.g. meta.iterations=2 or data.limit=4")
+    meta.add_argument("--no-progress", action="store_true")
+    meta.set_defaults(func=cmd_meta)
     return parser
 
 

@@ -26,6 +26,7 @@ import harness.sanity  # noqa: F401  (registers the sanity checks as metrics)
 from harness.datasets import DATASETS, MASKED_DATASETS, has_masks
 from harness.errors import ConfigError, HarnessError
 from harness.files import check_file_name, file_name
+from harness.meta.settings import meta_settings
 from harness.methods import get_method
 from harness.metrics.registry import get_metric
 from harness.metrics.substrates import SUBSTRATES
@@ -278,6 +279,8 @@ def from_dict(raw: dict, *, config_path: str | Path | None = None) -> Experiment
     import_plugins(plugins, plugin_folders(config_path))
     methods = _validate_methods(raw.pop("methods", None))
     metrics = validate_metrics(raw.pop("metrics", None))
+    if "meta" in raw:  # read by `harness meta` (harness.meta); checked here, unused by runs
+        meta_settings(raw.pop("meta"), metrics, [m.name for m in methods])
     raw.setdefault("name", "experiment")
     config = build(ExperimentConfig, {**raw, "methods": [], "metrics": {},
                                       "plugins": list(plugins)}, "")

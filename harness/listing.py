@@ -72,7 +72,8 @@ def _metric_lines(name: str, width: int) -> list[str]:
         directions = ", ".join(f"{c} {ARROW[d]}" for c, d in metric.column_directions)
     else:
         directions = ARROW[metric.direction]
-    lines = [f"  {name}  {directions}  (needs {', '.join(sorted(metric.needs))})"]
+    lines = [f"  {name}  {directions}  ({metric.criterion}; needs "
+             f"{', '.join(sorted(metric.needs))})"]
     lines += _wrap(metric.summary, width)
     lines += _wrap(f"settings: {settings_text(metric.defaults()) or 'none'}", width)
     lines += _wrap(f"source: {metric.citation}", width)

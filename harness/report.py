@@ -31,6 +31,7 @@ from harness.files import atomic_write, file_name
 from harness.images import crop_pixels, preprocess
 from harness.methods import saliency_batched
 from harness.metrics.registry import as_frame, metric_curves, per_image_table
+from harness.reliability import write_reliability
 from harness.runner import RESOLVED, Prepared, figure_maps
 from harness.sanity.similarity import describe
 from harness.stats import bootstrap_ci, holm, paired_wilcoxon
@@ -315,12 +316,14 @@ def method_artifacts(output_dir: Path, methods) -> dict[str, list[Path]]:
 def write_report(config: ExperimentConfig, prepared: Prepared, records,
                  run_label: str) -> dict:
     """Everything a finished run writes besides its records: per-image CSVs (all, and one per
-    method), tables, figures (the saliency grid, one grid per method, mean curves, randomization).
+    method), tables, figures (the saliency grid, one grid per method, mean curves, randomization)
+    and the reliability section (``harness.reliability``: ``tables/reliability.*``,
+    ``figures/agreement.png``).
 
     Returns:
         ``summary`` (the table's frame), ``curves`` (mean curves per method), ``method_files``,
-        ``similarity`` (the randomization measures' note) and ``artifacts`` (what MLflow logs on
-        the parent run).
+        ``similarity`` (the randomization measures' note), ``reliability`` (its paragraph for the
+        MLflow description) and ``artifacts`` (what MLflow logs on the parent run).
     """
     output = prepared.output_dir
     info = prepared.model.harness_info
@@ -349,10 +352,13 @@ def write_report(config: ExperimentConfig, prepared: Prepared, records,
     note = similarity_note(records)
     write_tables(summary, {**table_meta(config, info.weights, run_label), "similarity": note},
                  output / "tables")
+    reliability = write_reliability(records, output, seed=config.seed, source=run_label,
+                                    methods={m.name: m.registry_name for m in config.methods})
     return {"summary": summary, "curves": mean_curves(records),
             "method_files": method_artifacts(output, [m.name for m in config.methods]),
-            "similarity": note, "artifacts": [output / RESOLVED, output / PARQUET,
-                                              output / "results.csv", figures, output / "tables"]}
+            "similarity": note, "reliability": reliability.note,
+            "artifacts": [output / RESOLVED, output / PARQUET, output / "results.csv", figures,
+                          output / "tables"]}
 
 
 def mean_curves(records) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:

@@ -373,7 +373,8 @@ class LiveRun:
                method_artifacts: dict[str, list[Path]], status: str = "FINISHED",
                error: str | None = None, tags: dict | None = None,
                failed_method: str | None = None, seconds: dict[str, float] | None = None,
-               table: str | None = None, dataset: dict | None = None) -> None:
+               table: str | None = None, dataset: dict | None = None,
+               parent_metrics: dict[str, tuple[float, int]] | None = None) -> None:
         """Final metrics, curves, artifacts and ``tags`` (each logged once, however often this
         is called), then end every run with ``status``.
 
@@ -381,12 +382,17 @@ class LiveRun:
         the error; the other methods' runs are KILLED and say that the run stopped because of
         it. ``seconds``: each method's compute time (``time.seconds``). ``table``: the results
         table appended to the parent's description. ``dataset``: the run's input (``log_input``).
+        ``parent_metrics``: ``{key: (value, step)}`` logged on the parent run (the
+        meta-evaluation's MC table).
         """
         self._stop_worker()
         if status == "FINISHED":
             self._safe("logging the results", lambda: self._final(
                 summary, curves, artifacts, method_artifacts, tags or {}, seconds or {}, table,
                 dataset))
+            if parent_metrics:
+                self._safe("logging the results", lambda: self._log_once(
+                    self.parent_id, parent_metrics))
         self._safe("ending the runs", lambda: self._end(status, error, failed_method))
 
     def _final(self, summary, curves, artifacts, method_artifacts, tags, seconds, table,

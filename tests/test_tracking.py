@@ -158,6 +158,7 @@ def test_live_run_then_lost_server_then_harness_log(tmp_path):
         assert dataset.dataset.digest == tags["harness.dataset_fingerprint"][:32]
         assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "evaluation"
         assert json.loads(dataset.dataset.profile)["ids"] == ["chelsea", "coffee", "rocket"]
+        assert "Reliability (tables/reliability.md" in tags["mlflow.note.content"]
         assert "model.name" in parents[0].data.params
         assert not any(k.startswith("metrics.") for c in children for k in c.data.params)
     finally:

@@ -21,6 +21,7 @@ from harness.seeding import content_generator
 from harness.settings import check, check_number, check_seed
 
 _CONTROL = "Adebayo et al. 2018 (arXiv:1810.03292), input-only controls"
+CONTROLS = ("random", "sobel", "center")  # the controls below (the reliability report places them)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class EffectiveComplexitySettings:
 
 @register_metric("sparseness", settings=ComplexitySettings, direction="up",
                  citation="Chalasani et al. 2020 (ICML, arXiv:1810.06583); Quantus Sparseness",
-                 needs=("maps",))
+                 needs=("maps",), criterion="complexity")
 def _sparseness_records(unit, settings: ComplexitySettings) -> list[dict]:
     """Sparseness: the Gini index of |map| (higher: sparser)."""
     return value_records(unit, sparseness(unit.maps, ids=list(unit.ids)).values, "not finite")
@@ -121,7 +121,7 @@ def _sparseness_records(unit, settings: ComplexitySettings) -> list[dict]:
 
 @register_metric("complexity", settings=ComplexitySettings, direction="down",
                  citation="Bhatt, Weller & Moura 2020 (IJCAI, arXiv:2005.00631); Quantus "
-                          "Complexity", needs=("maps",))
+                          "Complexity", needs=("maps",), criterion="complexity")
 def _complexity_records(unit, settings: ComplexitySettings) -> list[dict]:
     """Complexity: the entropy of |map| / sum |map| (lower: simpler)."""
     return value_records(unit, complexity(unit.maps, ids=list(unit.ids)).values,
@@ -130,7 +130,7 @@ def _complexity_records(unit, settings: ComplexitySettings) -> list[dict]:
 
 @register_metric("effective_complexity", settings=EffectiveComplexitySettings, direction="down",
                  citation="Nguyen & Rodríguez Martínez 2020 (arXiv:2007.07584) as Quantus "
-                          "EffectiveComplexity", needs=("maps",))
+                          "EffectiveComplexity", needs=("maps",), criterion="complexity")
 def _effective_records(unit, settings: EffectiveComplexitySettings) -> list[dict]:
     """Effective complexity: the number of pixels with |map| / max |map| above eps."""
     result = effective_complexity(unit.maps, eps=settings.eps, normalise=settings.normalise,

@@ -238,7 +238,8 @@ class PointingGameSettings:
 
 @register_metric("pointing_game", settings=PointingGameSettings, direction="up",
                  citation="Zhang et al. 2016 (ECCV, arXiv:1608.00507); TorchRay "
-                          "benchmark/pointing_game.py", needs=("maps", "masks"))
+                          "benchmark/pointing_game.py", needs=("maps", "masks"),
+                 criterion="localisation")
 def _pointing_records(unit, settings: PointingGameSettings) -> list[dict]:
     """Pointing game: 1 if the map's maximum lies within ``tolerance`` pixels of the object mask,
     else 0.
@@ -268,7 +269,7 @@ _ARRAS = "Arras, Osman & Samek 2022 (Information Fusion 81, arXiv:2003.07258)"
 
 
 @register_metric("relevance_mass_accuracy", settings=MaskSettings, direction="up",
-                 citation=_ARRAS, needs=("maps", "masks"))
+                 citation=_ARRAS, needs=("maps", "masks"), criterion="localisation")
 def _mass_records(unit, settings: MaskSettings) -> list[dict]:
     """Relevance mass accuracy: the share of the map's positive relevance inside the mask."""
     result = relevance_mass_accuracy(unit.maps, _unit_masks(unit), ids=list(unit.ids))
@@ -276,7 +277,7 @@ def _mass_records(unit, settings: MaskSettings) -> list[dict]:
 
 
 @register_metric("relevance_rank_accuracy", settings=MaskSettings, direction="up",
-                 citation=_ARRAS, needs=("maps", "masks"))
+                 citation=_ARRAS, needs=("maps", "masks"), criterion="localisation")
 def _rank_records(unit, settings: MaskSettings) -> list[dict]:
     """Relevance rank accuracy: the share of the |mask| highest-ranked pixels inside the mask."""
     result = relevance_rank_accuracy(unit.maps, _unit_masks(unit), ids=list(unit.ids))
@@ -297,7 +298,7 @@ class AttributionLocalisationSettings:
 
 @register_metric("attribution_localisation", settings=AttributionLocalisationSettings,
                  direction="up", citation="Kohlbrenner et al. 2020 (IJCNN, arXiv:1910.09840)",
-                 needs=("maps", "masks"))
+                 needs=("maps", "masks"), criterion="localisation")
 def _attribution_records(unit, settings: AttributionLocalisationSettings) -> list[dict]:
     """Attribution localisation: positive relevance inside the mask over the positive relevance
     in the image."""
@@ -322,7 +323,8 @@ class TopKSettings:
 
 @register_metric("top_k_intersection", settings=TopKSettings, direction="up",
                  citation="Theiner, Müller-Budack & Ewerth 2022 (WACV, arXiv:2104.14995); "
-                          "Quantus TopKIntersection", needs=("maps", "masks"))
+                          "Quantus TopKIntersection", needs=("maps", "masks"),
+                 criterion="localisation")
 def _top_k_records(unit, settings: TopKSettings) -> list[dict]:
     """Top-k intersection: the share of the k highest-ranked pixels inside the mask."""
     result = top_k_intersection(unit.maps, _unit_masks(unit), k=settings.k,

@@ -22,6 +22,9 @@ needs=...)`` on a function ``(unit: Unit, settings) -> list[dict]`` returning pe
 - ``curves``: the metric's records of one method (a frame with a ``curve`` column) ->
   ``{name: (x [K], curves [n, K])}`` for the mean-curve figure and MLflow's step metrics
   (default: the ``curve`` column, x from ``curve_x`` or evenly spaced on [0, 1]).
+- ``criterion``: what the metric evaluates, one of ``CRITERIA`` (Quantus' and LATEC's families;
+  default ``faithfulness``); the reliability report's aggregate ranking averages ranks per
+  criterion (``harness.reliability``).
 
 Frames rather than lists of dicts, so that a paper-scale run (hundreds of thousands of records)
 is summarised column-wise.
@@ -48,6 +51,7 @@ from harness.registry import Registry
 
 NEEDS = frozenset({"maps", "method", "masks"})
 DIRECTIONS = ("up", "down")
+CRITERIA = ("faithfulness", "robustness", "localisation", "complexity", "randomisation")
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class Metric:
     # the table columns and their directions where they differ from ``direction`` (e.g. ROAD's
     # road_morf lower, road_lerf and road_combined higher); empty: one column, ``direction``
     column_directions: tuple[tuple[str, str], ...] = ()
+    criterion: str = "faithfulness"  # one of CRITERIA
 
     def directions_text(self) -> str:
         """``↑`` / ``↓``, or each column's arrow where the columns differ."""
@@ -208,7 +213,8 @@ def register_metric(name: str, *, settings: type, direction: str, citation: str,
                     parts: Callable[[Any, nn.Module], list[tuple]] | None = None,
                     curves: Callable[[pd.DataFrame], dict] | None = None,
                     summary: str | None = None,
-                    column_directions: Sequence[tuple[str, str]] = ()) -> Callable:
+                    column_directions: Sequence[tuple[str, str]] = (),
+                    criterion: str = "faithfulness") -> Callable:
     """Decorator registering ``fn(unit, settings) -> records`` as metric ``name`` (see the
     module docstring for what a record holds).
 
@@ -224,13 +230,19 @@ def register_metric(name: str, *, settings: type, direction: str, citation: str,
         curves: records -> ``{name: (x, curves)}`` for figures and MLflow.
         summary: one line for listings (default: the function's first docstring paragraph).
         column_directions: the direction of each column where the columns differ.
+        criterion: what the metric evaluates, one of ``CRITERIA`` (the reliability report's
+            aggregate ranking averages ranks per criterion).
 
     Returns:
         The decorator (it returns the function unchanged).
 
     Raises:
-        ConfigError: a taken name, an unknown direction or need, settings not a dataclass.
+        ConfigError: a taken name, an unknown direction, need or criterion, settings not a
+            dataclass.
     """
+    if criterion not in CRITERIA:
+        raise ConfigError(f"metric {name!r}: criterion {criterion!r} is not one of: "
+                          f"{', '.join(CRITERIA)}")
     for label, value in [("direction", direction), *column_directions]:
         if value not in DIRECTIONS:
             raise ConfigError(f"metric {name!r}: {label} direction {value!r} is not one of: up, "
@@ -247,7 +259,8 @@ def register_metric(name: str, *, settings: type, direction: str, citation: str,
         text = " ".join((summary or (fn.__doc__ or "").strip().split("\n\n")[0]).split())
         METRICS.add(name, Metric(name, fn, settings, direction, citation, text, frozenset(needs),
                                  columns or value_column(name, direction), parts or one_part,
-                                 curves or record_curves(name), tuple(column_directions)))
+                                 curves or record_curves(name), tuple(column_directions),
+                                 criterion))
         return fn
 
     return add

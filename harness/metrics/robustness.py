@@ -336,19 +336,20 @@ def _sensitivity_records(metric: str, reduce: str):
 _YEH = ("Yeh et al. 2019 (NeurIPS, arXiv:1901.09392), reference chihkuanyeh/saliency_evaluation "
         "infid_sen_utils.py")
 register_metric("max_sensitivity", settings=SensitivitySettings, direction="down",
-                citation=_YEH, needs=("method",),
+                citation=_YEH, needs=("method",), criterion="robustness",
                 summary="Max-Sensitivity: the largest relative change of the map, "
                         "||phi(x') - phi(x)|| / ||phi(x)||, over an L-inf ball around the input")(
     _sensitivity_records("max_sensitivity", "max"))
 register_metric("avg_sensitivity", settings=SensitivitySettings, direction="down",
                 citation=f"Bhatt et al. 2020 (IJCAI, arXiv:2005.00631) as Quantus' AvgSensitivity; "
-                         f"{_YEH}", needs=("method",),
+                         f"{_YEH}", needs=("method",), criterion="robustness",
                 summary="Avg-Sensitivity: the mean relative change of the map over the ball")(
     _sensitivity_records("avg_sensitivity", "mean"))
 
 
 @register_metric("local_lipschitz_estimate", settings=LipschitzSettings, direction="down",
-                 citation="Alvarez-Melis & Jaakkola 2018 (arXiv:1806.08049)", needs=("method",))
+                 citation="Alvarez-Melis & Jaakkola 2018 (arXiv:1806.08049)", needs=("method",),
+                 criterion="robustness")
 def _lipschitz_records(unit, settings: LipschitzSettings) -> list[dict]:
     """Local Lipschitz estimate: max over the ball of ||phi(x') - phi(x)||_2 / ||x' - x||_2."""
     stats = unit_statistics(unit, settings)
@@ -358,7 +359,8 @@ def _lipschitz_records(unit, settings: LipschitzSettings) -> list[dict]:
 
 
 @register_metric("relative_input_stability", settings=StabilitySettings, direction="down",
-                 citation="Agarwal et al. 2022 (arXiv:2203.06877)", needs=("method",))
+                 citation="Agarwal et al. 2022 (arXiv:2203.06877)", needs=("method",),
+                 criterion="robustness")
 def _stability_records(unit, settings: StabilitySettings) -> list[dict]:
     """Relative input stability: max over samples keeping the prediction of the relative change
     of the map over the relative change of the input."""

@@ -149,7 +149,7 @@ class RandomLogitSettings:
 
 @register_metric("random_logit", settings=RandomLogitSettings, direction="down",
                  citation="Sixt, Granz & Landgraf 2020 (arXiv:1912.09818)",
-                 needs=("maps", "method"))
+                 needs=("maps", "method"), criterion="randomisation")
 def _random_logit_records(unit, settings: RandomLogitSettings) -> list[dict]:
     """Random-logit test: similarity between the map of the target and the map of a random other
     class; lower (more class-sensitive) is better."""

@@ -436,7 +436,7 @@ def _similarity_curves(frame):
 @register_metric("model_randomization", settings=RandomizationSettings, direction="down",
                  citation="Adebayo et al. 2018 (arXiv:1810.03292), sanity_checks_saliency",
                  needs=("method",), columns=_last_step_columns, parts=_parts,
-                 curves=_similarity_curves)
+                 curves=_similarity_curves, criterion="randomisation")
 def _randomization_records(unit, settings: RandomizationSettings) -> list[dict]:
     """Similarity of each map to the original after re-initialising the model's blocks
     cumulatively (cascading, from the logits down or from the input up) or one at a time; lower
