@@ -72,8 +72,12 @@ def _metric_lines(name: str, width: int) -> list[str]:
         directions = ", ".join(f"{c} {ARROW[d]}" for c, d in metric.column_directions)
     else:
         directions = ARROW[metric.direction]
-    lines = [f"  {name}  {directions}  ({metric.criterion}; needs "
-             f"{', '.join(sorted(metric.needs))})"]
+    header = f"  {name}  {directions}"
+    details = f"({metric.criterion}; needs {', '.join(sorted(metric.needs))})"
+    if len(header) + 2 + len(details) <= width:
+        lines = [f"{header}  {details}"]
+    else:
+        lines = [header] + _wrap(details, width)
     lines += _wrap(metric.summary, width)
     lines += _wrap(f"settings: {settings_text(metric.defaults()) or 'none'}", width)
     lines += _wrap(f"source: {metric.citation}", width)
