@@ -31,7 +31,7 @@ lint: install
 
 docs: install
 	$(BIN)/python -m pip install --quiet -e '.[docs]'
-	$(BIN)/python -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
