@@ -56,7 +56,7 @@ def test_metrics_with_columns_of_both_directions_say_so_before_the_run(capsys):
     assert main(["list", "metrics"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines()
                 if line.strip().startswith("road "))
-    assert "road_morf: lower is better" in line and "road_lerf: higher is better" in line
+    assert "road_morf ↓, road_lerf ↑, road_combined ↑" in line  # each column's arrow
 
 
 TOY = '''

@@ -274,7 +274,7 @@ def test_one_run_per_folder(tmp_path, capsys):
      r"'sigma'\? Valid: sigma"),
     ({"device": "gpu"}, r"device: 'gpu' is not a device; valid: cpu, cuda, cuda:N, mps"),
     ({"figure_images": -1}, r"figure_images: must be >= 0, got -1"),
-    ({"metrics": {"deletion": {"batch_size": 0}}}, r"metrics.deletion.batch_size: must be >= 1"),
+    ({"metrics": {"deletion": {"batch_size": 0}}}, r"metrics.deletion.batch_size: must be an integer >= 1"),
     ({"data": {"limit": 0}}, r"data.limit: must be >= 1"),
     ({"methods": [{"name": "smoothgrad", "params": {"n": "20"}}]},
      r"methods\[0\].params.n: expected int, got '20'"),
