@@ -175,6 +175,7 @@ def _tiny_config(tmp_path: Path, plugin: Path) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_a_bug_shows_its_traceback_and_a_user_error_does_not(tmp_path):
     """A plain ValueError deep in a metric is a bug: traceback, exit 1. A ConfigError is the
     user's: one line, exit 2."""

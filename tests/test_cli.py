@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from harness.cli import main
 
 
+@pytest.mark.slow
 def test_saliency_figure_on_real_model(tmp_path):
     out = tmp_path / "grid.png"
     code = main(["saliency", "--model", "efficientnet_lite0", "--data", "samples", "--limit", "3",
@@ -21,6 +23,7 @@ def test_saliency_figure_on_real_model(tmp_path):
     assert width > 500 and height > 600  # 3 columns, 4 rows
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["saliency", "--methods", "vanila", "--out", str(tmp_path / "x.png")]) == 2
     assert "unknown method 'vanila'" in capsys.readouterr().err
@@ -30,12 +33,14 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "METHOD.KEY=VALUE" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_lists_methods():
     result = subprocess.run([sys.executable, "-m", "harness.cli", "list", "methods"],
                             capture_output=True, text=True, check=True)
     assert "vanilla" in result.stdout and "Simonyan" in result.stdout
 
 
+@pytest.mark.slow
 def test_score_maps_from_disk_in_any_format(tmp_path, capsys):
     import numpy as np
     import pandas as pd

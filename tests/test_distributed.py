@@ -59,6 +59,7 @@ def child_metrics(uri: str, experiment: str) -> dict:
         if r.data.tags.get("harness.role") == "method"}
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_records_runs_and_tables_of_one_process(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     single = write(tmp_path, output_dir=str(tmp_path / "single"),
@@ -106,6 +107,7 @@ def uninterrupted(tmp_path_factory):
     return comparable(folder / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume_world", [2, 1])
 def test_a_killed_rank_resumes_to_the_uninterrupted_records(tmp_path, uninterrupted,
                                                             resume_world):
@@ -124,6 +126,7 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_records(tmp_path, uninterrup
     assert comparable(tmp_path / "run") == uninterrupted
 
 
+@pytest.mark.slow
 def test_bad_worlds_are_named(tmp_path):
     config = write(tmp_path, output_dir=str(tmp_path / "run"), methods=["sobel"], reference=None,
                    data={"name": "samples", "options": {"names": ["coffee"]}})
@@ -159,6 +162,7 @@ SLOW_RANK_ONE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_rank_that_finishes_early_waits_for_the_others(tmp_path):
     # HARNESS_DIST_TIMEOUT bounds the rendezvous, not the wait at the end of the computation:
     # at paper scale (and on a resume, where one rank may hold all the missing units) ranks

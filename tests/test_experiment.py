@@ -51,6 +51,7 @@ def comparable(records: list[dict]) -> list[str]:
     return sorted(json.dumps(r, sort_keys=True) for r in records)
 
 
+@pytest.mark.slow
 def test_records_are_complete_and_deterministic(tmp_path):
     config = from_dict(tiny_raw(tmp_path))
     fresh = list(run(config, progress=False))
@@ -80,6 +81,7 @@ def test_records_are_complete_and_deterministic(tmp_path):
         list(run(changed, resume=True, progress=False))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     raw = tiny_raw(tmp_path, batch_size=1,
                    methods=["vanilla", {"name": "smoothgrad", "params": {"n": 12}}, "sobel"])
@@ -164,6 +166,7 @@ def check_logged_run(uri: str, run_id: str, tmp_path: Path) -> None:
     assert set(summary["method"]) == set(METHODS)
 
 
+@pytest.mark.slow
 def test_mlflow_tracking_server(tmp_path, mlflow_server, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = from_dict(tiny_raw(tmp_path, tracking={"uri": mlflow_server,
@@ -172,6 +175,7 @@ def test_mlflow_tracking_server(tmp_path, mlflow_server, monkeypatch):
     check_logged_run(mlflow_server, result.run_id, tmp_path)
 
 
+@pytest.mark.slow
 def test_mlflow_embedded_sqlite_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = from_dict(tiny_raw(tmp_path, tracking={"experiment": "sqlite-test"}))
@@ -182,6 +186,7 @@ def test_mlflow_embedded_sqlite_default(tmp_path, monkeypatch):
     check_logged_run("sqlite:///mlflow.db", result.run_id, tmp_path)
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_fails_fast_with_uri(tmp_path, monkeypatch):
     import harness.runner
 
@@ -198,6 +203,7 @@ def test_unreachable_tracking_server_fails_fast_with_uri(tmp_path, monkeypatch):
     assert time.time() - began < 15
 
 
+@pytest.mark.slow
 def test_cli_run_and_table_from_output_folder(tmp_path, capsys):
     from harness.cli import main
 
@@ -215,6 +221,7 @@ def test_cli_run_and_table_from_output_folder(tmp_path, capsys):
     assert "95% percentile bootstrap CI" in (tmp_path / "pct" / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_tables_name_the_similarity_settings_also_for_runs_before_measure_versions(tmp_path):
     config = from_dict(tiny_raw(tmp_path, methods=["vanilla", "sobel"],
                                 metrics={"model_randomization": {
@@ -243,6 +250,7 @@ def test_tables_name_the_similarity_settings_also_for_runs_before_measure_versio
     assert "hog: Spearman of HOG descriptors with 1x1-cell blocks" in text
 
 
+@pytest.mark.slow
 def test_mlflow_names_the_direction_of_every_logged_column(tmp_path):
     # the logged metrics are the table's columns (rand_<measure>, road_morf, ...), whose
     # directions can differ from their metric's (ROAD: road_morf lower, road_lerf higher)

@@ -236,6 +236,7 @@ def test_infidelity_gaussian_zero_and_mean_baselines_keep_the_closed_form(baseli
     assert bool((wrong.values > 1e-3).all())
 
 
+@pytest.mark.slow
 def test_infidelity_memory_is_bounded_by_the_batch_not_the_images(tiny_cnn, monkeypatch):
     """Perturbed inputs are built and scored ``batch_size`` at a time, in full chunks that run
     across image boundaries; the chunking changes no value (one by one gives the same)."""
@@ -270,6 +271,7 @@ def test_infidelity_memory_is_bounded_by_the_batch_not_the_images(tiny_cnn, monk
     assert count == 204  # every square of an 8 x 8 image
 
 
+@pytest.mark.slow
 def test_infidelity_seeded_and_independent_of_the_batch(tiny_cnn):
     x = torch.randn(3, 3, 8, 8)
     saliency = torch.randn(3, 8, 8)

@@ -198,6 +198,7 @@ def test_wrong_types_and_unknown_keys_are_named(tmp_path):
         from_dict(tiny_raw(tmp_path, metrics={"irof": {"segments": 10}}))
 
 
+@pytest.mark.slow
 def test_every_faithfulness_metric_runs_end_to_end(tmp_path, capsys):
     raw = tiny_raw(tmp_path, methods=["vanilla", "sobel"], metrics=TINY,
                    data={"name": "samples", "options": {"names": ["chelsea", "coffee"]}})

@@ -215,6 +215,7 @@ def explain(model, inputs, targets, **kwargs):
     return maps[:, None].numpy()
 
 
+@pytest.mark.slow
 def test_whole_meta_evaluation_equals_metaquantus_on_a_tiny_model(monkeypatch):
     import gc
 

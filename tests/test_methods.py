@@ -260,6 +260,7 @@ def test_method_errors(tiny_cnn):
         harness.saliency("gradcam", tiny_cnn, x, [0, 1], layer="nope")
 
 
+@pytest.mark.slow
 def test_methods_on_real_model(lite0, sample_batch):
     """On EfficientNet-Lite0 the gradient methods give finite maps and leave the model frozen."""
     x, target = sample_batch

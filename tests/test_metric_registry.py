@@ -96,6 +96,7 @@ def toy_metric(tmp_path, monkeypatch):
     sys.modules.pop("toy_metric")
 
 
+@pytest.mark.slow
 def test_a_new_metric_is_one_module(tmp_path, toy_metric, capsys):
     raw = tiny_raw(tmp_path, methods=["vanilla", "sobel"],
                    metrics={"top_share": {"top": 0.05}, "deletion": {"step": 12544}})
@@ -121,6 +122,7 @@ def test_metric_names_are_checked_against_the_registry():
         from_dict({"name": "t", "methods": ["vanilla"], "metrics": {"road_morff": {}}})
 
 
+@pytest.mark.slow
 def test_maps_are_computed_once_per_unit_for_all_metrics(tmp_path, monkeypatch):
     import harness.metrics.registry as registry
 
@@ -139,6 +141,7 @@ def test_maps_are_computed_once_per_unit_for_all_metrics(tmp_path, monkeypatch):
     assert calls == ["vanilla", "sobel"], "one maps computation per (batch, method)"
 
 
+@pytest.mark.slow
 def test_moving_onto_the_registry_changed_no_number(tmp_path):
     """The snapshot was written by the runner before the registry (harness 0.1, commit 1ca1388)
     on this config; the similarity measures compared are the ones whose definition did not

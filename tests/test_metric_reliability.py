@@ -241,6 +241,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_harness_reliability_reads_a_harness_01_run_folder_without_writing(tmp_path, capsys):
     folder = tmp_path / "old-run"
     folder.mkdir()
@@ -267,6 +268,7 @@ def test_harness_reliability_reads_a_harness_01_run_folder_without_writing(tmp_p
     assert main(["reliability", str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.slow
 def test_a_run_writes_the_section_and_harness_reliability_reads_its_folder(tmp_path, capsys):
     raw = tiny_run(tmp_path, methods=["vanilla", "sobel", {"name": "random", "params": {}}],
                    metrics={"deletion": {"step": 32}, "sparseness": {}})

@@ -187,6 +187,7 @@ def _train_patch_model(seed: int = 0):
     return model, images[:16], labels[:16]
 
 
+@pytest.mark.slow
 def test_true_importance_beats_random_ranking_on_trained_model():
     model, x, labels = _train_patch_model()
     truth = torch.zeros(16, 16, 16)

@@ -50,6 +50,7 @@ def test_display_names_that_are_not_file_names_are_config_errors(tmp_path, name,
     assert not (tmp_path / "run").exists(), "refused before anything is written"
 
 
+@pytest.mark.slow
 def test_adapter_names_become_file_names_without_colons(tmp_path):
     pytest.importorskip("captum")
     result = harness.run(tiny_run(tmp_path, methods=["captum:Saliency", "sobel"]),
@@ -86,6 +87,7 @@ def test_a_folder_that_is_not_a_run_folder_is_refused_and_left_untouched(tmp_pat
                                                               "notes.txt"])
 
 
+@pytest.mark.slow
 def test_overwrite_writes_beside_the_users_files_and_deletes_only_its_own(tmp_path):
     user = tmp_path / "project"
     files = _users_folder(user)
@@ -104,6 +106,7 @@ def test_overwrite_writes_beside_the_users_files_and_deletes_only_its_own(tmp_pa
         [dict(r, pixels_sha256=None) for r in first]
 
 
+@pytest.mark.slow
 def test_resume_deletes_only_the_temporary_files_the_run_listed(tmp_path):
     raw = tiny_run(tmp_path)
     harness.run(raw, progress=False, log=lambda *a: None)
@@ -315,6 +318,7 @@ def test_score_out_in_a_folder_with_a_dot_keeps_the_curves_beside(tmp_path, caps
     assert (folder / "scores").exists() and (folder / "scores_curves.npz").exists()
 
 
+@pytest.mark.slow
 def test_passwords_in_tracking_uris_are_masked(tmp_path, capsys):
     assert masked("https://ann:s3cr3t@mlflow.example.org/") == "https://ann:***@mlflow.example.org/"
     assert masked("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
@@ -367,6 +371,7 @@ def test_resume_under_another_thread_count_needs_force(tmp_path):
 # ----------------------------------------------------------------------------- readers
 
 
+@pytest.mark.slow
 def test_reading_a_run_folder_never_imports_its_plugins(tmp_path):
     marker = tmp_path / "imported"
     (tmp_path / "plugin_with_effect.py").write_text(textwrap.dedent(f"""
@@ -385,6 +390,7 @@ def test_reading_a_run_folder_never_imports_its_plugins(tmp_path):
     assert (tmp_path / "run" / "tables" / "table.md").exists()
 
 
+@pytest.mark.slow
 def test_table_of_a_folder_without_its_resolved_config_is_named(tmp_path, capsys):
     harness.run(tiny_run(tmp_path), progress=False, log=lambda *a: None)
     (tmp_path / "run" / "config.resolved.yaml").unlink()

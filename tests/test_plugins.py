@@ -137,6 +137,7 @@ def _config(folder: Path, metric: str, **extra) -> dict:
             "figure_images": 1, "output_dir": str(folder / "out"), **extra}
 
 
+@pytest.mark.slow
 def test_a_users_metric_and_method_beside_the_config_run_end_to_end(tmp_path, clean_registries):
     """``plugins:`` imports modules from the config's folder (the CLI run from elsewhere) and the
     working folder; table, figures, MLflow and the listing know the user's metric."""
@@ -176,6 +177,7 @@ def test_a_users_metric_and_method_beside_the_config_run_end_to_end(tmp_path, cl
     assert "Share of the map's mass" in listed.stdout
 
 
+@pytest.mark.slow
 def test_the_same_through_the_python_api(tmp_path, monkeypatch, clean_registries):
     monkeypatch.chdir(tmp_path)  # the working folder is searched too
     _folder_plugins(tmp_path, "top_share_py")

@@ -157,6 +157,7 @@ def uninterrupted(tmp_path_factory):
     return comparable(list(run(config, progress=False)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, count", [("maps", 2), ("records", 3), ("tables", 1)])
 def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_records(tmp_path, uninterrupted,
                                                                       point, count):
@@ -186,6 +187,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_records(tmp_path, 
     assert not list(folder.rglob(".*.tmp*")), "no temporary file left behind"
 
 
+@pytest.mark.slow
 def test_an_unreadable_kept_maps_file_is_recomputed_not_fatal(tmp_path):
     raw = tiny_raw(tmp_path, methods=["vanilla"], metrics={"deletion": {"step": 12544}},
                    figure_images=3)  # rocket, alone in the last batch, is a figure image too
@@ -235,6 +237,7 @@ def test_table_of_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "mlflow.db").exists(), "a reader created a tracking store"
 
 
+@pytest.mark.slow
 def test_one_run_per_folder(tmp_path, capsys):
     config = from_dict(tiny_raw(tmp_path))
     with RunLock(tmp_path / "run"):

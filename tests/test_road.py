@@ -257,6 +257,7 @@ def region_setup(n_images: int = 3, size: int = 16):
     return model, x, truth, torch.zeros(n_images, dtype=torch.long)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("imputer", ["linear", "mean", "zero"])
 def test_right_map_beats_wrong_map_on_a_model_with_a_known_answer(imputer):
     model, x, truth, target = region_setup()

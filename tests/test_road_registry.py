@@ -77,6 +77,7 @@ def tiny_unit(tiny_cnn, n_images: int = 3) -> Unit:
                 labels=labels, seed=5)
 
 
+@pytest.mark.slow
 def test_records_equal_the_function_with_dataset_labels_and_the_model_normalisation(tiny_cnn):
     unit = tiny_unit(tiny_cnn)
     settings = RoadSettings(percentages=(0.25, 0.5, 0.75, 0.9), score="prob")
@@ -145,6 +146,7 @@ def test_columns_and_curves_of_the_records(tiny_cnn):
     assert set(per_image_table(only_morf)["metric"]) == {"road_morf"}
 
 
+@pytest.mark.slow
 def test_road_end_to_end_through_the_runner_and_the_table(tmp_path, capsys):
     raw = tiny_raw(tmp_path, methods=["vanilla", "sobel"], batch_size=2,
                    data={"name": "samples", "options": {"names": ["chelsea", "coffee"]}},

@@ -149,6 +149,7 @@ def test_bad_options_name_the_choices(tiny_cnn):
         model_randomization(tiny_cnn, "vanilla", x, [0], measures=("mse",))
 
 
+@pytest.mark.slow
 def test_data_randomization_tiny():
     true_model, permuted_model, x, labels = train_pair(n_train=128, seed=0, max_epochs=120)
     assert true_model.train_accuracy >= 0.95 and permuted_model.train_accuracy >= 0.95

@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from harness.seeding import image_generator, image_seed
 
 
+@pytest.mark.slow
 def test_image_seed_is_stable_across_processes_and_distinct():
     here = image_seed(3, "chelsea", salt="road")
     code = "from harness.seeding import image_seed; print(image_seed(3, 'chelsea', salt='road'))"

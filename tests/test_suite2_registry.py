@@ -70,6 +70,7 @@ def prepared_inputs(config):
     return prepared.model, samples, ids, x, target, load_masks(samples, info)
 
 
+@pytest.mark.slow
 def test_every_suite2_metric_runs_end_to_end_and_equals_its_function(tmp_path):
     config = from_dict(masked_raw(tmp_path))
     records = list(run(config, progress=False))
@@ -122,6 +123,7 @@ def test_every_suite2_metric_runs_end_to_end_and_equals_its_function(tmp_path):
         assert f"{name} {arrow}" in table, name
 
 
+@pytest.mark.slow
 def test_robustness_metrics_share_one_pass_per_unit(tmp_path, monkeypatch):
     calls = {"statistics": 0, "predictions": 0}
     statistics, predictions = (robustness_module.sample_statistics,

@@ -75,6 +75,7 @@ def test_small_n_warns_and_ten_images_do_not():
     assert small_n_warning(quickstart_like_summary(n=10)) is None
 
 
+@pytest.mark.slow
 def test_a_run_prints_at_most_100_columns(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "100")

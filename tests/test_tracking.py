@@ -86,6 +86,7 @@ def assert_honest(client: MlflowClient, child) -> None:
         assert metrics.get(f"{column}.n", 0) >= 1, (child.info.run_name, key)
 
 
+@pytest.mark.slow
 def test_live_run_then_lost_server_then_harness_log(tmp_path):
     port = free_port()
     server = start_server(tmp_path, port)
@@ -179,6 +180,7 @@ KILL_IN_FINAL_LOGGING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_final_logging_then_resume_leaves_one_parent(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw = tiny_raw(tmp_path, methods=["vanilla", "sobel"], metrics={"deletion": {"step": 12544}},
@@ -201,6 +203,7 @@ def test_kill_during_final_logging_then_resume_leaves_one_parent(tmp_path):
     assert {r.info.status for r in parents + children} == {"FINISHED"}, "no RUNNING leftover"
 
 
+@pytest.mark.slow
 def test_failed_run_is_marked_failed_with_its_error(tmp_path, monkeypatch):
     import harness.runner
 
@@ -220,6 +223,7 @@ def test_failed_run_is_marked_failed_with_its_error(tmp_path, monkeypatch):
         "RuntimeError: the method broke (method 'vanilla')"
 
 
+@pytest.mark.slow
 def test_environment_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
@@ -243,6 +247,7 @@ def test_environment_precedence(tmp_path, monkeypatch):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_every_scheme_is_checked_before_compute():
     with pytest.raises(TrackingUnavailableError, match="the driver 'psycopg.*' is not installed"):
         check_tracking("postgresql://user@127.0.0.1:1/db")
@@ -253,6 +258,7 @@ def test_every_scheme_is_checked_before_compute():
     assert time.time() - began < 30, "a lost server costs a bounded wait"
 
 
+@pytest.mark.slow
 def test_concurrent_first_runs_do_not_race_on_a_new_store(tmp_path):
     for attempt in range(2):
         uri = f"sqlite:///{tmp_path / f'new-{attempt}.db'}"
@@ -264,6 +270,7 @@ def test_concurrent_first_runs_do_not_race_on_a_new_store(tmp_path):
             assert process.returncode == 0, error[-2000:]
 
 
+@pytest.mark.slow
 def test_failures_after_the_records_still_end_the_runs(tmp_path, monkeypatch):
     import harness.api
 
@@ -281,6 +288,7 @@ def test_failures_after_the_records_still_end_the_runs(tmp_path, monkeypatch):
     assert {r.info.status for r in parents + children} == {"FAILED"}
 
 
+@pytest.mark.slow
 def test_a_fresh_run_never_reopens_an_earlier_runs_mlflow_runs(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw = tiny_raw(tmp_path, methods=["sobel"], reference=None,
@@ -322,6 +330,7 @@ def _wait_for_records(folder: Path, process: subprocess.Popen, timeout: float = 
     pytest.fail("the run stored no record in time")
 
 
+@pytest.mark.slow
 def test_sigterm_ends_every_run_killed_and_keeps_the_records(tmp_path):
     port = free_port()
     server = start_server(tmp_path, port)
@@ -362,6 +371,7 @@ def test_sigterm_ends_every_run_killed_and_keeps_the_records(tmp_path):
         stop(server, port)
 
 
+@pytest.mark.slow
 def test_sigkill_then_harness_log_closes_the_runs_without_computing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw = tiny_raw(tmp_path, batch_size=1, methods=SLOW_METHODS,
@@ -397,6 +407,7 @@ def test_sigkill_then_harness_log_closes_the_runs_without_computing(tmp_path):
     assert {r.info.status for r in parents + children} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_a_failing_method_fails_only_its_own_run(tmp_path, monkeypatch):
     import harness.runner
 
@@ -427,6 +438,7 @@ def test_a_failing_method_fails_only_its_own_run(tmp_path, monkeypatch):
     assert parents[0].data.tags["harness.error"] == "RuntimeError: sobel broke (method 'sobel')"
 
 
+@pytest.mark.slow
 def test_importing_the_tracking_module_leaves_the_environment_alone():
     code = ("import os; before = dict(os.environ); import harness.tracking, harness; "
             "assert dict(os.environ) == before, set(os.environ) ^ set(before)")

@@ -272,6 +272,7 @@ def test_attention_in_projection_and_embeddings_are_reinitialised_with_their_ini
 # ----------------------------------------------------------------------------- timm by name
 
 
+@pytest.mark.slow
 def test_timm_models_by_name_with_their_preprocessing():
     model = harness.load_model("timm:deit_tiny_patch16_224", weights="random", seed=2)
     info = model.harness_info
@@ -288,6 +289,7 @@ def test_timm_models_by_name_with_their_preprocessing():
     assert cnn.cam_layer == "layer4" and cnn.layout is None and cnn.blocks[0].modules == ("fc",)
 
 
+@pytest.mark.slow
 def test_timm_names_weights_and_checkpoints(tmp_path):
     with pytest.raises(harness.UnknownNameError,
                        match="unknown timm model 'deit_tiny_patch16_22'.*Did you mean"):
