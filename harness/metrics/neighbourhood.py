@@ -20,7 +20,7 @@ neighbourhood costs one set of method calls (the registry entries share it throu
   layout for forward + backward, as the causal engine's forwards). Memory is bounded by
   ``batch_size`` (the method's activations for that many inputs) plus one image's deltas at a
   time: the default chunk (``default_batch_size``) is chosen from that benchmark's measurements
-  (``docs/performance.md``).
+  (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
