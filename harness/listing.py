@@ -8,7 +8,6 @@ with intervals and tests are written by ``harness.report`` (``tables/table.md``,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import textwrap
@@ -22,6 +21,7 @@ from harness.methods import FAMILIES, get_method, list_methods
 from harness.methods.plugins import SIGNATURE
 from harness.metrics.registry import get_metric, list_metrics
 from harness.models import list_models
+from harness.settings import defaults
 
 MAX_WIDTH = 100  # the widest output, whatever the terminal
 SMALL_N = 10  # below this many images a run's intervals are flagged as meaning little
@@ -51,21 +51,6 @@ def settings_text(values: dict) -> str:
     return ", ".join(f"{key}={_value(value)}" for key, value in values.items())
 
 
-def dataclass_defaults(cls: type | None) -> dict:
-    """The fields of a settings dataclass with their defaults (``None`` where a field has none)."""
-    if cls is None:
-        return {}
-    values = {}
-    for spec in dataclasses.fields(cls):
-        if spec.default is not dataclasses.MISSING:
-            values[spec.name] = spec.default
-        elif spec.default_factory is not dataclasses.MISSING:
-            values[spec.name] = spec.default_factory()
-        else:
-            values[spec.name] = None
-    return values
-
-
 def _metric_lines(name: str, width: int) -> list[str]:
     metric = get_metric(name)
     if metric.column_directions:
@@ -89,7 +74,7 @@ def _method_lines(name: str, width: int) -> list[str]:
     lines = [f"  {name}"]
     lines += _wrap(method.summary, width)
     if method.settings is not None:
-        lines += _wrap(f"params: {settings_text(dataclass_defaults(method.settings)) or 'none'}",
+        lines += _wrap(f"params: {settings_text(defaults(method.settings)) or 'none'}",
                        width)
     lines += _wrap(f"source: {method.citation}", width)
     return lines

@@ -28,7 +28,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from harness.config import ExperimentConfig, apply_overrides, load_config  # noqa: E402
+from harness.config import (  # noqa: E402
+    ExperimentConfig,
+    _plain,
+    apply_overrides,
+    load_config,
+)
 from harness.datasets import load_dataset  # noqa: E402
 from harness.distributed import ONE_PROCESS, resolve_device  # noqa: E402
 from harness.files import RunLock, atomic_path, atomic_save, atomic_write  # noqa: E402
@@ -162,14 +167,6 @@ def write_meta(result: MetaResult, config: ExperimentConfig, folder: Path) -> li
     paths.append(atomic_write(folder / "tables" / "meta.csv", table.to_csv(index=False)))
     paths.append(Path(plot_area(result, folder / "figures" / "meta_area.png")))
     return paths
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def load_meta(path: str | os.PathLike | dict, overrides: list[str] | None = None

@@ -63,16 +63,13 @@ def meta_settings(raw, metrics: dict | None = None, methods: list[str] | None = 
         ConfigError: an unknown key, a wrong type or a value out of range, named ``meta.<key>``.
     """
     settings = check(build(MetaSettings, raw, "meta"), "meta")
-    if metrics is not None:
-        for name in settings.metrics or []:
-            if name not in metrics:
-                raise ConfigError(f"meta.metrics: {name!r} is not a metric of this config."
-                                  f"{did_you_mean(name, list(metrics))} Valid: "
-                                  f"{', '.join(metrics)}")
-    if methods is not None:
-        for name in settings.methods or []:
-            if name not in methods:
-                raise ConfigError(f"meta.methods: {name!r} is not a method of this config."
-                                  f"{did_you_mean(name, list(methods))} Valid: "
-                                  f"{', '.join(methods)}")
+    for field, chosen, valid in (("metrics", settings.metrics, metrics),
+                                 ("methods", settings.methods, methods)):
+        if valid is None:
+            continue
+        for name in chosen or []:
+            if name not in valid:
+                raise ConfigError(f"meta.{field}: {name!r} is not a {field[:-1]} of this "
+                                  f"config.{did_you_mean(name, list(valid))} Valid: "
+                                  f"{', '.join(valid)}")
     return settings
