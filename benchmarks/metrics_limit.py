@@ -112,13 +112,19 @@ def peak_memory(device: torch.device, out: dict):
 
 
 class PassCounter:
-    """Images through ``model``: ``forward`` (every pass) and ``backward`` (passes whose output
-    was backpropagated), by hooks on the model, removed on exit."""
+    """Images through ``model`` and through every copy of it (the randomization metrics run
+    deep copies with re-initialised weights): ``forward`` (every pass) and ``backward`` (passes
+    whose output was backpropagated). A global forward hook (removed on exit) counts the calls of
+    modules that carry the mark set on ``model``, which ``copy.deepcopy`` keeps."""
+
+    MARK = "_metrics_limit_counted"
 
     def __init__(self, model: torch.nn.Module):
         self.model, self.forward, self.backward = model, 0, 0
 
     def _hook(self, module, args, output):
+        if not getattr(module, self.MARK, False) or not args:
+            return
         n = int(args[0].shape[0])
         self.forward += n
         if isinstance(output, torch.Tensor) and output.requires_grad:
@@ -128,11 +134,13 @@ class PassCounter:
         self.backward += n
 
     def __enter__(self) -> PassCounter:
-        self.handle = self.model.register_forward_hook(self._hook)
+        setattr(self.model, self.MARK, True)
+        self.handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
         return self
 
     def __exit__(self, *exc) -> None:
         self.handle.remove()
+        delattr(self.model, self.MARK)
 
 
 def one_pass(model, x: torch.Tensor, target: torch.Tensor, backward: bool) -> None:
@@ -278,6 +286,13 @@ def child_metric(args, name: str, limit: dict) -> dict:
     if counter.forward == 0:
         return out
     peers = [] if args.no_peers else peer_runs(name, setup, settings)
+    out["peer_errors"] = {}
+    for peer in list(peers):  # a peer that fails is reported, the metric's row stays
+        try:
+            peer.run()
+        except Exception as error:  # noqa: BLE001  (a peer's failure, whatever it is)
+            out["peer_errors"][peer.name] = f"{type(error).__name__}: {error}"[:300]
+            peers.remove(peer)
     cap = 32 if args.quick else (4096 if setup.device.type == "cuda" else 256)
     times: dict[str, list[float]] = {"metric": [], "limit": []}
     for _ in range(args.repeats):

@@ -246,10 +246,19 @@ def _quantus_correlation(setup, settings):
 
 def _quantus_irof(setup, settings):
     import quantus
+    from quantus.functions.perturb_func import baseline_replacement_by_mask
+
+    def rgb_mask_replacement(arr, mask, **options):
+        # Quantus 0.6's IROF builds [B, 1, H, W] segment masks but its default perturbation
+        # asserts that the mask has the array's shape, so IROF stops on RGB input as shipped;
+        # broadcasting the mask over the channels is what it means to do.
+        return baseline_replacement_by_mask(arr=arr, mask=np.broadcast_to(mask, arr.shape),
+                                            **options)
 
     def run():
         metric = quantus.IROF(segmentation_method="slic", perturb_baseline="mean",
-                              return_aggregate=False, abs=False, normalise=False,
+                              perturb_func=rgb_mask_replacement, return_aggregate=False,
+                              abs=False, normalise=False,
                               disable_warnings=True, display_progressbar=False)
         values = metric(model=setup.model, x_batch=_numpy(setup.x),
                         y_batch=_numpy(setup.target),

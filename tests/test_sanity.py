@@ -18,6 +18,7 @@ from harness.sanity import (
     resolve_blocks,
     train_pair,
 )
+from harness.sanity.randomization import randomization_steps, randomized_models
 from harness.sanity.similarity import hog_features, spearman_abs, ssim
 
 
@@ -117,6 +118,27 @@ def test_randomize_cascading_and_independent_weights(tiny_cnn):
     assert not any(p.requires_grad for p in both.parameters()) and not both.training
     reset = randomize(model, blocks[2:], seed=0, indices=[2])
     assert torch.equal(reset.features[1].running_var, torch.ones(8))  # BN statistics reset
+
+
+@pytest.mark.parametrize("mode,order", [("cascading", "top_down"), ("cascading", "bottom_up"),
+                                        ("independent", "top_down")])
+def test_randomized_models_equal_a_fresh_randomize_at_every_step(tiny_cnn, mode, order):
+    # the incremental copy (one deep copy, one block initialised per cascading step) must give
+    # the weights and buffers of a fresh copy with all of the step's blocks re-initialised
+    model = tiny_cnn
+    before = weights_fingerprint(model)
+    steps = randomization_steps(model, resolve_blocks(model, None), mode=mode, order=order)
+    fingerprints = []
+    for (_, blocks, indices), reused in zip(
+            steps, randomized_models(model, steps, seed=4), strict=True):
+        fresh = randomize(model, blocks, seed=4, indices=indices)
+        assert reused.state_dict().keys() == fresh.state_dict().keys()
+        for name, tensor in fresh.state_dict().items():
+            assert torch.equal(reused.state_dict()[name], tensor), (mode, order, indices, name)
+        assert not reused.training and not any(p.requires_grad for p in reused.parameters())
+        fingerprints.append(weights_fingerprint(reused))
+    assert weights_fingerprint(model) == before
+    assert len(set(fingerprints)) == len(steps)  # every step changed the weights
 
 
 def test_squeezenet_reinitialises_with_its_own_initialisers():

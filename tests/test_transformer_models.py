@@ -233,14 +233,14 @@ def test_cascading_randomization_changes_exactly_one_more_encoder_layer_per_step
     model = build()
     blocks = model.harness_info.blocks
     seen = []
-    original_randomize = randomization_module.randomize
+    original_models = randomization_module.randomized_models
 
-    def spy(network, chosen, **kwargs):
-        randomized = original_randomize(network, chosen, **kwargs)
-        seen.append(changed_parameters(model, randomized))
-        return randomized
+    def spy(network, steps, **kwargs):
+        for randomized in original_models(network, steps, **kwargs):
+            seen.append(changed_parameters(model, randomized))  # before the next step reuses it
+            yield randomized
 
-    monkeypatch.setattr(randomization_module, "randomize", spy)
+    monkeypatch.setattr(randomization_module, "randomized_models", spy)
     fingerprint = state_hash(model)
     model_randomization(model, "vanilla", images(2), [0, 1], measures=("spearman_abs",))
     assert state_hash(model) == fingerprint

@@ -17,7 +17,7 @@ from harness.errors import MetricError
 from harness.methods import get_method, saliency_batched
 from harness.metrics._common import MAPS, defined, unit_map
 from harness.metrics.registry import register_metric
-from harness.sanity.randomization import ORDERS, randomize
+from harness.sanity.randomization import ORDERS, randomized_models
 from harness.sanity.revisited import NORMALISES, check_blocks, evaluated_steps, preprocess_maps
 from harness.settings import check_bool, check_choice, check_int, check_seed
 
@@ -150,15 +150,13 @@ def efficient_mprt(model: nn.Module, method: str, x: torch.Tensor, target, *,
     values, used = _complexities(maps, config)
     complexities.append(values)
     bins.append(used)
-    for _, chosen, indices in steps:
-        randomized = randomize(model, chosen, seed=config.seed, indices=indices)
+    for randomized in randomized_models(model, steps, seed=config.seed):
         other = saliency_batched(method, randomized, x, target, batch_size=batch_size,
                                  method_params=params, signed=signed)
         values, used = _complexities(other, config)
         complexities.append(values)
         bins.append(used)
         entropies.append(_output_entropy(randomized, x, batch_size))
-        del randomized
     complexities = np.stack(complexities, axis=1)
     first, last = complexities[:, 0], complexities[:, -1]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -167,16 +167,11 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[str | Block] | None) -> li
     return chosen
 
 
-def randomize(model: nn.Module, blocks: Sequence[Block], *, seed: int,
-              indices: Sequence[int] | None = None) -> nn.Module:
-    """A deep copy of ``model`` with ``blocks`` re-initialised (block ``blocks[j]`` from seed
-    ``seed * 1000 + indices[j]``), in eval mode with frozen parameters, on the model's device."""
-    info = model_info(model)
-    initialise = INITIALISERS.get(info.name, _default_init)
-    device = next(model.parameters()).device
-    randomized = copy.deepcopy(model).cpu()
+def _initialise_blocks(randomized: nn.Module, blocks: Sequence[Block], indices: Sequence[int],
+                       *, seed: int, initialise: Callable[[str, nn.Module], None]) -> None:
+    """Re-initialise ``blocks`` of ``randomized`` (on the CPU) in place, block ``blocks[j]`` from
+    its own seed ``seed * 1000 + indices[j]`` (so a block's weights depend on nothing else)."""
     parameters = dict(randomized.named_parameters())
-    indices = list(indices) if indices is not None else list(range(len(blocks)))
     for block, index in zip(blocks, indices, strict=True):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed * 1000 + index)
@@ -187,10 +182,45 @@ def randomize(model: nn.Module, blocks: Sequence[Block], *, seed: int,
                 root = randomized.get_submodule(path)
                 for name, module in root.named_modules():
                     initialise(f"{path}.{name}" if name else path, module)
+
+
+def randomize(model: nn.Module, blocks: Sequence[Block], *, seed: int,
+              indices: Sequence[int] | None = None) -> nn.Module:
+    """A deep copy of ``model`` with ``blocks`` re-initialised (block ``blocks[j]`` from seed
+    ``seed * 1000 + indices[j]``), in eval mode with frozen parameters, on the model's device."""
+    device = next(model.parameters()).device
+    randomized = copy.deepcopy(model).cpu()
+    indices = list(indices) if indices is not None else list(range(len(blocks)))
+    _initialise_blocks(randomized, blocks, indices, seed=seed,
+                       initialise=INITIALISERS.get(model_info(model).name, _default_init))
     randomized.to(device).eval()
     for param in randomized.parameters():
         param.requires_grad_(False)
     return randomized
+
+
+def randomized_models(model: nn.Module, steps: Sequence[tuple[Block, list[Block], list[int]]],
+                      *, seed: int) -> Iterator[nn.Module]:
+    """Per step of ``randomization_steps`` (``(block, blocks, indices)``), the model with that
+    step's ``blocks`` re-initialised: the same weights, bit for bit, as ``randomize(model,
+    blocks, seed=seed, indices=indices)``, since each block's initialisation depends on its own
+    seed alone. A step that randomizes the previous step's blocks and more (cascading) extends
+    the previous step's copy instead of copying the model again: one deep copy and one block
+    initialisation per step instead of k. The yielded model is reused by the next step."""
+    device = next(model.parameters()).device
+    initialise = INITIALISERS.get(model_info(model).name, _default_init)
+    current, done = None, []
+    for _, blocks, indices in steps:
+        indices = list(indices)
+        if current is not None and indices[: len(done)] == done and len(indices) >= len(done):
+            current = current.cpu()  # the initialisers draw from the CPU generator
+            _initialise_blocks(current, blocks[len(done):], indices[len(done):], seed=seed,
+                               initialise=initialise)
+            current.to(device)
+        else:
+            current = randomize(model, blocks, seed=seed, indices=indices)
+        done = indices
+        yield current
 
 
 def ordered_blocks(blocks: Sequence[Block], order: str) -> list[Block]:
@@ -330,8 +360,8 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
     records: list[dict] = []
     kept: dict[str, torch.Tensor] = {}
     steps = randomization_steps(model, chosen, mode=mode, order=order)
-    for step, (block, to_randomize, indices) in enumerate(steps, start=1):
-        randomized = randomize(model, to_randomize, seed=seed, indices=indices)
+    for step, ((block, _, _), randomized) in enumerate(
+            zip(steps, randomized_models(model, steps, seed=seed), strict=True), start=1):
         if target_mode == "own_top1":
             with torch.inference_mode():
                 classes = randomized(x).argmax(dim=1)
@@ -345,7 +375,6 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
         records += rows
         if keep_maps:
             kept[block.label] = other_maps.cpu()
-        del randomized
     undefined = [r for r in records if r["status"].startswith("undefined")]
     if undefined:
         warnings.warn(f"{method}: {len(undefined)} similarity values are undefined "

@@ -18,7 +18,7 @@ from harness.methods import get_method, saliency
 from harness.metrics._common import MAPS, defined
 from harness.metrics.causal import default_batch_size
 from harness.metrics.registry import register_metric, value_column
-from harness.sanity.randomization import MODES, ORDERS, randomize, resolve_blocks
+from harness.sanity.randomization import MODES, ORDERS, randomized_models, resolve_blocks
 from harness.sanity.revisited import (
     NORMALISES,
     SIMILARITIES,
@@ -159,10 +159,8 @@ def smooth_mprt(model: nn.Module, method: str, x: torch.Tensor, target, *,
     original = smooth(model, 0)
     similarities = np.full((x.shape[0], len(steps)), np.nan)
     statuses = []
-    for column, (_, chosen, indices) in enumerate(steps):
-        randomized = randomize(model, chosen, seed=config.seed, indices=indices)
+    for column, randomized in enumerate(randomized_models(model, steps, seed=config.seed)):
         other = smooth(randomized, column + 1)
-        del randomized
         step_status = []
         for i in range(x.shape[0]):
             similarities[i, column], why = map_similarity(original[i], other[i],
