@@ -223,6 +223,33 @@ def test_the_guard_names_the_method_and_stops_before_its_records(tmp_path, misbe
 
 
 @pytest.mark.parametrize("function, what", [
+    ("weights", r"changed the model's parameter features.0.weight"),
+    ("buffers", r"changed the model's buffer features.1.running_mean"),
+    ("inputs", r"modified its input x in place"),
+    ("leaky", r"left a hook on \(the model\)"),
+])
+@pytest.mark.parametrize("metric", ["sample_statistics", "smoothed_maps"])
+def test_one_guard_around_a_metrics_chunks_still_names_the_method(tiny_cnn, misbehaving,
+                                                                  function, what, metric):
+    # the robustness metrics and Smooth MPRT call the method once per chunk inside one guard
+    # (the model walked once, at the end; each chunk's input checked at once)
+    from harness.metrics.neighbourhood import Neighbourhood, sample_statistics
+    from harness.sanity.smooth_mprt import smoothed_maps
+
+    name = f"{misbehaving}:{function}"
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(MethodError, match=rf"method '{name}' {what}"):
+        if metric == "sample_statistics":
+            sample_statistics(tiny_cnn, name, x, [0, 1, 2],
+                              neighbourhood=Neighbourhood(n_samples=3, batch_size=2))
+        else:
+            smoothed_maps(name, tiny_cnn, x, torch.tensor([0, 1, 2]),
+                          [torch.randn(2, 3, 16, 16)] * 3, noise_magnitude=0.1, batch_size=2)
+    assert not tiny_cnn._forward_pre_hooks, "the layout hook is removed"
+    assert tiny_cnn._forward_hooks == {} or function == "leaky"
+
+
+@pytest.mark.parametrize("function, what", [
     ("numpy_maps", "returned ndarray maps"), ("listed", "returned list maps"),
     ("shaped", r"returned maps of shape \(2, 3, 16, 16\), expected \(2, 16, 16\)"),
     ("meta", "returned maps on meta"), ("integers", "returned maps of dtype torch.int64"),

@@ -14,6 +14,7 @@ Besides the registered names, ``get_method`` resolves installed entry points of 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import field
@@ -215,6 +216,13 @@ def _model_state(model: nn.Module) -> dict[str, tuple]:
     return state
 
 
+# ids of the models inside a ``guarded`` block of this context: a guard nested in another on
+# the same model (a metric that calls the method once per chunk inside one guard) checks only its
+# ``x``; the outer guard checks the model once, at its end
+_GUARDED: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "harness_guarded_models", default=frozenset())
+
+
 @contextlib.contextmanager
 def guarded(model: nn.Module, method: str = "a saliency method",
             x: torch.Tensor | None = None) -> Iterator[None]:
@@ -225,9 +233,38 @@ def guarded(model: nn.Module, method: str = "a saliency method",
     pass over the weights), ``x`` unchanged, no hook left on a module nor a process-wide module
     hook added.
 
+    Nested in a ``guarded`` block on the same model (a metric that calls the method once per
+    chunk wraps all the calls in one guard), it checks ``x`` only: the model's checks, which walk
+    every module, run once, when the outer block ends.
+
     Raises:
         MethodError: naming the method and what it changed (after restoring what can be).
     """
+    active = _GUARDED.get()
+    if id(model) in active:
+        yield from _x_guarded(method, x)
+        return
+    token = _GUARDED.set(active | {id(model)})
+    try:
+        yield from _model_guarded(model, method, x)
+    finally:
+        _GUARDED.reset(token)
+
+
+def _x_guarded(method: str, x: torch.Tensor | None) -> Iterator[None]:
+    x_state = None if x is None else (x._version, x.data_ptr())
+    with torch.enable_grad():
+        yield
+    _check_x(method, x, x_state)
+
+
+def _check_x(method: str, x: torch.Tensor | None, x_state) -> None:
+    if x is not None and (x._version, x.data_ptr()) != x_state:
+        raise MethodError(f"method {method!r} modified its input x in place; a saliency method "
+                          "must not change x (clone it first)")
+
+
+def _model_guarded(model: nn.Module, method: str, x: torch.Tensor | None) -> Iterator[None]:
     training = [module.training for module in model.modules()]
     params = list(model.parameters())
     flags = [param.requires_grad for param in params]
@@ -255,9 +292,7 @@ def guarded(model: nn.Module, method: str = "a saliency method",
                           + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
                           + ": a saliency method must leave the model as it was (every later "
                           "method and metric would read the changed model); the run stops")
-    if x is not None and (x._version, x.data_ptr()) != x_state:
-        raise MethodError(f"method {method!r} modified its input x in place; a saliency method "
-                          "must not change x (clone it first)")
+    _check_x(method, x, x_state)
     now = _hook_counts(model)
     left = [where for where in hooks if now.get(where) != hooks[where]]
     if left:

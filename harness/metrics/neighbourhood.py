@@ -34,7 +34,7 @@ from torch import nn
 
 from harness.errors import MetricError
 from harness.methods import saliency
-from harness.methods._core import NonFiniteMapError, check_inputs
+from harness.methods._core import NonFiniteMapError, check_inputs, guarded
 from harness.metrics.causal import resolve_memory_format
 from harness.models import model_info
 from harness.seeding import image_generator
@@ -50,8 +50,13 @@ NORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Perturbed inputs per method call when none is given: 16 on the CPU, 128 on accelerators."""
-    return 16 if device.type == "cpu" else 128
+    """Inputs per method call (a forward + backward) when none is given: 4 on the CPU, 128 on
+    accelerators. On the CPU, ``benchmarks/metrics_limit.py`` measured forward + backward of
+    EfficientNet-Lite0 at 224 x 224 as fast per image at 4 as at 8 or 16 (channels_last: 63, 65
+    and 66 images/s in its sweep; the robustness metrics themselves ran fastest at 4), while the
+    activations kept for the backward grow with the chunk: 0.37 GB at 4, 0.75 GB at 8, 1.4 GB at
+    16 over the process's resident memory (``docs/benchmarks.md``)."""
+    return 4 if device.type == "cpu" else 128
 
 
 class _Layout(torch.autograd.Function):
@@ -167,7 +172,7 @@ class Neighbourhood:
     """The sampled neighbourhood of every image: ``n_samples`` deltas per image, U(-r, r)
     (``uniform``) or N(0, r^2) (``gaussian``) per element, r = ``radius`` in ``radius_units``,
     from ``image_generator(seed, ids[i] or i, salt="robustness")``; ``batch_size`` perturbed
-    inputs per method call (None: 16 on the CPU, 128 on accelerators)."""
+    inputs per method call (None: 4 on the CPU, 128 on accelerators)."""
 
     radius: float = 0.2
     radius_units: str = "pixel"
@@ -258,7 +263,7 @@ def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
     check_stability(p, eps_min)
     if ids is not None and len(ids) != x.shape[0]:
         raise MetricError(f"ids has {len(ids)} entries for {x.shape[0]} images")
-    with model_layout(model, resolve_memory_format("auto", x.device)):
+    with model_layout(model, resolve_memory_format("auto", x.device)), guarded(model, method):
         return _statistics(model, method, x.detach(), target, dict(method_params or {}),
                            neighbourhood, p, eps_min, predictions, ids)
 

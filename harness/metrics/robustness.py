@@ -220,7 +220,7 @@ class NeighbourhoodSettings:
     ``config.py``): ``radius`` 0.2 in ``radius_units`` (``pixel``: [0, 1] pixels as the reference,
     converted with the model's std; ``input``: the model's normalised input, Captum's and
     Quantus' convention), ``n_samples`` 50, ``noise`` uniform in the L-inf ball (or ``gaussian``,
-    N(0, radius^2)), ``batch_size`` perturbed inputs per method call (None: 16 on the CPU, 128 on
+    N(0, radius^2)), ``batch_size`` perturbed inputs per method call (None: 4 on the CPU, 128 on
     accelerators). The deltas are seeded by the experiment seed and the image id; every
     robustness metric with the same neighbourhood reuses one pass of the method (per unit)."""
 
