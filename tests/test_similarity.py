@@ -223,3 +223,37 @@ def test_reference_normalisation_reads_the_raw_attribution(tiny_cnn):
     with pytest.raises(ValueError, match="map_normalisation 'paper' is not one of: reference, "
                                          "method"):
         model_randomization(tiny_cnn, "vanilla", x, target, map_normalisation="paper")
+
+
+@pytest.mark.parametrize("measure", ["spearman_abs", "spearman_signed", "hog"])
+@pytest.mark.parametrize("shape", [(48, 48), (48, 48, 3)])
+def test_a_prepared_original_gives_the_same_similarity_bit_for_bit(measure, shape):
+    # model_randomization prepares the original map's ranks / HOG descriptor once and compares
+    # it at every step: the value must be the one compare() gives, to the last bit (ties too)
+    from harness.sanity.similarity import MEASURES, compare_views
+
+    rng = np.random.default_rng(3)
+    view = MEASURES[measure].view
+    original = {view: np.round(rng.random(shape), 1)}  # many ties
+    parts: dict = {}
+    for step in range(3):
+        other = {view: gaussian_filter(rng.standard_normal(shape), 1 + step)}
+        if view == "unit":
+            other[view] = (other[view] - other[view].min()) / np.ptp(other[view])
+        plain = compare_views(measure, original, other)
+        prepared = compare_views(measure, original, other, original_parts=parts)
+        assert prepared == plain and np.isfinite(plain), (measure, step)
+    assert len(parts) == 1  # the original was prepared once
+    if view != "unit":  # spearman_* is scipy's spearmanr of the raveled maps
+        expected = stats.spearmanr(original[view].ravel(), other[view].ravel()).statistic
+        assert compare_views(measure, original, other, original_parts=parts) == expected
+
+
+def test_a_prepared_constant_map_is_undefined_as_before():
+    from harness.sanity.similarity import UndefinedSimilarity, compare_views
+
+    flat, varied = {"abs": np.ones((20, 20))}, {"abs": np.arange(400.0).reshape(20, 20)}
+    for original, other, which in ((flat, varied, "original"), (varied, flat, "randomized")):
+        for parts in (None, {}):
+            with pytest.raises(UndefinedSimilarity, match=f"the {which} map is constant"):
+                compare_views("spearman_abs", original, other, original_parts=parts)

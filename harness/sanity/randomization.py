@@ -291,7 +291,11 @@ def _views(method: str, network: nn.Module, x: torch.Tensor, classes: torch.Tens
 
 def _similarities(original: list[dict], other: list[dict], measures: Sequence[str],
                   ids: Sequence[str], no_signed: bool,
-                  normalisation: str | None = None) -> list[dict]:
+                  normalisation: str | None = None,
+                  original_parts: list[dict] | None = None) -> list[dict]:
+    """Per image and measure, the record of ``original[i]`` against ``other[i]``;
+    ``original_parts`` (one dict per image, kept by the caller across calls): the original maps'
+    per-measure parts (``compare_views``)."""
     rows = []
     for index, image_id in enumerate(ids):
         for measure in measures:
@@ -300,7 +304,9 @@ def _similarities(original: list[dict], other: list[dict], measures: Sequence[st
                              "status": "method has no signed variant"})
                 continue
             try:
-                value = compare_views(measure, original[index], other[index], normalisation)
+                value = compare_views(measure, original[index], other[index], normalisation,
+                                      original_parts=None if original_parts is None
+                                      else original_parts[index])
                 rows.append({"image_id": image_id, "measure": measure, "value": value,
                              "status": "ok"})
             except UndefinedSimilarity as reason:
@@ -360,6 +366,7 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
     records: list[dict] = []
     kept: dict[str, torch.Tensor] = {}
     steps = randomization_steps(model, chosen, mode=mode, order=order)
+    original_parts: list[dict] = [{} for _ in ids]  # the original maps' ranks and HOG, once
     for step, ((block, _, _), randomized) in enumerate(
             zip(steps, randomized_models(model, steps, seed=seed), strict=True), start=1):
         if target_mode == "own_top1":
@@ -368,7 +375,8 @@ def model_randomization(model: nn.Module, method: str, x: torch.Tensor, target, 
         else:
             classes = target
         other, other_maps = views_of(randomized, x, classes)
-        rows = _similarities(original, other, measures, ids, no_signed, map_normalisation)
+        rows = _similarities(original, other, measures, ids, no_signed, map_normalisation,
+                             original_parts)
         for row in rows:
             row.update(step=step, block=block.label,
                        target=int(classes[ids.index(row["image_id"])]))

@@ -214,6 +214,30 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a.ravel(), b.ravel()).statistic)
 
 
+def _checked_map(array: np.ndarray, which: str) -> np.ndarray:
+    """One map of a pair, checked as ``_pair`` checks it: finite, 2-D or 3-D, not constant."""
+    array = _finite(array)
+    if array.ndim not in (2, 3):
+        raise MetricError(f"maps must be [H, W] or [H, W, C], got {array.shape}")
+    if np.ptp(array) == 0:
+        raise UndefinedSimilarity(f"the {which} map is constant ({float(array.flat[0])!r})")
+    return array
+
+
+def spearman_part(array: np.ndarray, which: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """The per-map part of ``spearman``: the map's shape and its average ranks."""
+    array = _checked_map(array, which)
+    return array.shape, stats.rankdata(array.ravel())
+
+
+def spearman_of_parts(a: tuple, b: tuple) -> float:
+    """``spearman`` from two ``spearman_part``s, bit for bit: ``scipy.stats.spearmanr`` of two
+    vectors is ``np.corrcoef`` of their stacked average ranks."""
+    if a[0] != b[0]:
+        raise MetricError(f"maps must be equal in shape, got {a[0]} and {b[0]}")
+    return float(np.corrcoef(np.column_stack((a[1], b[1])), rowvar=False)[1, 0])
+
+
 def pearson_correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = _pair(a, b)
     return float(stats.pearsonr(a.ravel(), b.ravel()).statistic)
@@ -281,6 +305,22 @@ def hog_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(features_a, features_b).statistic)
 
 
+def hog_part(array: np.ndarray, which: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """The per-map part of ``hog_similarity``: the map's shape and its HOG descriptor."""
+    array = _checked_map(array, which)
+    features = hog_features(array)
+    if np.ptp(features) == 0:
+        raise UndefinedSimilarity(f"the {which} map's HOG descriptor is constant")
+    return array.shape, features
+
+
+def hog_of_parts(a: tuple, b: tuple) -> float:
+    """``hog_similarity`` from two ``hog_part``s."""
+    if a[0] != b[0]:
+        raise MetricError(f"maps must be equal in shape, got {a[0]} and {b[0]}")
+    return float(stats.spearmanr(a[1], b[1]).statistic)
+
+
 # ----------------------------------------------------------------------------- measures
 
 
@@ -295,6 +335,11 @@ class Measure:
     description: str
     # the comparison on ``second_moment`` views where it differs (SSIM: the joint data range)
     unbounded: Callable[[np.ndarray, np.ndarray], float] | None = None
+    # ``compare`` split into a per-map part (ranks, a HOG descriptor) and the comparison of two
+    # parts, equal to ``compare`` bit for bit: a map compared many times (the original map, at
+    # every randomization step) is prepared once (``compare_views``' ``original_parts``)
+    part: Callable[[np.ndarray, str], object] | None = None
+    compare_parts: Callable[[object, object], float] | None = None
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         if self.view == "signed":
@@ -307,8 +352,10 @@ class Measure:
 
 
 MEASURES: dict[str, Measure] = {measure.name: measure for measure in (
-    Measure("spearman_abs", "abs", spearman, "Spearman of the absolute maps"),
-    Measure("spearman_signed", "signed", spearman, "Spearman of the signed maps"),
+    Measure("spearman_abs", "abs", spearman, "Spearman of the absolute maps",
+            part=spearman_part, compare_parts=spearman_of_parts),
+    Measure("spearman_signed", "signed", spearman, "Spearman of the signed maps",
+            part=spearman_part, compare_parts=spearman_of_parts),
     Measure("ssim", "unit", ssim_reference,
             "SSIM as the reference (skimage 0.15: Gaussian sigma 1.5, sample covariance, "
             "data range 2)", ssim_reference_joint),
@@ -317,7 +364,7 @@ MEASURES: dict[str, Measure] = {measure.name: measure for measure in (
             ssim_wang_joint),
     Measure("hog", "unit", hog_similarity,
             "Spearman of HOG descriptors (9 orientations, 16x16-pixel cells, 3x3-cell blocks, "
-            "L2-Hys)"),
+            "L2-Hys)", part=hog_part, compare_parts=hog_of_parts),
     Measure("pearson", "abs", pearson_correlation, "Pearson of the absolute maps"),
 )}
 
@@ -335,10 +382,14 @@ pearson = MEASURES["pearson"]
 
 
 def compare_views(measure: str, original: dict, other: dict,
-                  normalisation: str | None = None) -> float:
+                  normalisation: str | None = None, *,
+                  original_parts: dict | None = None) -> float:
     """Measure ``measure`` between two views dicts (``reference_views`` / ``method_views`` /
     ``second_moment_views``, as ``normalisation`` names); an undefined view raises
-    ``UndefinedSimilarity`` naming the map."""
+    ``UndefinedSimilarity`` naming the map. ``original_parts``: a dict the caller keeps for the
+    ``original`` views (one per original map), where the measures' per-map parts of the
+    original (its ranks, its HOG descriptor) are kept once computed, so comparing one original
+    with many maps prepares it once; the values are the same with or without it."""
     entry = MEASURES[measure]
     view_a, view_b = original[entry.view], other[entry.view]
     for which, view in (("original", view_a), ("randomized", view_b)):
@@ -346,7 +397,12 @@ def compare_views(measure: str, original: dict, other: dict,
             raise UndefinedSimilarity(f"the {which} map {view}")
     if normalisation == "second_moment" and entry.unbounded is not None:
         return entry.unbounded(view_a, view_b)
-    return entry.compare(view_a, view_b)
+    if entry.part is None or original_parts is None:
+        return entry.compare(view_a, view_b)
+    key = (entry.view, entry.part)
+    if key not in original_parts:  # an UndefinedSimilarity is raised again next time
+        original_parts[key] = entry.part(view_a, "original")
+    return entry.compare_parts(original_parts[key], entry.part(view_b, "randomized"))
 
 
 def describe(measures, normalisation: str | None, version: int | None,
