@@ -226,23 +226,30 @@ def values_of(records: list[dict]) -> np.ndarray:
 
 
 def child_limit(args) -> dict:
-    """The sweep over batch sizes and layouts, for plain forwards and forward + backward."""
+    """The sweep over batch sizes and layouts, for plain forwards and forward + backward: each
+    setting's best rate over 3 rounds, the rounds interleaved (every setting once per round), so
+    that a slow spell of a shared machine does not decide which setting is best."""
     device = torch.device(args.device)
     model = harness.load_model(args.model, weights=args.weights, device=str(device))
     sizes = [1, 2, 4] if args.quick else ([8, 16, 32, 64, 128, 256] if device.type == "cuda"
                                           else [1, 2, 4, 8, 16, 32])
-    images = 8 if args.quick else (512 if device.type == "cuda" else 48)
-    out = {"rates": {}}
-    for backward in (False, True):
-        kind = "forward_backward" if backward else "forward"
-        best = (0.0, None, None)
-        for layout in ("contiguous", "channels_last"):
-            for batch_size in sizes:
-                rate = max(limit_rate(model, device, args.size, batch_size, layout, backward,
-                                      images) for _ in range(2))
-                out["rates"][f"{kind} {layout} {batch_size}"] = rate
-                best = max(best, (rate, batch_size, layout), key=lambda item: item[0])
-        out[kind] = {"images_per_s": best[0], "batch_size": best[1], "layout": best[2]}
+    images = 8 if args.quick else (512 if device.type == "cuda" else 64)
+    rounds = 1 if args.quick else 3
+    out: dict = {"rates": {}, "rounds": rounds, "images_per_setting": images}
+    for _ in range(rounds):
+        for backward in (False, True):
+            kind = "forward_backward" if backward else "forward"
+            for layout in ("contiguous", "channels_last"):
+                for batch_size in sizes:
+                    key = f"{kind} {layout} {batch_size}"
+                    rate = limit_rate(model, device, args.size, batch_size, layout, backward,
+                                      images)
+                    out["rates"][key] = max(out["rates"].get(key, 0.0), rate)
+    for kind in ("forward", "forward_backward"):
+        best = max(((rate, key) for key, rate in out["rates"].items()
+                    if key.split()[0] == kind), key=lambda item: item[0])
+        _, layout, batch_size = best[1].split()
+        out[kind] = {"images_per_s": best[0], "batch_size": int(batch_size), "layout": layout}
     return out
 
 
@@ -425,6 +432,10 @@ def table(report: dict) -> str:
             f"{fmt(fastest['seconds']) if fastest else '-'} | "
             f"{fmt(fastest['seconds'] / row['metric_s']) if fastest else '-'} | "
             f"{fmt(fastest.get('rss_added_gb')) if fastest else '-'} | {agreement} |")
+    failed = [f"- {row['metric']}: the peer {peer} failed: {why}" for row in report["metrics"]
+              for peer, why in row.get("peer_errors", {}).items()]
+    if failed:
+        lines += ["", "Peers that failed (their metric's row is measured without them):", *failed]
     return "\n".join(lines)
 
 
