@@ -12,8 +12,9 @@ the timing) one fresh subprocess measures:
   ``torch.inference_mode`` and of forward + backward to the input (vanilla gradient's passes).
   A sweep over batch sizes and memory layouts (NCHW, channels_last; best of 3 interleaved
   rounds, in its own subprocess) picks each kind's three fastest settings; in the metric's
-  process those three are timed again beside the metric and the fastest counts (which batch
-  size wins shifts with the process's allocator state). ``limit / metric`` is the fraction of
+  process those three are timed once more and the fastest is the limit's setting there (which
+  batch size wins shifts with the process's allocator state), timed beside the metric in each
+  repeat. ``limit / metric`` is the fraction of
   the limit the metric reaches (1.0: at the limit);
 - peak memory: the resident memory (RSS) the metric adds at its peak over what the process held
   before it (the peak is reset through ``/proc/self/clear_refs`` before the run and read from
@@ -27,10 +28,14 @@ the timing) one fresh subprocess measures:
   subprocess). The peers' batching is set to their best for this work (stated per peer).
 
 Settings: each metric's defaults, except ``infidelity``'s 10,000 Gaussian draws per image, run
-as 500 (the same per-draw work; ``--full`` runs the defaults). Prints one table and writes JSON.
+as 500 (the same per-draw work; ``--full`` runs the defaults). Every subprocess sets the C
+allocator as the harness's runs on the CPU do (``harness.tune_cpu_allocator``; the metric, the
+limit and the peers share it); ``--allocator default`` keeps the C library's settings. Prints one
+table and writes JSON.
 
     .venv/bin/python benchmarks/metrics_limit.py [--device cpu] [--images 4] [--repeats 3]
-        [--metrics max_sensitivity,irof] [--no-peers] [--full] [--json out.json]
+        [--metrics max_sensitivity,irof] [--no-peers] [--full] [--allocator default]
+        [--json out.json]
     .venv/bin/python benchmarks/metrics_limit.py --quick   # tiny sizes: a smoke test, no figure
 """
 
@@ -266,10 +271,14 @@ def child_footprint(args, limit: dict) -> dict:
     best = limit["forward_backward"]
     sizes = sorted({default_backward_chunk(device), best["batch_size"]})
     out: dict = {"layout": best["layout"]}
+    before = _status("VmRSS")
     for batch_size in sizes:
-        out[f"batch {batch_size}"] = {}
-        with peak_memory(device, out[f"batch {batch_size}"]):
+        size_out: dict = {}
+        with peak_memory(device, size_out):
             limit_rate(model, device, args.size, batch_size, best["layout"], True, 1)
+        if before is not None:  # over the RSS before the first size, not before this one
+            size_out["rss_added_gb"] = size_out["rss_peak_gb"] - before
+        out[f"batch {batch_size}"] = size_out
     return out
 
 
@@ -280,21 +289,32 @@ def candidates(limit: dict, kind: str, count: int = 3) -> list[tuple[int, str]]:
     return [(int(key.split()[2]), key.split()[1]) for _, key in rates]
 
 
-def limit_seconds(model, device, size: int, limit: dict, counter: PassCounter,
-                  cap: int) -> float:
+def limit_settings(model, device, size: int, limit: dict, counter: PassCounter,
+                   cap: int) -> dict[str, tuple[int, str]]:
+    """Per kind of pass the metric made, the fastest of the sweep's three fastest settings,
+    each timed once now in the metric's process over at most ``cap`` images (which batch size
+    wins shifts with the process's allocator state). One timing each, before the repeats, so
+    that the limit below is, like the metric, a best of ``--repeats``."""
+    chosen = {}
+    for kind, count in (("forward", counter.forward - counter.backward),
+                        ("forward_backward", counter.backward)):
+        if count > 0:
+            chosen[kind] = max(candidates(limit, kind), key=lambda setting: limit_rate(
+                model, device, size, *setting, kind == "forward_backward", min(count, cap)))
+    return chosen
+
+
+def limit_seconds(model, device, size: int, chosen: dict[str, tuple[int, str]],
+                  counter: PassCounter, cap: int) -> float:
     """Seconds the counted passes take at the limit: the plain forwards and the forward +
-    backward passes, each at the best rate of the sweep's three fastest settings timed again
-    now, in the metric's process (over at most ``cap`` images each): which batch size is
-    fastest shifts with the process's allocator state, so the limit is the best of them here."""
+    backward passes at their ``chosen`` settings, timed now over at most ``cap`` images each."""
     seconds = 0.0
     for kind, count in (("forward", counter.forward - counter.backward),
                         ("forward_backward", counter.backward)):
-        if count <= 0:
-            continue
-        rate = max(limit_rate(model, device, size, batch_size, layout,
-                              kind == "forward_backward", min(count, cap))
-                   for batch_size, layout in candidates(limit, kind))
-        seconds += count / rate
+        if count > 0:
+            batch_size, layout = chosen[kind]
+            seconds += count / limit_rate(model, device, size, batch_size, layout,
+                                          kind == "forward_backward", min(count, cap))
     return seconds
 
 
@@ -319,9 +339,12 @@ def child_metric(args, name: str, limit: dict) -> dict:
             out["peer_errors"][peer.name] = f"{type(error).__name__}: {error}"[:300]
             peers.remove(peer)
     cap = 32 if args.quick else (4096 if setup.device.type == "cuda" else 256)
+    chosen = limit_settings(setup.model, setup.device, args.size, limit, counter, cap)
+    out["limit_settings"] = {kind: {"batch_size": b, "layout": layout}
+                             for kind, (b, layout) in chosen.items()}
     times: dict[str, list[float]] = {"metric": [], "limit": []}
     for _ in range(args.repeats):
-        times["limit"].append(limit_seconds(setup.model, setup.device, args.size, limit,
+        times["limit"].append(limit_seconds(setup.model, setup.device, args.size, chosen,
                                             counter, cap))
         sync(setup.device)
         began = time.perf_counter()
@@ -399,7 +422,7 @@ def run_child(args, *extra: str, timeout: int = 3600) -> dict:
                "--device", args.device, "--images", str(args.images), "--size", str(args.size),
                "--repeats", str(args.repeats), "--model", args.model, "--weights", args.weights]
     command += ["--quick"] * args.quick + ["--full"] * args.full + ["--no-peers"] * args.no_peers
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HARNESS_CPU_ALLOCATOR": args.allocator}
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(MARK):
@@ -465,7 +488,8 @@ def parent(args, write=None) -> dict:
                               f"{torch.get_num_threads()} threads)"),
               "torch": torch.__version__, "model": args.model, "images": args.images,
               "size": args.size, "repeats": args.repeats, "quick": args.quick,
-              "full": args.full, "load_average": os.getloadavg(),
+              "full": args.full, "allocator": args.allocator,
+              "load_average": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d %H:%M")}
     limit = run_child(args, "limit")
     if "error" in limit:
@@ -507,11 +531,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and counts: a smoke test, not a measurement")
     parser.add_argument("--json", default=None, help="write the report here")
+    parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
+                        help="the C allocator's settings in every subprocess (harness."
+                             "tune_cpu_allocator, as the harness's runs on the CPU; default: "
+                             "the C library's own)")
     parser.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.size, args.images, args.repeats = min(args.size, 64), min(args.images, 2), 1
     if args.child:
+        harness.tune_cpu_allocator()  # as the harness's runs do (HARNESS_CPU_ALLOCATOR decides)
         kind, *rest = args.child
         if kind == "limit":
             out = child_limit(args)
@@ -530,7 +559,8 @@ def main() -> None:
     report = parent(args, write)
     text = table(report)
     print(f"\n{report['device']}, torch {report['torch']}, {args.model}, {args.images} images "
-          f"at {args.size} x {args.size}, best of {args.repeats}; load average "
+          f"at {args.size} x {args.size}, best of {args.repeats}, allocator {args.allocator}; "
+          "load average "
           f"{report['load_average']} -> {report['load_average_after']}\n")
     print(text)
     write(report)

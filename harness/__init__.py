@@ -21,6 +21,7 @@ Plug in a method, metric, dataset or model of one's own with ``register_method``
 """
 
 import harness.sanity  # noqa: F401  (registers the sanity checks as metrics)
+from harness.allocator import tune_cpu_allocator
 from harness.api import RunResult, load_config, log_run, run, score_maps, table
 from harness.datasets import (
     Dataset,
@@ -77,6 +78,8 @@ __all__ = [
     "list_datasets", "get_dataset", "register_dataset", "load_dataset", "Dataset", "Sample",
     "list_models", "get_model_builder", "register_model", "load_model", "attach_info",
     "model_info", "ModelInfo",
+    # the CPU allocator (the runs call it)
+    "tune_cpu_allocator",
     # errors
     "HarnessError", "ConfigError", "UnknownNameError", "PluginError", "DataError", "ModelError",
     "MethodError", "MetricError", "RunFolderError", "TrackingError",

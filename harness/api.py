@@ -29,6 +29,7 @@ import torch
 import yaml
 from torch import nn
 
+from harness.allocator import tune_cpu_allocator
 from harness.config import ExperimentConfig, from_dict, load_config
 from harness.datasets import Dataset, load_dataset
 from harness.distributed import World, agree, close, detect, init, resolve_device
@@ -542,6 +543,8 @@ def score_maps(maps: np.ndarray | torch.Tensor | str | Path, model: nn.Module | 
     info = model_info(model)
     model_device = next(iter(model.parameters())).device if any(True for _ in model.parameters()) \
         else torch.device(device)
+    if model_device.type == "cpu":
+        tune_cpu_allocator()
     dataset = data if isinstance(data, Dataset) else load_dataset(data, **dict(data_options or {}))
     if ids is None:
         if len(values) != len(dataset):

@@ -38,6 +38,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from harness.allocator import tune_cpu_allocator
 from harness.config import ExperimentConfig
 from harness.datasets import Dataset, load_dataset
 from harness.distributed import ONE_PROCESS, World, agree, barrier, resolve_device
@@ -289,6 +290,8 @@ def prepare_run(config: ExperimentConfig, *, resume: bool = False, overwrite: bo
     try:
         ownership.enter_context(owned_by(output_dir))
         device = resolve_device(config.device, world)
+        if torch.device(device).type == "cpu":
+            tune_cpu_allocator()
         model = load_model(config.model.name, weights=config.model.weights,
                            checkpoint=config.model.checkpoint, seed=config.seed, device=device)
         if config.smoke:

@@ -191,4 +191,8 @@ def test_a_bug_shows_its_traceback_and_a_user_error_does_not(tmp_path):
                           timeout=600)
     assert user.returncode == 2
     assert user.stderr.strip() == "harness: error: batch_size: must be >= 1, got 0"
-    assert main(["run", str(config), "--set", "metrics.faulty.x=1"]) == 2
+    try:  # in this process: the plug-in registers "faulty" here, removed for the later tests
+        assert main(["run", str(config), "--set", "metrics.faulty.x=1"]) == 2
+    finally:
+        harness.metrics.METRICS.remove("faulty")
+        sys.modules.pop("faulty_metric", None)

@@ -26,8 +26,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from harness.allocator import tune_cpu_allocator  # noqa: E402
 from harness.config import (  # noqa: E402
     ExperimentConfig,
     _plain,
@@ -197,6 +199,8 @@ def run_meta(config: ExperimentConfig, settings: MetaSettings, *, log=print,
         tracking = (uri, experiment)
     with RunLock(folder):
         device = resolve_device(config.device, ONE_PROCESS)
+        if torch.device(device).type == "cpu":
+            tune_cpu_allocator()
         model = load_model(config.model.name, weights=config.model.weights,
                            checkpoint=config.model.checkpoint, seed=config.seed, device=device)
         check_steps(config, model)

@@ -1,0 +1,87 @@
+"""The C allocator's settings for runs on the CPU: keep freed memory for the next pass.
+
+PyTorch's CPU tensors come from the C library's ``malloc``. With glibc's defaults, a block above
+the dynamic mmap threshold (128 KiB, rising to at most 32 MiB as such blocks are freed) is mapped
+fresh from the kernel and unmapped when freed, and free memory at the top of the heap beyond the
+trim threshold is handed back to the kernel. A convnet's activations are such blocks: every
+forward + backward then maps them again and the kernel zero-fills their pages on first touch.
+How often that happens depends on what the process allocated before, so the same pass runs at
+very different speeds from one process to the next: EfficientNet-Lite0's forward + backward at
+224 x 224 on 2 CPU threads measured 37 to 66 images/s at batch 8 under the defaults, and 65 to 68
+images/s in every process with the settings below (``benchmarks/metrics_limit.py``,
+``docs/benchmarks.md``).
+
+``tune_cpu_allocator()`` sets glibc's ``M_MMAP_THRESHOLD`` to 1 GiB (allocations below it come
+from the heap and are reused; where the C library refuses that value, its documented maximum,
+32 MiB) and ``M_TRIM_THRESHOLD`` to 2 GiB (free memory is kept for reuse rather than returned).
+The cost: memory the run freed stays with the process until it ends, so its resident memory
+stays at its peak; the peak itself grew by 0.03 GB for a robustness metric at its default chunk
+on 4 images (the same benchmark). The runs of the harness (``harness run``, ``harness meta``)
+call it when their device is the CPU; ``HARNESS_CPU_ALLOCATOR=default`` in the environment keeps
+the C library's defaults. Elsewhere (not glibc: macOS, Windows, musl) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+from harness.errors import ConfigError
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 30
+MMAP_THRESHOLD_FALLBACK = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit glibc
+TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int
+ENVIRONMENT = "HARNESS_CPU_ALLOCATOR"
+CHOICES = ("tuned", "default")
+
+_applied: dict | None = None
+
+
+def _mallopt():
+    """glibc's ``mallopt`` (None where the C library is not glibc or has none)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
+def tune_cpu_allocator() -> dict | None:
+    """Keep freed memory for reuse in this process (glibc's ``mallopt``, see the module
+    docstring); once per process, later calls return the first call's result.
+
+    Returns:
+        ``{"mmap_threshold": bytes, "trim_threshold": bytes}`` as set, or None where nothing was
+        set (not glibc, or ``HARNESS_CPU_ALLOCATOR=default``).
+
+    Raises:
+        ConfigError: ``HARNESS_CPU_ALLOCATOR`` holds something other than ``tuned`` or
+            ``default``.
+    """
+    global _applied
+    choice = os.environ.get(ENVIRONMENT, "tuned").strip().lower() or "tuned"
+    if choice not in CHOICES:
+        raise ConfigError(f"{ENVIRONMENT}={choice!r} in the environment; valid: "
+                          f"{', '.join(CHOICES)}")
+    if choice == "default":
+        return None
+    if _applied is not None:
+        return dict(_applied)
+    mallopt = _mallopt()
+    if mallopt is None:
+        return None
+    mmap_threshold = next((value for value in (MMAP_THRESHOLD, MMAP_THRESHOLD_FALLBACK)
+                           if mallopt(M_MMAP_THRESHOLD, value) == 1), None)
+    if mmap_threshold is None or mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+        return None
+    _applied = {"mmap_threshold": mmap_threshold, "trim_threshold": TRIM_THRESHOLD}
+    return dict(_applied)
