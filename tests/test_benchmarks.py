@@ -32,7 +32,8 @@ def test_gpu_check_quick_mode_on_the_cpu(tmp_path):
 def test_metrics_limit_quick_mode_measures_passes_memory_and_peers(tmp_path):
     out = tmp_path / "limit.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metrics_limit.py"),
-                           "--quick", "--metrics", "max_sensitivity,deletion,sparseness",
+                           "--quick", "--metrics",
+                           "max_sensitivity,deletion,sparseness,model_randomization",
                            "--json", str(out)], capture_output=True, text=True, timeout=1800,
                           cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,3 +51,25 @@ def test_metrics_limit_quick_mode_measures_passes_memory_and_peers(tmp_path):
         assert peers[name]["agreement"]["exact"]  # handed the harness's deltas: same values
         assert peers[name]["agreement"]["max_rel_diff"] < 1e-4, name
     assert "| max_sensitivity (n_samples=3) | 0 / 8 |" in done.stdout
+    # the randomized copies' passes count: the original's maps (2 images, forward + backward),
+    # then per block (fc, head) each copy's top-1 classes (2 forwards) and its maps (2 + 2)
+    randomization = rows["model_randomization"]
+    assert randomization["backward_images"] == 2 * 3
+    assert randomization["forward_images"] == 2 * 2
+    assert report["allocator"] == "tuned"
+    assert set(sensitivity["limit_settings"]) == {"forward_backward"}
+
+
+@pytest.mark.slow
+def test_allocator_benchmark_measures_both_settings_in_fresh_processes(tmp_path):
+    out = tmp_path / "allocator.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allocator.py"),
+                           "--processes", "1", "--sizes", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["sizes"] == [2]
+    assert report["runs"]["default"][0]["applied"] is None
+    for setting in ("default", "tuned"):
+        assert report["runs"][setting][0]["rates"]["2"] > 0
+    assert "| tuned |" in done.stdout and "| default |" in done.stdout

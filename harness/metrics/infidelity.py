@@ -204,6 +204,12 @@ def _group_scores(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target:
                   torch.randperm(total, generator=generators[i])[:count].clone() for i in images}
         tables = {i: _integral(maps[i:i + 1])[0] for i in images}
 
+    if setting.perturbation == "gaussian":  # per image, what every chunk of its draws reuses
+        pixels = {i: x[i] * std + mean for i in images}
+        lowest = {i: pixels[i] - 1 for i in images}
+        centre = {i: pixels[i] - (fill[i] * std + mean) for i in images}
+        maps64 = {i: maps[i].double() for i in images}
+
     def build(begin: int, end: int) -> torch.Tensor:
         inputs = []
         for local in range(begin // count, (end - 1) // count + 1):
@@ -213,13 +219,14 @@ def _group_scores(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target:
             if setting.perturbation == "gaussian":
                 z = normal_draws(generators[image], last - first, (channels, height, width))
                 z = z.to(x.device, x.dtype)
-                pixels = x[image] * std + mean
-                base_pixels = fill[image] * std + mean
-                removed = torch.minimum(pixels, torch.maximum(pixels - 1, pixels - base_pixels
-                                                              + setting.noise * z))
-                perturbation_model = removed / std  # I in the model's input space
+                # I = min(p, max(p - 1, p - b + noise z)) in pixels, in place on z: the same
+                # operations on the same operands as written out (a + b == b + a exactly)
+                removed = z.mul_(setting.noise).add_(centre[image])
+                torch.maximum(lowest[image], removed, out=removed)
+                torch.minimum(pixels[image], removed, out=removed)
+                perturbation_model = removed.div_(std)  # I in the model's input space
                 chunk = x[image] - perturbation_model
-                e = (perturbation_model.sum(1).double() * maps[image].double()).sum((1, 2))
+                e = (perturbation_model.sum(1).double() * maps64[image]).sum((1, 2))
             else:
                 index = (torch.arange(first, last) if chosen[image] is None
                          else chosen[image][first:last]).to(x.device)
