@@ -5,7 +5,8 @@ setup (vanilla maps of 4 sample photos, as ``benchmarks/metrics_limit.py`` does 
 and then times forward + backward to the input (channels_last, the vanilla gradient's passes) at
 each batch size, best of 2 rounds over 64 images. Settings: ``default`` (the C library's own)
 and ``tuned`` (``harness.tune_cpu_allocator()``, what the harness's runs on the CPU use). Prints
-the images/s per setting and batch size (min / median / max over the processes) and writes JSON.
+the images/s per setting and batch size (min / median / max over the processes) and the largest
+peak resident memory of its processes, and writes JSON.
 
     .venv/bin/python benchmarks/allocator.py [--processes 4] [--sizes 4,8,16] [--json out.json]
 """
@@ -55,7 +56,11 @@ def child(sizes: list[int]) -> dict:
                 one_pass()
             rate = passes * batch_size / (time.perf_counter() - began)
             rates[batch_size] = max(rates.get(batch_size, 0.0), rate)
-    return {"applied": applied, "rates": rates}
+    peak = next((int(line.split()[1]) / 1024**2 for line in
+                 Path("/proc/self/status").read_text().splitlines()
+                 if line.startswith("VmHWM:")), None) if Path("/proc/self/status").exists() \
+        else None
+    return {"applied": applied, "rates": rates, "rss_peak_gb": peak}
 
 
 def main() -> None:
@@ -80,14 +85,16 @@ def main() -> None:
                 raise SystemExit(done.stderr[-2000:])
             runs[setting].append(json.loads(line[len(MARK):]))
     print("| allocator | " + " | ".join(f"batch {s} (images/s: min / median / max)"
-                                         for s in sizes) + " |")
-    print("|---|" + "---|" * len(sizes))
+                                         for s in sizes) + " | peak RSS GB (max) |")
+    print("|---|" + "---|" * (len(sizes) + 1))
     for setting, results in runs.items():
         cells = []
         for s in sizes:
             rates = [r["rates"][str(s)] for r in results]
             cells.append(f"{min(rates):.1f} / {statistics.median(rates):.1f} / {max(rates):.1f}")
-        print(f"| {setting} | " + " | ".join(cells) + " |")
+        peaks = [r["rss_peak_gb"] for r in results if r.get("rss_peak_gb") is not None]
+        peak = f"{max(peaks):.2f}" if peaks else "-"
+        print(f"| {setting} | " + " | ".join(cells) + f" | {peak} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"sizes": sizes, "runs": runs}, indent=1))
 

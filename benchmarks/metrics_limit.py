@@ -35,7 +35,7 @@ table and writes JSON.
 
     .venv/bin/python benchmarks/metrics_limit.py [--device cpu] [--images 4] [--repeats 3]
         [--metrics max_sensitivity,irof] [--no-peers] [--full] [--allocator default]
-        [--json out.json]
+        [--settings '{"max_sensitivity": {"batch_size": 16}}'] [--json out.json]
     .venv/bin/python benchmarks/metrics_limit.py --quick   # tiny sizes: a smoke test, no figure
 """
 
@@ -222,6 +222,7 @@ def make_unit(setup: Setup) -> Unit:
 def metric_settings(name: str, args):
     overrides = dict(QUICK.get(name, {}) if args.quick else
                      {} if args.full else SCALED.get(name, {}))
+    overrides.update(json.loads(args.settings or "{}").get(name, {}))
     entry = get_metric(name)
     return check(dataclasses.replace(entry.settings(), **overrides)), overrides
 
@@ -422,6 +423,7 @@ def run_child(args, *extra: str, timeout: int = 3600) -> dict:
                "--device", args.device, "--images", str(args.images), "--size", str(args.size),
                "--repeats", str(args.repeats), "--model", args.model, "--weights", args.weights]
     command += ["--quick"] * args.quick + ["--full"] * args.full + ["--no-peers"] * args.no_peers
+    command += ["--settings", args.settings] if args.settings else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HARNESS_CPU_ALLOCATOR": args.allocator}
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     for line in reversed(done.stdout.splitlines()):
@@ -528,6 +530,9 @@ def main() -> None:
     parser.add_argument("--metrics", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--full", action="store_true", help="every default (infidelity: 10000)")
+    parser.add_argument("--settings", default=None,
+                        help='JSON of settings per metric over its defaults, e.g. '
+                             '\'{"max_sensitivity": {"batch_size": 16}}\'')
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and counts: a smoke test, not a measurement")
     parser.add_argument("--json", default=None, help="write the report here")

@@ -365,9 +365,7 @@ def _peers(name: str, setup, settings, peer_class) -> list:
                               "the harness's pixel subsets and baseline"))
     if quantus and name == "irof":
         out.append(peer_class("Quantus IROF", _quantus_irof(setup, settings),
-                              "its SLIC segments and a batch-mean fill that drifts as pixels "
-                              "are removed: the values differ by definition; as shipped it "
-                              "stops on RGB masks and on numpy 2 (both bridged here)",
+                              "its own SLIC segments and drifting batch-mean fill",
                               exact=False))
     if quantus and name == "deletion":
         out.append(peer_class("Quantus PixelFlipping", _quantus_pixel_flipping(setup, settings),

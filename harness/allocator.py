@@ -5,20 +5,20 @@ the dynamic mmap threshold (128 KiB, rising to at most 32 MiB as such blocks are
 fresh from the kernel and unmapped when freed, and free memory at the top of the heap beyond the
 trim threshold is handed back to the kernel. A convnet's activations are such blocks: every
 forward + backward then maps them again and the kernel zero-fills their pages on first touch.
-How often that happens depends on what the process allocated before, so the same pass runs at
-very different speeds from one process to the next: EfficientNet-Lite0's forward + backward at
-224 x 224 on 2 CPU threads measured 37 to 66 images/s at batch 8 under the defaults, and 65 to 68
-images/s in every process with the settings below (``benchmarks/metrics_limit.py``,
-``docs/benchmarks.md``).
+How often that happens depends on the batch and on what the process allocated before, so the
+same pass runs at different speeds from one process to the next, and larger batches run slower
+than small ones: EfficientNet-Lite0's forward + backward at 224 x 224 on 2 CPU threads ran at a
+median 42 images/s at batch 16 and 70 at batch 8 under the defaults, 80 and 79 with the settings
+below, the same at batch 4 either way (``benchmarks/allocator.py``, ``docs/benchmarks.md``).
 
 ``tune_cpu_allocator()`` sets glibc's ``M_MMAP_THRESHOLD`` to 1 GiB (allocations below it come
 from the heap and are reused; where the C library refuses that value, its documented maximum,
 32 MiB) and ``M_TRIM_THRESHOLD`` to 2 GiB (free memory is kept for reuse rather than returned).
 The cost: memory the run freed stays with the process until it ends, so its resident memory
-stays at its peak; the peak itself grew by 0.03 GB for a robustness metric at its default chunk
-on 4 images (the same benchmark). The runs of the harness (``harness run``, ``harness meta``)
-call it when their device is the CPU; ``HARNESS_CPU_ALLOCATOR=default`` in the environment keeps
-the C library's defaults. Elsewhere (not glibc: macOS, Windows, musl) it does nothing.
+stays at its peak (the peak itself: ``benchmarks/allocator.py`` prints it for both settings).
+The runs of the harness (``harness run``, ``harness meta``, ``harness.score_maps``) call it when
+their device is the CPU; ``HARNESS_CPU_ALLOCATOR=default`` in the environment keeps the C
+library's defaults. Elsewhere (not glibc: macOS, Windows, musl) it does nothing.
 """
 
 from __future__ import annotations

@@ -245,8 +245,9 @@ def check_stability(p: float, eps_min: float) -> None:
     check_number("eps_min", eps_min, 0, low_open=True)
 
 
-def _relative(change: torch.Tensor, base: torch.Tensor, eps_min: float) -> torch.Tensor:
-    return change / torch.where(base == 0, torch.full_like(base, eps_min), base)
+def _divisor(base: torch.Tensor, eps_min: float) -> torch.Tensor:
+    """``base`` with its zeros replaced by ``eps_min``: the divisor of a relative change."""
+    return torch.where(base == 0, eps_min, base)
 
 
 def sample_statistics(model: nn.Module, method: str, x: torch.Tensor, target, *,
@@ -282,6 +283,11 @@ def _statistics(model, method, x, target, params, neighbourhood, p, eps_min, pre
         with torch.inference_mode():
             clean = torch.cat([model(x[s:s + batch_size]).argmax(dim=1)
                                for s in range(0, x.shape[0], batch_size)])
+    # per image, what every chunk of its samples divides by or subtracts (the same values as
+    # computed per chunk: elementwise, and a max per map)
+    originals_normalised = max_normalised(originals)
+    originals_divisor = _divisor(originals, eps_min)
+    x_divisor = _divisor(x.double(), eps_min)
     for images, samples, deltas, inputs in perturbed_inputs(x, neighbourhood, pixel_std, ids,
                                                             batch_size):
         maps = _finite_maps(method, model, inputs, target[images], params,
@@ -294,12 +300,12 @@ def _statistics(model, method, x, target, params, neighbourhood, p, eps_min, pre
         for name, norm in NORMS.items():
             stats[name][where] = norm(change)
         stats["normalised"][where] = _flat(max_normalised(maps)
-                                           - max_normalised(original)).norm(dim=1)
+                                           - originals_normalised[images]).norm(dim=1)
         stats["delta"][where] = _flat(deltas).norm(dim=1)
-        stats["rel_e"][where] = _flat(_relative(original - maps, original, eps_min)).norm(
+        stats["rel_e"][where] = _flat((original - maps).div_(originals_divisor[images])).norm(
             p=p, dim=1)
-        stats["rel_x"][where] = _flat(_relative(-deltas.double(), x[images].double(),
-                                                eps_min)).norm(p=p, dim=1)
+        stats["rel_x"][where] = _flat((-deltas.double()).div_(x_divisor[images])).norm(
+            p=p, dim=1)
         if predictions:
             with torch.inference_mode():
                 same[where] = model(inputs).argmax(dim=1) == clean[images]
