@@ -29,6 +29,7 @@ def _probe(value: str | None) -> subprocess.CompletedProcess:
                           env=env, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
 @pytest.mark.parametrize("value", [None, "tuned", " Tuned "])
 def test_glibc_takes_the_thresholds_once_per_process(value):
@@ -41,12 +42,14 @@ def test_glibc_takes_the_thresholds_once_per_process(value):
     assert again == first
 
 
+@pytest.mark.slow
 def test_default_leaves_the_c_library_alone():
     done = _probe("default")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [None, None]
 
 
+@pytest.mark.slow
 def test_an_unknown_choice_names_the_variable_and_the_choices():
     done = _probe("jemalloc")
     assert done.returncode != 0
