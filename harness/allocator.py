@@ -18,13 +18,13 @@ The cost: memory the run freed stays with the process until it ends, so its resi
 stays at its peak (the peak itself: ``benchmarks/allocator.py`` prints it for both settings).
 The runs of the harness (``harness run``, ``harness meta``, ``harness.score_maps``) call it when
 their device is the CPU; ``HARNESS_CPU_ALLOCATOR=default`` in the environment keeps the C
-library's defaults. Elsewhere (not glibc: macOS, Windows, musl) it does nothing.
+library's defaults, and malloc settings the environment already makes (``MALLOC_*_``,
+``GLIBC_TUNABLES``) are left alone. Elsewhere (not glibc: macOS, Windows, musl) it does nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -47,12 +47,18 @@ def _mallopt():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError):
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt
+
+
+def _user_settings() -> bool:
+    """Whether the environment already sets glibc's malloc (``MALLOC_*_`` variables or a
+    ``glibc.malloc`` tunable): those are the user's choice and are left alone."""
+    return ("glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+            or any(name.startswith("MALLOC_") and name.endswith("_") for name in os.environ))
 
 
 def tune_cpu_allocator() -> dict | None:
@@ -61,7 +67,8 @@ def tune_cpu_allocator() -> dict | None:
 
     Returns:
         ``{"mmap_threshold": bytes, "trim_threshold": bytes}`` as set, or None where nothing was
-        set (not glibc, or ``HARNESS_CPU_ALLOCATOR=default``).
+        set (not glibc, ``HARNESS_CPU_ALLOCATOR=default``, or the environment sets glibc's
+        malloc already: ``MALLOC_*_`` variables or ``GLIBC_TUNABLES=glibc.malloc...``).
 
     Raises:
         ConfigError: ``HARNESS_CPU_ALLOCATOR`` holds something other than ``tuned`` or
@@ -72,7 +79,7 @@ def tune_cpu_allocator() -> dict | None:
     if choice not in CHOICES:
         raise ConfigError(f"{ENVIRONMENT}={choice!r} in the environment; valid: "
                           f"{', '.join(CHOICES)}")
-    if choice == "default":
+    if choice == "default" or _user_settings():
         return None
     if _applied is not None:
         return dict(_applied)

@@ -518,7 +518,9 @@ def score_maps(maps: np.ndarray | torch.Tensor | str | Path, model: nn.Module | 
         ids: the image id of each map (default: the file's ids, else the dataset order).
         target: ``"label"`` (the label, top-1 where none) or ``"predicted"`` (top-1).
         batch_size: images per unit of the metrics' work.
-        device: where the model runs (a model given as a module stays where it is).
+        device: where the model runs (a model given as a module stays where it is). On the
+            CPU this calls ``harness.tune_cpu_allocator()`` (freed memory is kept for reuse in
+            this process until it ends; ``HARNESS_CPU_ALLOCATOR=default`` opts out).
 
     Returns:
         One row per record: ``image_id``, ``metric``, ``value`` (``None`` where undefined, with a

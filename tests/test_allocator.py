@@ -21,10 +21,12 @@ PROBE = ("import json, harness; first = harness.tune_cpu_allocator(); "
          "print(json.dumps([first, harness.tune_cpu_allocator()]))")
 
 
-def _probe(value: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HARNESS_CPU_ALLOCATOR"}
+def _probe(value: str | None, **extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_CPU_ALLOCATOR"
+           and not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     if value is not None:
         env["HARNESS_CPU_ALLOCATOR"] = value
+    env.update(extra)
     return subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                           env=env, timeout=120)
 
@@ -45,6 +47,15 @@ def test_glibc_takes_the_thresholds_once_per_process(value):
 @pytest.mark.slow
 def test_default_leaves_the_c_library_alone():
     done = _probe("default")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [None, None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", [{"MALLOC_TRIM_THRESHOLD_": "131072"},
+                                     {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}])
+def test_the_users_own_malloc_settings_are_left_alone(setting):
+    done = _probe("tuned", **setting)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [None, None]
 

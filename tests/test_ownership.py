@@ -163,6 +163,11 @@ def global_hook(model, x, target):
     return x.abs().amax(1)
 
 
+def training(model, x, target):
+    model.train()
+    return x.abs().amax(1)
+
+
 def leaky(model, x, target):
     model.register_forward_hook(lambda m, i, o: None)
     return x.abs().amax(1)
@@ -227,6 +232,7 @@ def test_the_guard_names_the_method_and_stops_before_its_records(tmp_path, misbe
     ("buffers", r"changed the model's buffer features.1.running_mean"),
     ("inputs", r"modified its input x in place"),
     ("leaky", r"left a hook on \(the model\)"),
+    ("training", r"switched the model's \(the model\) to training mode"),
 ])
 @pytest.mark.parametrize("metric", ["sample_statistics", "smoothed_maps"])
 def test_one_guard_around_a_metrics_chunks_still_names_the_method(tiny_cnn, misbehaving,

@@ -141,6 +141,22 @@ def test_randomized_models_equal_a_fresh_randomize_at_every_step(tiny_cnn, mode,
     assert len(set(fingerprints)) == len(steps)  # every step changed the weights
 
 
+def test_randomized_models_reuse_a_copy_only_for_the_same_blocks(tiny_cnn):
+    # a block given by the user gets its position in the user's list as seed index, which can
+    # equal another block's: reuse must compare the blocks, not only the indices
+    from harness.models import Block
+
+    model = tiny_cnn
+    blocks = resolve_blocks(model, [Block("mine", ("features.0",)), "classifier"])
+    steps = randomization_steps(model, blocks, mode="independent", order="top_down")
+    assert [indices for _, _, indices in steps] == [[0], [0]]  # the collision
+    for (_, chosen, indices), reused in zip(
+            steps, randomized_models(model, steps, seed=1), strict=True):
+        fresh = randomize(model, chosen, seed=1, indices=indices)
+        for name, tensor in fresh.state_dict().items():
+            assert torch.equal(reused.state_dict()[name], tensor), (chosen[0].label, name)
+
+
 def test_squeezenet_reinitialises_with_its_own_initialisers():
     model = harness.load_model("squeezenet1_1", weights="random", seed=0)
     blocks = resolve_blocks(model, ["conv10", "conv1"])

@@ -242,7 +242,7 @@ def guarded(model: nn.Module, method: str = "a saliency method",
     """
     active = _GUARDED.get()
     if id(model) in active:
-        yield from _x_guarded(method, x)
+        yield from _x_guarded(model, method, x)
         return
     token = _GUARDED.set(active | {id(model)})
     try:
@@ -251,11 +251,20 @@ def guarded(model: nn.Module, method: str = "a saliency method",
         _GUARDED.reset(token)
 
 
-def _x_guarded(method: str, x: torch.Tensor | None) -> Iterator[None]:
+def _x_guarded(model: nn.Module, method: str, x: torch.Tensor | None) -> Iterator[None]:
+    """The nested guard: ``x`` unchanged, and the model still in the eval mode the outer guard
+    set (a method that switched it to training would change every later chunk's maps, through
+    dropout or batch statistics, before the outer guard could restore it)."""
     x_state = None if x is None else (x._version, x.data_ptr())
     with torch.enable_grad():
         yield
     _check_x(method, x, x_state)
+    training = next((name or "(the model)" for name, module in model.named_modules()
+                     if module.training), None)
+    if training is not None:
+        raise MethodError(f"method {method!r} switched the model's {training} to training mode: "
+                          "a saliency method must leave the model as it was (every later "
+                          "method and metric would read the changed model); the run stops")
 
 
 def _check_x(method: str, x: torch.Tensor | None, x_state) -> None:

@@ -51,11 +51,12 @@ NORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def default_batch_size(device: torch.device) -> int:
     """Inputs per method call (a forward + backward) when none is given: 4 on the CPU, 128 on
-    accelerators. On the CPU, ``benchmarks/metrics_limit.py`` measured forward + backward of
-    EfficientNet-Lite0 at 224 x 224 as fast per image at 4 as at 8 or 16 (channels_last: 63, 65
-    and 66 images/s in its sweep; the robustness metrics themselves ran fastest at 4), while the
-    activations kept for the backward grow with the chunk: 0.37 GB at 4, 0.75 GB at 8, 1.4 GB at
-    16 over the process's resident memory (``docs/benchmarks.md``)."""
+    accelerators. On the CPU the chunk is chosen for memory: the activations kept for the
+    backward grow with it (EfficientNet-Lite0 at 224 x 224, forward + backward: 0.38 GB at 4,
+    1.53 GB at 16 over the process's resident memory), while larger chunks are faster per image
+    (Max-Sensitivity at 0.81 of the model's best rate at 4 and 0.92 at 16, adding 0.13 GB and
+    1.26 GB): ``benchmarks/metrics_limit.py``, ``docs/benchmarks.md``. Pass ``batch_size`` for
+    speed where memory allows."""
     return 4 if device.type == "cpu" else 128
 
 

@@ -211,15 +211,15 @@ def randomized_models(model: nn.Module, steps: Sequence[tuple[Block, list[Block]
     initialise = INITIALISERS.get(model_info(model).name, _default_init)
     current, done = None, []
     for _, blocks, indices in steps:
-        indices = list(indices)
-        if current is not None and indices[: len(done)] == done and len(indices) >= len(done):
+        pairs = list(zip(blocks, indices, strict=True))  # a block and its seed index
+        if current is not None and len(pairs) >= len(done) and pairs[: len(done)] == done:
             current = current.cpu()  # the initialisers draw from the CPU generator
-            _initialise_blocks(current, blocks[len(done):], indices[len(done):], seed=seed,
-                               initialise=initialise)
+            _initialise_blocks(current, list(blocks[len(done):]), list(indices[len(done):]),
+                               seed=seed, initialise=initialise)
             current.to(device)
         else:
-            current = randomize(model, blocks, seed=seed, indices=indices)
-        done = indices
+            current = randomize(model, blocks, seed=seed, indices=list(indices))
+        done = pairs
         yield current
 
 

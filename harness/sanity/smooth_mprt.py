@@ -16,8 +16,7 @@ from torch import nn
 from harness.errors import MetricError
 from harness.methods import get_method, guarded, saliency
 from harness.metrics._common import MAPS, defined
-from harness.metrics.causal import resolve_memory_format
-from harness.metrics.neighbourhood import default_batch_size, model_layout
+from harness.metrics.causal import default_batch_size
 from harness.metrics.registry import register_metric, value_column
 from harness.sanity.randomization import MODES, ORDERS, randomized_models, resolve_blocks
 from harness.sanity.revisited import (
@@ -53,9 +52,10 @@ def smoothed_maps(method: str, model: nn.Module, x: torch.Tensor, target: torch.
     """The mean ``[N, H, W]`` (float64) of the method's maps (its signed variant if ``signed``)
     over ``x_i + draws[i][s] * sigma_i`` for every draw s and the noise-free ``x_i`` (last),
     ``sigma_i = noise_magnitude * (max x_i - min x_i)``. All images' noisy inputs form one
-    stream, evaluated ``batch_size`` at a time, on channels_last inputs
-    (``model_layout``) inside one method guard."""
-    with model_layout(model, resolve_memory_format("auto", x.device)), guarded(model, method):
+    stream, evaluated ``batch_size`` at a time inside one method guard. The model sees the
+    inputs in their own (NCHW) layout: channels_last was measured faster but moves the values by
+    up to 3e-4 relative (Spearman ranks of nearly tied smoothed pixels flip)."""
+    with guarded(model, method):
         return _smoothed_maps(method, model, x, target, draws, noise_magnitude=noise_magnitude,
                               params=dict(method_params or {}), batch_size=batch_size,
                               signed=signed)
@@ -103,7 +103,7 @@ class SmoothMPRTSettings:
     similarity: str = "spearman"
     map: str = "absolute"  # or the method's signed variant (where it has one)
     seed: int = 0  # the blocks' re-initialisation (the noise uses the experiment seed)
-    batch_size: int | None = None  # noisy inputs per method call (default 4 CPU, 128 CUDA)
+    batch_size: int | None = None  # noisy inputs per method call (default 8 CPU, 256 CUDA)
     methods: list | None = None
 
     def check(self) -> None:
