@@ -256,10 +256,9 @@ def child_limit(args) -> dict:
                                       images)
                     out["rates"][key] = max(out["rates"].get(key, 0.0), rate)
     for kind in ("forward", "forward_backward"):
-        best = max(((rate, key) for key, rate in out["rates"].items()
-                    if key.split()[0] == kind), key=lambda item: item[0])
-        _, layout, batch_size = best[1].split()
-        out[kind] = {"images_per_s": best[0], "batch_size": int(batch_size), "layout": layout}
+        batch_size, layout = candidates(out, kind, 1)[0]
+        out[kind] = {"images_per_s": out["rates"][f"{kind} {layout} {batch_size}"],
+                     "batch_size": batch_size, "layout": layout}
     return out
 
 
@@ -290,33 +289,31 @@ def candidates(limit: dict, kind: str, count: int = 3) -> list[tuple[int, str]]:
     return [(int(key.split()[2]), key.split()[1]) for _, key in rates]
 
 
+def counted_passes(counter: PassCounter) -> list[tuple[str, int]]:
+    """The images of each kind of pass the metric made (plain forwards, forward + backward)."""
+    return [(kind, count) for kind, count in (("forward", counter.forward - counter.backward),
+                                              ("forward_backward", counter.backward))
+            if count > 0]
+
+
 def limit_settings(model, device, size: int, limit: dict, counter: PassCounter,
                    cap: int) -> dict[str, tuple[int, str]]:
     """Per kind of pass the metric made, the fastest of the sweep's three fastest settings,
     each timed once now in the metric's process over at most ``cap`` images (which batch size
     wins shifts with the process's allocator state). One timing each, before the repeats, so
     that the limit below is, like the metric, a best of ``--repeats``."""
-    chosen = {}
-    for kind, count in (("forward", counter.forward - counter.backward),
-                        ("forward_backward", counter.backward)):
-        if count > 0:
-            chosen[kind] = max(candidates(limit, kind), key=lambda setting: limit_rate(
+    return {kind: max(candidates(limit, kind), key=lambda setting: limit_rate(
                 model, device, size, *setting, kind == "forward_backward", min(count, cap)))
-    return chosen
+            for kind, count in counted_passes(counter)}
 
 
 def limit_seconds(model, device, size: int, chosen: dict[str, tuple[int, str]],
                   counter: PassCounter, cap: int) -> float:
     """Seconds the counted passes take at the limit: the plain forwards and the forward +
     backward passes at their ``chosen`` settings, timed now over at most ``cap`` images each."""
-    seconds = 0.0
-    for kind, count in (("forward", counter.forward - counter.backward),
-                        ("forward_backward", counter.backward)):
-        if count > 0:
-            batch_size, layout = chosen[kind]
-            seconds += count / limit_rate(model, device, size, batch_size, layout,
-                                          kind == "forward_backward", min(count, cap))
-    return seconds
+    return sum(count / limit_rate(model, device, size, *chosen[kind],
+                                  kind == "forward_backward", min(count, cap))
+               for kind, count in counted_passes(counter))
 
 
 def child_metric(args, name: str, limit: dict) -> dict:
@@ -333,12 +330,6 @@ def child_metric(args, name: str, limit: dict) -> dict:
         return out
     peers = [] if args.no_peers else peer_runs(name, setup, settings)
     out["peer_errors"] = {}
-    for peer in list(peers):  # a peer that fails is reported, the metric's row stays
-        try:
-            peer.run()
-        except Exception as error:  # noqa: BLE001  (a peer's failure, whatever it is)
-            out["peer_errors"][peer.name] = f"{type(error).__name__}: {error}"[:300]
-            peers.remove(peer)
     cap = 32 if args.quick else (4096 if setup.device.type == "cuda" else 256)
     chosen = limit_settings(setup.model, setup.device, args.size, limit, counter, cap)
     out["limit_settings"] = {kind: {"batch_size": b, "layout": layout}
@@ -352,10 +343,15 @@ def child_metric(args, name: str, limit: dict) -> dict:
         entry.fn(make_unit(setup), settings)
         sync(setup.device)
         times["metric"].append(time.perf_counter() - began)
-        for peer in peers:
+        for peer in list(peers):
             sync(setup.device)
             began = time.perf_counter()
-            values = peer.run()
+            try:
+                values = peer.run()
+            except Exception as error:  # noqa: BLE001  (reported; the metric's row stays)
+                out["peer_errors"][peer.name] = f"{type(error).__name__}: {error}"[:300]
+                peers.remove(peer)
+                continue
             sync(setup.device)
             times.setdefault(peer.name, []).append(time.perf_counter() - began)
             peer.values = values
